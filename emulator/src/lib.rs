@@ -1,0 +1,10 @@
+//! icelab's emulator: a model of a storage controller's inline crypto
+//! engine (ICE) and the vhost-user-blk device that exposes it to a guest.
+//!
+//! - [`protocol`]: the virtio-blk wire format with the inline-encryption
+//!   extension (pure, no device state);
+//! - [`engine`]: keyslots, capabilities, AES-256-XTS per data unit, stats;
+//! - [`device`]: the vhost-user-blk backend serving an image file.
+
+pub mod engine;
+pub mod protocol;

@@ -1,0 +1,1 @@
+//! Native vhost-user frontend (in progress).

@@ -1,0 +1,38 @@
+//! `icelab`: emulator and test lab for hardware inline encryption.
+
+mod bench;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// icelab: an inline crypto engine (ICE) emulator and test lab.
+#[derive(Parser, Debug)]
+#[command(name = "icelab", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve a disk image as a vhost-user-blk device with an inline crypto engine.
+    Serve(serve::ServeArgs),
+    /// Measure icelab's performance.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Bench(command) => bench::run(command),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("icelab: error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
