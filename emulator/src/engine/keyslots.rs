@@ -1,0 +1,327 @@
+//! The engine: a keyslot table plus the checks of DESIGN.md §3.
+//!
+//! Keyslots are individually locked; a request takes a reference to the
+//! programmed key under a read lock and releases the lock before any
+//! crypto. Programming replaces the slot's key; the old key is wiped when
+//! the last in-flight request using it finishes (the `aes` crate wipes its
+//! key schedules on drop). A key programmed through one queue is visible to
+//! requests on every queue as soon as the program call returns, which is
+//! before its completion reaches the guest.
+
+use super::capabilities::Capabilities;
+use super::error::EngineError;
+use super::fingerprint::{Fingerprint, Fingerprinter};
+use super::stats::Stats;
+use super::trace::Trace;
+use super::xts::{Direction, XtsKey};
+use crate::protocol::{CryptoMode, CryptoMsg, Dun, KeyDesc, KeyType};
+use serde_json::json;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, RwLock};
+use zeroize::Zeroizing;
+
+/// A key as held by a keyslot.
+pub struct ProgrammedKey {
+    key: XtsKey,
+    /// Data unit size in bytes.
+    pub data_unit_size: u32,
+    /// Number of DUN bytes requests may use.
+    pub dun_bytes: u32,
+    /// Fingerprint of the raw key (for traces).
+    pub fingerprint: Fingerprint,
+}
+
+impl ProgrammedKey {
+    /// Encrypts or decrypts whole data units in place, the first with `dun`.
+    pub fn crypt(&self, direction: Direction, data: &mut [u8], dun: &Dun) {
+        self.key
+            .crypt(direction, data, self.data_unit_size as usize, dun.low_u128());
+    }
+}
+
+type Slot = RwLock<Option<Arc<ProgrammedKey>>>;
+
+/// The inline crypto engine.
+pub struct Engine {
+    capabilities: Option<Capabilities>,
+    slots: Box<[Slot]>,
+    fingerprinter: Fingerprinter,
+    stats: Stats,
+    trace: Option<Trace>,
+}
+
+impl Engine {
+    /// An engine with `capabilities` (`None`: the device offers no inline
+    /// encryption), all keyslots empty.
+    pub fn new(capabilities: Option<Capabilities>, trace: Option<Trace>) -> Self {
+        let slots = capabilities.map_or(0, |caps| caps.slots);
+        Self {
+            capabilities,
+            slots: (0..slots).map(|_| RwLock::new(None)).collect(),
+            fingerprinter: Fingerprinter::random(),
+            stats: Stats::new(slots),
+            trace,
+        }
+    }
+
+    /// What the engine supports, if it exists at all.
+    pub fn capabilities(&self) -> Option<&Capabilities> {
+        self.capabilities.as_ref()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The trace, if enabled.
+    pub fn trace(&self) -> Option<&Trace> {
+        self.trace.as_ref()
+    }
+
+    /// KEYSLOT_PROGRAM: checks the descriptor against the capabilities and
+    /// replaces whatever the slot held.
+    pub fn program(&self, desc: &KeyDesc, queue: u16) -> Result<Fingerprint, EngineError> {
+        let caps = self.capabilities.ok_or(EngineError::NoInlineEncryption)?;
+        let slot = self.slot(desc.slot)?;
+        let mode =
+            CryptoMode::from_wire(desc.crypto_mode).ok_or(EngineError::UnsupportedMode(desc.crypto_mode))?;
+        match KeyType::from_wire(desc.key_type) {
+            Some(key_type) if caps.key_types.accepts(key_type) => {}
+            _ => return Err(EngineError::UnsupportedKeyType(desc.key_type)),
+        }
+        let raw = desc
+            .key()
+            .filter(|key| key.len() == mode.raw_key_size())
+            .ok_or(EngineError::WrongKeySize {
+                got: desc.key_size,
+                want: mode.raw_key_size(),
+            })?;
+        if !caps.data_unit_sizes.contains_bits(desc.data_unit_size_bits) {
+            return Err(EngineError::UnsupportedDataUnitSize(desc.data_unit_size_bits));
+        }
+        if desc.dun_bytes == 0 {
+            return Err(EngineError::ZeroDunBytes);
+        }
+        if desc.dun_bytes > u32::from(caps.max_dun_bytes) {
+            return Err(EngineError::DunBytesTooLarge {
+                got: desc.dun_bytes,
+                max: caps.max_dun_bytes,
+            });
+        }
+
+        let mut xts_key = Zeroizing::new([0u8; 64]);
+        xts_key.copy_from_slice(raw);
+        let fingerprint = self.fingerprinter.fingerprint(raw);
+        let key = Arc::new(ProgrammedKey {
+            key: XtsKey::new(&xts_key),
+            data_unit_size: 1 << desc.data_unit_size_bits,
+            dun_bytes: desc.dun_bytes,
+            fingerprint,
+        });
+        let replaced = write(slot).replace(key);
+        self.stats.slots_programmed.fetch_add(1, Relaxed);
+        tracing::debug!(slot = desc.slot, %fingerprint, queue, "keyslot programmed");
+        if let Some(trace) = &self.trace {
+            trace.event(
+                "program",
+                json!({
+                    "slot": desc.slot,
+                    "queue": queue,
+                    "fingerprint": fingerprint.to_string(),
+                    "mode": "AES-256-XTS",
+                    "data_unit_size": 1u32 << desc.data_unit_size_bits,
+                    "dun_bytes": desc.dun_bytes,
+                    "replaced": replaced.map(|old| old.fingerprint.to_string()),
+                }),
+            );
+        }
+        Ok(fingerprint)
+    }
+
+    /// KEYSLOT_EVICT: empties the slot (evicting an empty slot succeeds).
+    /// Returns the fingerprint of the key it held.
+    pub fn evict(&self, desc: &KeyDesc, queue: u16) -> Result<Option<Fingerprint>, EngineError> {
+        self.capabilities.ok_or(EngineError::NoInlineEncryption)?;
+        let slot = self.slot(desc.slot)?;
+        let evicted = write(slot).take().map(|key| key.fingerprint);
+        self.stats.slots_evicted.fetch_add(1, Relaxed);
+        self.trace_evict(desc.slot, evicted, Some(queue), "guest");
+        Ok(evicted)
+    }
+
+    /// Empties every slot (device reset, new connection).
+    pub fn evict_all(&self) {
+        for (index, slot) in self.slots.iter().enumerate() {
+            if let Some(key) = write(slot).take() {
+                self.stats.slots_evicted.fetch_add(1, Relaxed);
+                self.trace_evict(index as u32, Some(key.fingerprint), None, "reset");
+            }
+        }
+    }
+
+    /// The checks of a CRYPTO_IN/OUT request covering `len` bytes from
+    /// byte `offset` of the image. On success returns the key to use;
+    /// nothing has been read or written yet.
+    pub fn key_for(
+        &self,
+        msg: &CryptoMsg,
+        offset: u64,
+        len: u64,
+    ) -> Result<Arc<ProgrammedKey>, EngineError> {
+        self.capabilities.ok_or(EngineError::NoInlineEncryption)?;
+        let key = read(self.slot(msg.slot)?)
+            .clone()
+            .ok_or(EngineError::SlotEmpty { slot: msg.slot })?;
+        let data_unit_size = key.data_unit_size;
+        let unit = u64::from(data_unit_size);
+        if offset % unit != 0 {
+            return Err(EngineError::Misaligned { offset, data_unit_size });
+        }
+        if len == 0 || len % unit != 0 {
+            return Err(EngineError::PartialDataUnit { len, data_unit_size });
+        }
+        if !msg.dun.range_fits(len / unit, key.dun_bytes) {
+            return Err(EngineError::DunOverflow { dun_bytes: key.dun_bytes });
+        }
+        self.stats.count_slot_use(msg.slot);
+        Ok(key)
+    }
+
+    fn slot(&self, index: u32) -> Result<&Slot, EngineError> {
+        self.slots.get(index as usize).ok_or(EngineError::SlotOutOfRange {
+            slot: index,
+            slots: self.slots.len() as u16,
+        })
+    }
+
+    fn trace_evict(&self, slot: u32, evicted: Option<Fingerprint>, queue: Option<u16>, cause: &str) {
+        tracing::debug!(slot, cause, "keyslot evicted");
+        if let Some(trace) = &self.trace {
+            trace.event(
+                "evict",
+                json!({
+                    "slot": slot,
+                    "queue": queue,
+                    "cause": cause,
+                    "fingerprint": evicted.map(|fp| fp.to_string()),
+                }),
+            );
+        }
+    }
+}
+
+/// Poisoning cannot leave a slot half-written (it holds an `Option<Arc>`),
+/// so a poisoned lock is used as is.
+fn read(slot: &Slot) -> std::sync::RwLockReadGuard<'_, Option<Arc<ProgrammedKey>>> {
+    slot.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write(slot: &Slot) -> std::sync::RwLockWriteGuard<'_, Option<Arc<ProgrammedKey>>> {
+    slot.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::capabilities::ProfileName;
+    use crate::protocol::MAX_KEY_BYTES;
+
+    fn desc(slot: u32) -> KeyDesc {
+        let mut bytes = [0u8; MAX_KEY_BYTES];
+        bytes[..64].iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+        KeyDesc {
+            slot,
+            bytes,
+            key_size: 64,
+            crypto_mode: 1,
+            key_type: 1,
+            data_unit_size_bits: 12,
+            dun_bytes: 8,
+            reserved: 0,
+        }
+    }
+
+    fn msg(slot: u32, dun: u64) -> CryptoMsg {
+        CryptoMsg { slot, reserved: 0, dun: Dun::from_u64(dun) }
+    }
+
+    fn ufs() -> Engine {
+        Engine::new(Some(ProfileName::Ufs.capabilities()), None)
+    }
+
+    #[test]
+    fn program_checks_every_field() {
+        let engine = ufs();
+        let cases: [(fn(&mut KeyDesc), EngineError); 8] = [
+            (|d| d.slot = 32, EngineError::SlotOutOfRange { slot: 32, slots: 32 }),
+            (|d| d.crypto_mode = 0, EngineError::UnsupportedMode(0)),
+            (|d| d.crypto_mode = 2, EngineError::UnsupportedMode(2)),
+            (|d| d.key_type = 2, EngineError::UnsupportedKeyType(2)),
+            (|d| d.key_size = 32, EngineError::WrongKeySize { got: 32, want: 64 }),
+            (|d| d.data_unit_size_bits = 13, EngineError::UnsupportedDataUnitSize(13)),
+            (|d| d.dun_bytes = 0, EngineError::ZeroDunBytes),
+            (|d| d.dun_bytes = 9, EngineError::DunBytesTooLarge { got: 9, max: 8 }),
+        ];
+        for (mutate, expected) in cases {
+            let mut bad = desc(1);
+            mutate(&mut bad);
+            assert_eq!(engine.program(&bad, 0), Err(expected));
+        }
+        let mut huge = desc(1);
+        huge.key_size = u32::MAX;
+        assert!(matches!(engine.program(&huge, 0), Err(EngineError::WrongKeySize { .. })));
+        assert_eq!(engine.stats().slots_programmed.load(Relaxed), 0);
+        assert!(engine.program(&desc(31), 0).is_ok());
+    }
+
+    #[test]
+    fn requests_need_a_programmed_slot_and_whole_aligned_units() {
+        let engine = ufs();
+        assert!(matches!(engine.key_for(&msg(0, 0), 0, 4096), Err(EngineError::SlotEmpty { slot: 0 })));
+        engine.program(&desc(0), 0).unwrap();
+        assert!(engine.key_for(&msg(0, 0), 4096, 8192).is_ok());
+        assert!(matches!(engine.key_for(&msg(0, 0), 512, 4096), Err(EngineError::Misaligned { .. })));
+        assert!(matches!(engine.key_for(&msg(0, 0), 0, 4095), Err(EngineError::PartialDataUnit { .. })));
+        assert!(matches!(engine.key_for(&msg(0, 0), 0, 0), Err(EngineError::PartialDataUnit { .. })));
+        assert!(engine.key_for(&msg(0, u64::MAX), 0, 4096).is_ok());
+        assert!(matches!(engine.key_for(&msg(0, u64::MAX), 0, 8192), Err(EngineError::DunOverflow { .. })));
+        assert!(matches!(engine.key_for(&msg(99, 0), 0, 4096), Err(EngineError::SlotOutOfRange { .. })));
+        assert_eq!(engine.evict(&desc(0), 0), Ok(Some(engine.fingerprinter.fingerprint(&desc(0).bytes[..64]))));
+        assert!(matches!(engine.key_for(&msg(0, 0), 0, 4096), Err(EngineError::SlotEmpty { .. })));
+        assert_eq!(engine.evict(&desc(0), 0), Ok(None));
+    }
+
+    #[test]
+    fn emmc_limits_duns_to_32_bits() {
+        let engine = Engine::new(Some(ProfileName::Emmc.capabilities()), None);
+        assert_eq!(engine.program(&desc(0), 0), Err(EngineError::DunBytesTooLarge { got: 8, max: 4 }));
+        let mut four = desc(0);
+        four.dun_bytes = 4;
+        engine.program(&four, 0).unwrap();
+        assert!(engine.key_for(&msg(0, u32::MAX as u64), 0, 4096).is_ok());
+        assert!(matches!(engine.key_for(&msg(0, u32::MAX as u64), 0, 8192), Err(EngineError::DunOverflow { .. })));
+    }
+
+    #[test]
+    fn no_engine_refuses_everything_as_unsupported() {
+        let engine = Engine::new(None, None);
+        assert_eq!(engine.program(&desc(0), 0), Err(EngineError::NoInlineEncryption));
+        assert_eq!(EngineError::NoInlineEncryption.status(), crate::protocol::Status::Unsupp);
+        assert!(engine.key_for(&msg(0, 0), 0, 4096).is_err());
+    }
+
+    #[test]
+    fn reprogramming_replaces_the_key() {
+        let engine = ufs();
+        engine.program(&desc(0), 0).unwrap();
+        let before = engine.key_for(&msg(0, 0), 0, 4096).unwrap().fingerprint;
+        let mut other = desc(0);
+        other.bytes[0] ^= 1;
+        engine.program(&other, 1).unwrap();
+        let after = engine.key_for(&msg(0, 0), 0, 4096).unwrap().fingerprint;
+        assert_ne!(before, after);
+        engine.evict_all();
+        assert!(engine.key_for(&msg(0, 0), 0, 4096).is_err());
+    }
+}
