@@ -6,5 +6,6 @@
 //! - [`engine`]: keyslots, capabilities, AES-256-XTS per data unit, stats;
 //! - [`device`]: the vhost-user-blk backend serving an image file.
 
+pub mod device;
 pub mod engine;
 pub mod protocol;

@@ -1,0 +1,253 @@
+//! The vhost-user-blk backend: features, config space and queue service.
+//!
+//! Each request queue gets its own worker thread (`queues_per_thread`), so
+//! queues are served in parallel; the only shared state on the request
+//! path is the engine's per-slot read locks and relaxed counters.
+
+use super::image::Image;
+use super::request::{self, Context, Limits, Scratch};
+use crate::engine::Engine;
+use crate::protocol::{
+    BlockConfig, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD,
+    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_INLINE_ENCRYPTION, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, feature, SECTOR_SIZE,
+};
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier};
+
+/// Guest memory as the backend sees it.
+pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;
+
+/// Largest single data segment the device advertises (`size_max`).
+pub const SEGMENT_MAX_BYTES: u32 = 64 * 1024;
+
+/// Shape of the device as the guest sees it.
+#[derive(Clone, Debug)]
+pub struct DeviceConfig {
+    /// Number of request queues.
+    pub num_queues: u16,
+    /// Largest queue size the device accepts.
+    pub queue_size: u16,
+    /// Logical block size in bytes.
+    pub blk_size: u32,
+    /// GET_ID answer (up to 20 bytes).
+    pub serial: String,
+}
+
+/// The vhost-user-blk backend.
+pub struct BlockDevice {
+    config: DeviceConfig,
+    limits: Limits,
+    image: Image,
+    engine: Arc<Engine>,
+    mem: RwLock<GuestMemory>,
+    event_idx: AtomicBool,
+    scratch: Box<[Mutex<Scratch>]>,
+}
+
+impl BlockDevice {
+    /// A device serving `image` through `engine`.
+    pub fn new(config: DeviceConfig, image: Image, engine: Arc<Engine>, mem: GuestMemory) -> Self {
+        let mut device_id = [0u8; crate::protocol::DEVICE_ID_BYTES];
+        let serial = config.serial.as_bytes();
+        let len = serial.len().min(device_id.len());
+        device_id[..len].copy_from_slice(&serial[..len]);
+        let seg_max = Self::seg_max(config.queue_size);
+        let limits = Limits {
+            max_data_bytes: u64::from(seg_max) * u64::from(SEGMENT_MAX_BYTES),
+            max_discard_seg: 32,
+            max_discard_sectors: u32::MAX / SECTOR_SIZE as u32,
+            device_id,
+        };
+        Self {
+            scratch: (0..config.num_queues).map(|_| Mutex::new(Scratch::default())).collect(),
+            config,
+            limits,
+            image,
+            engine,
+            mem: RwLock::new(mem),
+            event_idx: AtomicBool::new(false),
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The image.
+    pub fn image(&self) -> &Image {
+        &self.image
+    }
+
+    /// Linux requires seg_max <= queue size - 2 (header and status take
+    /// two descriptors).
+    fn seg_max(queue_size: u16) -> u32 {
+        u32::from(queue_size.saturating_sub(2)).clamp(1, 128)
+    }
+
+    /// The config space.
+    pub fn block_config(&self) -> BlockConfig {
+        BlockConfig {
+            capacity_sectors: self.image.capacity() / SECTOR_SIZE,
+            size_max: SEGMENT_MAX_BYTES,
+            seg_max: Self::seg_max(self.config.queue_size),
+            blk_size: self.config.blk_size,
+            num_queues: self.config.num_queues,
+            max_discard_sectors: self.limits.max_discard_sectors,
+            max_discard_seg: self.limits.max_discard_seg,
+            max_write_zeroes_sectors: self.limits.max_discard_sectors,
+            max_write_zeroes_seg: self.limits.max_discard_seg,
+            crypto: self.engine.capabilities().map(|caps| caps.to_wire()),
+        }
+    }
+
+    fn serve_queue(&self, vring: &VringRwLock, queue: u16) -> io::Result<()> {
+        let mem = self
+            .mem
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .memory();
+        let mut scratch = self.scratch[usize::from(queue)]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let ctx = Context {
+            engine: &self.engine,
+            image: &self.image,
+            limits: &self.limits,
+            queue,
+        };
+        let mut served = false;
+        loop {
+            let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem.clone());
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            let used = request::serve(&ctx, &*mem, chain, &mut scratch);
+            vring.add_used(head, used).map_err(io::Error::other)?;
+            served = true;
+        }
+        if served && vring.needs_notification().map_err(io::Error::other)? {
+            vring.signal_used_queue()?;
+        }
+        Ok(())
+    }
+}
+
+impl VhostUserBackend for BlockDevice {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        usize::from(self.config.num_queues)
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.config.queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        let mut features = feature(VIRTIO_F_VERSION_1)
+            | feature(VIRTIO_RING_F_INDIRECT_DESC)
+            | feature(VIRTIO_RING_F_EVENT_IDX)
+            | feature(VHOST_USER_F_PROTOCOL_FEATURES)
+            | feature(VIRTIO_BLK_F_SIZE_MAX)
+            | feature(VIRTIO_BLK_F_SEG_MAX)
+            | feature(VIRTIO_BLK_F_BLK_SIZE)
+            | feature(VIRTIO_BLK_F_FLUSH)
+            | feature(VIRTIO_BLK_F_MQ)
+            | feature(VIRTIO_BLK_F_DISCARD)
+            | feature(VIRTIO_BLK_F_WRITE_ZEROES);
+        if self.image.read_only() {
+            features |= feature(VIRTIO_BLK_F_RO);
+        }
+        if self.engine.capabilities().is_some() {
+            features |= feature(VIRTIO_BLK_F_INLINE_ENCRYPTION);
+        }
+        features
+    }
+
+    fn acked_features(&self, features: u64) {
+        tracing::info!(
+            inline_encryption = features & feature(VIRTIO_BLK_F_INLINE_ENCRYPTION) != 0,
+            "frontend acked features {features:#x}"
+        );
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn reset_device(&self) {
+        self.engine.evict_all();
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let config = self.block_config().encode();
+        let start = offset as usize;
+        match start.checked_add(size as usize) {
+            Some(end) if end <= config.len() => config[start..end].to_vec(),
+            _ => {
+                tracing::warn!(offset, size, "frontend read config bytes past the {}-byte config space", config.len());
+                Vec::new()
+            }
+        }
+    }
+
+    fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
+        *self.mem.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = mem;
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.config.num_queues).map(|queue| 1u64 << queue).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Err(io::Error::other(format!("unexpected epoll event set {evset:?}")));
+        }
+        // One queue per thread: the thread index is the queue index.
+        let vring = vrings
+            .get(usize::from(device_event))
+            .ok_or_else(|| io::Error::other(format!("event for unknown vring {device_event}")))?;
+        let queue = u16::try_from(thread_id).map_err(io::Error::other)?;
+        if self.event_idx.load(Ordering::Relaxed) {
+            // With EVENT_IDX, keep serving until the guest adds nothing
+            // between our last pop and re-enabling notifications.
+            loop {
+                vring.disable_notification().map_err(io::Error::other)?;
+                self.serve_queue(vring, queue)?;
+                if !vring.enable_notification().map_err(io::Error::other)? {
+                    break;
+                }
+            }
+            Ok(())
+        } else {
+            self.serve_queue(vring, queue)
+        }
+    }
+}

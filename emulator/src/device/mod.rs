@@ -1,0 +1,11 @@
+//! The vhost-user-blk device that exposes the engine to a guest.
+
+pub mod backend;
+pub mod chain;
+pub mod error;
+pub mod image;
+pub mod request;
+
+pub use backend::{BlockDevice, DeviceConfig, GuestMemory};
+pub use error::RequestError;
+pub use image::{Image, ImageError};

@@ -1,0 +1,271 @@
+//! `icelab serve` options and their validation (unit-tested without a
+//! socket).
+
+use anyhow::{Context, bail};
+use icelab_emulator::engine::capabilities::{DataUnitSizes, KeyTypes};
+use icelab_emulator::engine::{Capabilities, ProfileName};
+use std::path::PathBuf;
+
+/// Options of `icelab serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Backing image file (created sparse when absent and --size is given).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// vhost-user socket path to listen on (replaced if it exists).
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// Size of a new image, e.g. 64M, 1G, 4096 (bytes); ignored when the image exists.
+    #[arg(long)]
+    pub size: Option<String>,
+    /// Number of request queues, each served by its own thread.
+    #[arg(long, default_value_t = 1)]
+    pub queues: u16,
+    /// Largest virtqueue size the device accepts.
+    #[arg(long, default_value_t = 1024)]
+    pub queue_size: u16,
+    /// Refuse writes (the device offers VIRTIO_BLK_F_RO).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Logical block size in bytes (power of two, 512 to 4096).
+    #[arg(long, default_value_t = 512)]
+    pub block_size: u32,
+    /// GET_ID answer (at most 20 bytes).
+    #[arg(long, default_value = "icelab")]
+    pub serial: String,
+    /// Engine profile: ufs (32 slots, 8 DUN bytes) or emmc (32 slots, 4 DUN bytes).
+    #[arg(long, default_value = "ufs")]
+    pub profile: String,
+    /// Override the profile's number of keyslots.
+    #[arg(long)]
+    pub slots: Option<u16>,
+    /// Override the profile's max_dun_bytes (1 to 16).
+    #[arg(long)]
+    pub max_dun_bytes: Option<u8>,
+    /// Override the supported data unit sizes, e.g. 512,4096.
+    #[arg(long, value_delimiter = ',')]
+    pub data_unit_sizes: Option<Vec<u32>>,
+    /// Override the accepted key types, e.g. raw.
+    #[arg(long, value_delimiter = ',')]
+    pub key_types: Option<Vec<String>>,
+    /// Offer no inline encryption at all (a plain virtio-blk device).
+    #[arg(long, conflicts_with_all = ["slots", "max_dun_bytes", "data_unit_sizes", "key_types"])]
+    pub no_inline_encryption: bool,
+    /// Write counters as JSON to FILE at exit and on SIGUSR1.
+    #[arg(long, value_name = "FILE")]
+    pub stats: Option<PathBuf>,
+    /// Write one JSON line per keyslot event and rejected request to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// Keep serving new connections after the frontend disconnects.
+    #[arg(long)]
+    pub persist: bool,
+}
+
+/// A checked `icelab serve` configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// Image path.
+    pub image: PathBuf,
+    /// Socket path.
+    pub socket: PathBuf,
+    /// Size for a new image.
+    pub create_size: Option<u64>,
+    /// Request queues.
+    pub queues: u16,
+    /// Max queue size.
+    pub queue_size: u16,
+    /// Read-only device.
+    pub read_only: bool,
+    /// Logical block size.
+    pub block_size: u32,
+    /// GET_ID string.
+    pub serial: String,
+    /// Profile name (for reports).
+    pub profile: ProfileName,
+    /// Engine capabilities; `None` without inline encryption.
+    pub capabilities: Option<Capabilities>,
+    /// Stats file.
+    pub stats: Option<PathBuf>,
+    /// Trace file.
+    pub trace: Option<PathBuf>,
+    /// Serve further connections.
+    pub persist: bool,
+}
+
+impl TryFrom<ServeArgs> for ServeConfig {
+    type Error = anyhow::Error;
+
+    fn try_from(args: ServeArgs) -> anyhow::Result<Self> {
+        let profile = ProfileName::from_name(&args.profile).with_context(|| {
+            let names: Vec<_> = ProfileName::ALL.iter().map(|p| p.name()).collect();
+            format!("unknown --profile {:?}; choose one of {}", args.profile, names.join(", "))
+        })?;
+        if args.queues == 0 || args.queues > 64 {
+            bail!("--queues {} is out of range; use 1 to 64", args.queues);
+        }
+        if !args.queue_size.is_power_of_two() || args.queue_size < 4 {
+            bail!("--queue-size {} must be a power of two from 4 to 32768", args.queue_size);
+        }
+        if !args.block_size.is_power_of_two() || !(512..=4096).contains(&args.block_size) {
+            bail!("--block-size {} must be a power of two from 512 to 4096", args.block_size);
+        }
+        if args.serial.len() > icelab_emulator::protocol::DEVICE_ID_BYTES {
+            bail!("--serial {:?} is longer than the 20 bytes GET_ID returns", args.serial);
+        }
+        let create_size = args.size.as_deref().map(parse_size).transpose()?;
+        let capabilities = if args.no_inline_encryption {
+            None
+        } else {
+            let mut caps = profile.capabilities();
+            if let Some(slots) = args.slots {
+                caps.slots = slots;
+            }
+            if let Some(max_dun_bytes) = args.max_dun_bytes {
+                caps.max_dun_bytes = max_dun_bytes;
+            }
+            if let Some(sizes) = &args.data_unit_sizes {
+                caps.data_unit_sizes = parse_data_unit_sizes(sizes)?;
+            }
+            if let Some(types) = &args.key_types {
+                caps.key_types = parse_key_types(types)?;
+            }
+            caps.validate()?;
+            Some(caps)
+        };
+        Ok(Self {
+            image: args.image,
+            socket: args.socket,
+            create_size,
+            queues: args.queues,
+            queue_size: args.queue_size,
+            read_only: args.read_only,
+            block_size: args.block_size,
+            serial: args.serial,
+            profile,
+            capabilities,
+            stats: args.stats,
+            trace: args.trace,
+            persist: args.persist,
+        })
+    }
+}
+
+/// Parses `4096`, `64K`, `64M`, `1G`, `1T` (binary multiples).
+pub fn parse_size(text: &str) -> anyhow::Result<u64> {
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((at, 'k' | 'K')) => (&text[..at], 10),
+        Some((at, 'm' | 'M')) => (&text[..at], 20),
+        Some((at, 'g' | 'G')) => (&text[..at], 30),
+        Some((at, 't' | 'T')) => (&text[..at], 40),
+        _ => (text, 0),
+    };
+    let value: u64 = digits
+        .parse()
+        .with_context(|| format!("--size {text:?} is not a size; write e.g. 64M or 1G"))?;
+    let bytes = value
+        .checked_mul(1 << shift)
+        .with_context(|| format!("--size {text:?} is too large"))?;
+    if bytes < 512 {
+        bail!("--size {text:?} is smaller than one 512-byte sector");
+    }
+    Ok(bytes)
+}
+
+fn parse_data_unit_sizes(sizes: &[u32]) -> anyhow::Result<DataUnitSizes> {
+    let mut mask = 0;
+    for size in sizes {
+        if !size.is_power_of_two()
+            || *size < DataUnitSizes::MIN
+            || *size > DataUnitSizes::MAX
+        {
+            bail!("--data-unit-sizes: {size} is not a power of two from 512 to 65536");
+        }
+        mask |= size;
+    }
+    Ok(DataUnitSizes(mask))
+}
+
+fn parse_key_types(types: &[String]) -> anyhow::Result<KeyTypes> {
+    let mut mask = 0;
+    for name in types {
+        match name.as_str() {
+            "raw" => mask |= KeyTypes::RAW.0,
+            "wrapped" | "hw-wrapped" => {
+                bail!("--key-types {name}: hardware-wrapped keys are not modelled yet; use raw")
+            }
+            other => bail!("--key-types: unknown key type {other:?}; use raw"),
+        }
+    }
+    Ok(KeyTypes(mask))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn config(extra: &[&str]) -> anyhow::Result<ServeConfig> {
+        let mut argv = vec!["icelab", "--image", "disk.img", "--socket", "s.sock"];
+        argv.extend_from_slice(extra);
+        ServeConfig::try_from(Cli::try_parse_from(argv)?.args)
+    }
+
+    #[test]
+    fn defaults_are_the_ufs_profile() {
+        let config = config(&[]).unwrap();
+        assert_eq!(config.profile, ProfileName::Ufs);
+        assert_eq!(config.capabilities, Some(ProfileName::Ufs.capabilities()));
+        assert_eq!(config.queues, 1);
+        assert_eq!(config.create_size, None);
+    }
+
+    #[test]
+    fn overrides_apply_on_top_of_the_profile() {
+        let config = config(&[
+            "--profile", "emmc", "--slots", "2", "--data-unit-sizes", "512,4096", "--size", "64M",
+        ])
+        .unwrap();
+        let caps = config.capabilities.unwrap();
+        assert_eq!(caps.slots, 2);
+        assert_eq!(caps.max_dun_bytes, 4);
+        assert_eq!(caps.data_unit_sizes, DataUnitSizes(512 | 4096));
+        assert_eq!(config.create_size, Some(64 << 20));
+    }
+
+    #[test]
+    fn bad_arguments_name_the_problem() {
+        let cases: [(&[&str], &str); 9] = [
+            (&["--profile", "nvme"], "unknown --profile"),
+            (&["--queues", "0"], "--queues 0"),
+            (&["--queue-size", "100"], "--queue-size 100"),
+            (&["--size", "lots"], "not a size"),
+            (&["--size", "100"], "smaller than one"),
+            (&["--slots", "0"], "at least one keyslot"),
+            (&["--max-dun-bytes", "17"], "--max-dun-bytes 17"),
+            (&["--data-unit-sizes", "1000"], "1000 is not a power of two"),
+            (&["--key-types", "wrapped"], "not modelled yet"),
+        ];
+        for (extra, expected) in cases {
+            let error = config(extra).unwrap_err();
+            assert!(format!("{error:#}").contains(expected), "{extra:?}: {error:#}");
+        }
+        assert!(config(&["--no-inline-encryption", "--slots", "4"]).is_err());
+        assert_eq!(config(&["--no-inline-encryption"]).unwrap().capabilities, None);
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64K").unwrap(), 64 << 10);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert!(parse_size("99999999999T").is_err());
+    }
+}

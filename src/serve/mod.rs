@@ -1,0 +1,140 @@
+//! `icelab serve`: the emulator as a vhost-user-blk backend process.
+
+mod args;
+
+pub use args::{ServeArgs, ServeConfig};
+
+use anyhow::Context;
+use icelab_emulator::device::{BlockDevice, DeviceConfig, GuestMemory, Image};
+use icelab_emulator::engine::{Engine, Trace};
+use serde_json::json;
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use std::path::Path;
+use std::sync::Arc;
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::GuestMemoryMmap;
+
+/// Runs `icelab serve` until the frontend disconnects (or forever with
+/// `--persist`, until SIGINT/SIGTERM).
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = ServeConfig::try_from(args)?;
+    let image = Image::open(&config.image, config.create_size, config.read_only)?;
+    let trace = config
+        .trace
+        .as_deref()
+        .map(|path| {
+            Trace::create(path)
+                .with_context(|| format!("cannot create the trace file {}", path.display()))
+        })
+        .transpose()?;
+    let engine = Arc::new(Engine::new(config.capabilities, trace));
+    let mem = GuestMemory::new(GuestMemoryMmap::new());
+    let device_config = DeviceConfig {
+        num_queues: config.queues,
+        queue_size: config.queue_size,
+        blk_size: config.block_size,
+        serial: config.serial.clone(),
+    };
+    let device = Arc::new(BlockDevice::new(device_config, image, engine, mem.clone()));
+    let report = Arc::new(Report { config: config.clone(), device: device.clone() });
+    watch_signals(report.clone())?;
+
+    tracing::info!(
+        image = %config.image.display(),
+        socket = %config.socket.display(),
+        capacity = device.image().capacity(),
+        queues = config.queues,
+        profile = %config.profile,
+        inline_encryption = config.capabilities.is_some(),
+        "listening"
+    );
+    loop {
+        let mut daemon = VhostUserDaemon::new("icelab".into(), device.clone(), mem.clone())
+            .map_err(|error| anyhow::anyhow!("cannot start the vhost-user daemon: {error}"))?;
+        let served = daemon.serve(&config.socket);
+        device.engine().evict_all();
+        match served {
+            Ok(()) => tracing::info!("frontend disconnected"),
+            Err(error) => tracing::warn!("connection ended: {error}"),
+        }
+        if !config.persist {
+            break;
+        }
+    }
+    report.finish()
+}
+
+/// Writes the stats file and cleans up at exit.
+struct Report {
+    config: ServeConfig,
+    device: Arc<BlockDevice>,
+}
+
+impl Report {
+    fn write_stats(&self) -> anyhow::Result<()> {
+        let Some(path) = &self.config.stats else {
+            return Ok(());
+        };
+        let engine = self.device.engine();
+        let caps = engine.capabilities();
+        let document = json!({
+            "device": {
+                "image": self.config.image,
+                "capacity_bytes": self.device.image().capacity(),
+                "queues": self.config.queues,
+                "read_only": self.config.read_only,
+                "profile": self.config.profile.name(),
+                "inline_encryption": caps.is_some(),
+                "keyslots": caps.map(|c| c.slots),
+                "max_dun_bytes": caps.map(|c| c.max_dun_bytes),
+                "data_unit_sizes": caps.map(|c| c.data_unit_sizes.sizes().collect::<Vec<_>>()),
+            },
+            "stats": engine.stats().to_json(),
+        });
+        write_atomically(path, &serde_json::to_vec_pretty(&document)?)
+            .with_context(|| format!("cannot write the stats file {}", path.display()))
+    }
+
+    fn finish(&self) -> anyhow::Result<()> {
+        let flushed = self.device.image().flush().context("cannot flush the image at exit");
+        let _ = std::fs::remove_file(&self.config.socket);
+        self.write_stats()?;
+        flushed
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    std::fs::write(&temporary, bytes)?;
+    std::fs::rename(&temporary, path)
+}
+
+/// SIGUSR1 writes the stats; SIGINT and SIGTERM write them and exit 0.
+fn watch_signals(report: Arc<Report>) -> anyhow::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1])
+        .context("cannot install signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal == SIGUSR1 {
+                    if let Err(error) = report.write_stats() {
+                        tracing::error!("{error:#}");
+                    }
+                    continue;
+                }
+                tracing::info!(signal, "shutting down");
+                let status = match report.finish() {
+                    Ok(()) => 0,
+                    Err(error) => {
+                        tracing::error!("{error:#}");
+                        1
+                    }
+                };
+                std::process::exit(status);
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
