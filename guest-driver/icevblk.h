@@ -1,0 +1,158 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * icelab virtio-blk driver with inline encryption: shared definitions.
+ *
+ * Include this header first in every source file of the module: it sets
+ * the module's one log prefix.
+ */
+#ifndef ICEVBLK_H
+#define ICEVBLK_H
+
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/blk-crypto-profile.h>
+#include <linux/blk-mq.h>
+#include <linux/completion.h>
+#include <linux/mutex.h>
+#include <linux/scatterlist.h>
+#include <linux/spinlock.h>
+#include <linux/virtio.h>
+#include <linux/virtio_blk.h>
+#include <linux/wait.h>
+
+#include "icevblk_proto.h"
+
+/**
+ * struct icevblk_vq - one request virtqueue
+ * @vq: the virtqueue
+ * @lock: serializes adding to and harvesting from @vq
+ * @name: name given to the transport ("req.N")
+ */
+struct icevblk_vq {
+	struct virtqueue *vq;
+	spinlock_t lock;	/* adding to and harvesting from @vq */
+	char name[16];
+} ____cacheline_aligned_in_smp;
+
+/**
+ * struct icevblk_ctrl - buffers of the device's one control command
+ * @out_hdr: request header (device-readable)
+ * @key_desc: KEYSLOT_PROGRAM/EVICT payload (device-readable)
+ * @answer: GET_CRYPTO_MODES or GET_ID answer (device-writable)
+ * @answer.modes: GET_CRYPTO_MODES answer
+ * @answer.id: GET_ID answer
+ * @status: status byte (device-writable)
+ * @done: completed by the virtqueue callback
+ *
+ * Control commands are the requests that are not block I/O: GET_ID,
+ * GET_CRYPTO_MODES, KEYSLOT_PROGRAM and KEYSLOT_EVICT.  They bypass
+ * blk-mq (see icevblk_ctrl.c for why), one at a time, so one set of
+ * buffers per device is enough.  Allocated with kmalloc, never on the
+ * stack, because the device reads and writes it directly.
+ */
+struct icevblk_ctrl {
+	struct virtio_blk_outhdr out_hdr;
+	struct icevblk_key_desc key_desc;
+	union {
+		__le32 modes[ICEVBLK_NR_MODES];
+		u8 id[VIRTIO_BLK_ID_BYTES];
+	} answer;
+	u8 status;
+	struct completion done;
+};
+
+/**
+ * struct icevblk - one virtio-blk device
+ * @vdev: the virtio device; its priv points back here
+ * @disk: the block device
+ * @tag_set: blk-mq tags, one hardware queue per virtqueue
+ * @index: disk index, for the name vd<letters>
+ * @num_vqs: number of request virtqueues
+ * @vqs: the request virtqueues
+ * @ctrl_lock: serializes control commands and guards @ctrl_dead
+ * @ctrl_dead: set at removal; control commands then fail with -ENODEV
+ * @ctrl: control command buffers (protected by @ctrl_lock)
+ * @ctrl_room: woken when the device returns buffers on the first
+ *	virtqueue, for a control command waiting for ring space
+ * @crypto_enabled: @crypto_profile is initialised and registered
+ * @crypto_profile: the inline encryption profile given to blk-crypto
+ *
+ * Once the disk has been added, the structure lives until the disk's
+ * last reference goes away (icevblk_free_disk()): a filesystem that
+ * outlives a surprise removal still evicts its keys through
+ * @crypto_profile.
+ */
+struct icevblk {
+	struct virtio_device *vdev;
+	struct gendisk *disk;
+	struct blk_mq_tag_set tag_set;
+	int index;
+
+	unsigned int num_vqs;
+	struct icevblk_vq *vqs;
+
+	struct mutex ctrl_lock;	/* one control command at a time */
+	bool ctrl_dead;
+	struct icevblk_ctrl *ctrl;
+	wait_queue_head_t ctrl_room;
+
+	bool crypto_enabled;
+	struct blk_crypto_profile crypto_profile;
+};
+
+/**
+ * struct icevblk_req - per-request driver data (the blk-mq pdu)
+ * @out_hdr: request header (device-readable)
+ * @crypto_msg: keyslot and DUN (device-readable), for CRYPTO_IN/OUT only
+ * @has_crypto: @crypto_msg is part of the request
+ * @status: status byte (device-writable)
+ * @sg_table: data scatterlist
+ * @sg: inline scatterlist entries backing @sg_table
+ */
+struct icevblk_req {
+	struct virtio_blk_outhdr out_hdr;
+	struct icevblk_crypto_msg crypto_msg;
+	bool has_crypto;
+	u8 status;
+	struct sg_table sg_table;
+	struct scatterlist sg[];
+};
+
+/* icevblk_io.c */
+extern const struct blk_mq_ops icevblk_mq_ops;
+blk_status_t icevblk_status_to_blk(u8 status);
+void icevblk_vq_done(struct virtqueue *vq);
+
+/* icevblk_ctrl.c */
+int icevblk_ctrl_get_id(struct icevblk *vblk, char id[VIRTIO_BLK_ID_BYTES]);
+int icevblk_ctrl_get_crypto_modes(struct icevblk *vblk,
+				  u32 modes[ICEVBLK_NR_MODES]);
+int icevblk_ctrl_keyslot(struct icevblk *vblk, u32 type,
+			 const struct icevblk_key_desc *desc);
+
+/* icevblk_crypto.c */
+#ifdef CONFIG_BLK_INLINE_ENCRYPTION
+int icevblk_crypto_setup(struct icevblk *vblk);
+void icevblk_crypto_destroy(struct icevblk *vblk);
+blk_status_t icevblk_crypto_prep_rq(struct icevblk *vblk, struct request *rq,
+				    struct icevblk_req *vbr);
+#else
+static inline int icevblk_crypto_setup(struct icevblk *vblk)
+{
+	return 0;
+}
+
+static inline void icevblk_crypto_destroy(struct icevblk *vblk)
+{
+}
+
+static inline blk_status_t icevblk_crypto_prep_rq(struct icevblk *vblk,
+						  struct request *rq,
+						  struct icevblk_req *vbr)
+{
+	vbr->has_crypto = false;
+	return BLK_STS_OK;
+}
+#endif /* CONFIG_BLK_INLINE_ENCRYPTION */
+
+#endif /* ICEVBLK_H */

@@ -1,0 +1,264 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * icelab virtio-blk driver: inline encryption.
+ *
+ * When VIRTIO_BLK_F_INLINE_ENCRYPTION (the draft's bit 23) is negotiated,
+ * the device is an inline crypto engine with keyslots, as a UFS or eMMC
+ * host controller would be.  This file tells blk-crypto what the engine
+ * can do, programs and evicts its keyslots on blk-crypto's behalf, and
+ * turns a request's crypto context into the draft's crypto_msg.
+ *
+ * Only raw keys are offered to blk-crypto.  A device that accepts only
+ * hardware-wrapped keys is driven without inline encryption, and fscrypt
+ * then falls back to blk-crypto-fallback.
+ */
+#include "icevblk.h"
+
+#include <linux/blk-crypto.h>
+#include <linux/minmax.h>
+#include <linux/string.h>
+#include <linux/virtio_config.h>
+
+static_assert(BLK_CRYPTO_DUN_ARRAY_SIZE == ICEVBLK_DUN_WORDS);
+
+static struct icevblk *icevblk_from_profile(struct blk_crypto_profile *profile)
+{
+	return container_of(profile, struct icevblk, crypto_profile);
+}
+
+/*
+ * Fills @desc for @key in @slot.  Evicting does not send the key: the
+ * device empties the slot whatever it holds.
+ */
+static int icevblk_fill_key_desc(struct icevblk_key_desc *desc,
+				 const struct blk_crypto_key *key,
+				 unsigned int slot, bool with_key)
+{
+	const struct blk_crypto_config *cfg = &key->crypto_cfg;
+	u32 key_type;
+
+	if (cfg->crypto_mode != BLK_ENCRYPTION_MODE_AES_256_XTS)
+		return -EOPNOTSUPP;
+	switch (cfg->key_type) {
+	case BLK_CRYPTO_KEY_TYPE_RAW:
+		key_type = ICEVBLK_KEY_TYPE_RAW;
+		break;
+	case BLK_CRYPTO_KEY_TYPE_HW_WRAPPED:
+		key_type = ICEVBLK_KEY_TYPE_HW_WRAPPED;
+		break;
+	default:
+		return -EOPNOTSUPP;
+	}
+	if (key->size > sizeof(desc->bytes))
+		return -EINVAL;
+
+	memset(desc, 0, sizeof(*desc));
+	desc->slot = cpu_to_le32(slot);
+	if (with_key)
+		memcpy(desc->bytes, key->bytes, key->size);
+	desc->key_size = cpu_to_le32(key->size);
+	desc->crypto_mode = cpu_to_le32(ICEVBLK_MODE_AES_256_XTS);
+	desc->key_type = cpu_to_le32(key_type);
+	desc->data_unit_size_bits = cpu_to_le32(key->data_unit_size_bits);
+	desc->dun_bytes = cpu_to_le32(cfg->dun_bytes);
+	return 0;
+}
+
+static int icevblk_keyslot_cmd(struct blk_crypto_profile *profile,
+			       const struct blk_crypto_key *key,
+			       unsigned int slot, u32 type)
+{
+	struct icevblk *vblk = icevblk_from_profile(profile);
+	bool program = type == ICEVBLK_T_KEYSLOT_PROGRAM;
+	struct icevblk_key_desc desc;
+	int err;
+
+	err = icevblk_fill_key_desc(&desc, key, slot, program);
+	if (!err)
+		err = icevblk_ctrl_keyslot(vblk, type, &desc);
+	memzero_explicit(&desc, sizeof(desc));
+
+	/* A device that is gone holds no keys. */
+	if (!program && err == -ENODEV)
+		return 0;
+	if (err)
+		dev_warn_ratelimited(&vblk->vdev->dev,
+				     "keyslot %u: %s failed: %d\n", slot,
+				     program ? "program" : "evict", err);
+	return err;
+}
+
+static int icevblk_keyslot_program(struct blk_crypto_profile *profile,
+				   const struct blk_crypto_key *key,
+				   unsigned int slot)
+{
+	return icevblk_keyslot_cmd(profile, key, slot,
+				   ICEVBLK_T_KEYSLOT_PROGRAM);
+}
+
+static int icevblk_keyslot_evict(struct blk_crypto_profile *profile,
+				 const struct blk_crypto_key *key,
+				 unsigned int slot)
+{
+	return icevblk_keyslot_cmd(profile, key, slot,
+				   ICEVBLK_T_KEYSLOT_EVICT);
+}
+
+static const struct blk_crypto_ll_ops icevblk_crypto_ops = {
+	.keyslot_program	= icevblk_keyslot_program,
+	.keyslot_evict		= icevblk_keyslot_evict,
+};
+
+/*
+ * Reads the engine's capabilities.  Returns false, after saying why, when
+ * the device offers nothing blk-crypto can use natively.
+ */
+static bool icevblk_crypto_caps(struct icevblk *vblk, unsigned int *slots,
+				unsigned int *dun_bytes, u32 *xts_units)
+{
+	struct virtio_device *vdev = vblk->vdev;
+	u32 modes[ICEVBLK_NR_MODES];
+	u8 key_types;
+	int err;
+
+	*slots = virtio_cread16(vdev, ICEVBLK_CFG_MAX_SLOTS);
+	*dun_bytes = virtio_cread8(vdev, ICEVBLK_CFG_MAX_DUN_BYTES);
+	key_types = virtio_cread8(vdev, ICEVBLK_CFG_KEY_TYPES);
+
+	if (!*slots || !*dun_bytes) {
+		dev_warn(&vdev->dev, "inline encryption offered with %u keyslots and %u DUN bytes; not using it\n",
+			 *slots, *dun_bytes);
+		return false;
+	}
+	if (!(key_types & ICEVBLK_KEY_TYPES_RAW)) {
+		dev_warn(&vdev->dev, "inline encryption offers no raw keys (key_types %#x); not using it\n",
+			 key_types);
+		return false;
+	}
+	/* blk-crypto carries at most a 32-byte DUN. */
+	*dun_bytes = min_t(unsigned int, *dun_bytes, BLK_CRYPTO_MAX_IV_SIZE);
+
+	err = icevblk_ctrl_get_crypto_modes(vblk, modes);
+	if (err) {
+		dev_warn(&vdev->dev, "GET_CRYPTO_MODES failed: %d; not using inline encryption\n",
+			 err);
+		return false;
+	}
+	*xts_units = modes[ICEVBLK_MODE_AES_256_XTS];
+	if (!*xts_units) {
+		dev_warn(&vdev->dev, "inline encryption offers no AES-256-XTS data unit size; not using it\n");
+		return false;
+	}
+	return true;
+}
+
+/**
+ * icevblk_crypto_setup() - give blk-crypto the device's inline crypto engine
+ * @vblk: the device, with its virtqueues ready and its disk allocated but
+ *	not yet added
+ *
+ * Reads max_slots, max_dun_bytes and key_types from the config space,
+ * asks the device for its modes[] (GET_CRYPTO_MODES), and registers a
+ * crypto profile on the disk's queue.  It must run before the disk is
+ * added, so that the queue's crypto sysfs directory is created with it.
+ *
+ * A device without the feature, or whose capabilities blk-crypto cannot
+ * use, leaves the disk without a profile: not an error, blk-crypto then
+ * uses its fallback.
+ *
+ * Context: Process context, may sleep.  The device must be DRIVER_OK.
+ * Return: 0 on success or when inline encryption is not used, -ENOMEM
+ * when the profile cannot be allocated.
+ */
+int icevblk_crypto_setup(struct icevblk *vblk)
+{
+	struct blk_crypto_profile *profile = &vblk->crypto_profile;
+	unsigned int slots, dun_bytes;
+	u32 xts_units;
+	int err;
+
+	if (!virtio_has_feature(vblk->vdev, ICEVBLK_F_INLINE_ENCRYPTION))
+		return 0;
+	if (!icevblk_crypto_caps(vblk, &slots, &dun_bytes, &xts_units))
+		return 0;
+
+	err = blk_crypto_profile_init(profile, slots);
+	if (err)
+		return err;
+	profile->ll_ops = icevblk_crypto_ops;
+	profile->max_dun_bytes_supported = dun_bytes;
+	profile->key_types_supported = BLK_CRYPTO_KEY_TYPE_RAW;
+	profile->modes_supported[BLK_ENCRYPTION_MODE_AES_256_XTS] = xts_units;
+
+	if (!blk_crypto_register(profile, vblk->disk->queue)) {
+		blk_crypto_profile_destroy(profile);
+		return 0;
+	}
+	vblk->crypto_enabled = true;
+	dev_info(&vblk->vdev->dev, "inline encryption: %u keyslots, %u DUN bytes, AES-256-XTS data units %#x\n",
+		 slots, dun_bytes, xts_units);
+	return 0;
+}
+
+/**
+ * icevblk_crypto_destroy() - free the crypto profile
+ * @vblk: the device
+ *
+ * Context: Process context.  The disk's queue must no longer issue I/O.
+ */
+void icevblk_crypto_destroy(struct icevblk *vblk)
+{
+	if (vblk->crypto_enabled)
+		blk_crypto_profile_destroy(&vblk->crypto_profile);
+	vblk->crypto_enabled = false;
+}
+
+/**
+ * icevblk_crypto_prep_rq() - turn a request's crypto context into a crypto_msg
+ * @vblk: the device
+ * @rq: the block request
+ * @vbr: its driver data, with the outhdr already filled in
+ *
+ * blk-crypto has already given every request that carries a crypto
+ * context a keyslot programmed with its key.  Such a READ becomes
+ * CRYPTO_IN and such a WRITE CRYPTO_OUT, with the keyslot index and the
+ * DUN of the request's first data unit.
+ *
+ * Context: Any context (called from ->queue_rq).
+ * Return: BLK_STS_OK, or BLK_STS_IOERR for a crypto context on a request
+ * the draft cannot encrypt or one that has no keyslot.
+ */
+blk_status_t icevblk_crypto_prep_rq(struct icevblk *vblk, struct request *rq,
+				    struct icevblk_req *vbr)
+{
+	const struct bio_crypt_ctx *bc = rq->crypt_ctx;
+	u32 type;
+	int i;
+
+	vbr->has_crypto = false;
+	if (!bc)
+		return BLK_STS_OK;
+	if (WARN_ON_ONCE(!rq->crypt_keyslot))
+		return BLK_STS_IOERR;
+
+	switch (req_op(rq)) {
+	case REQ_OP_READ:
+		type = ICEVBLK_T_CRYPTO_IN;
+		break;
+	case REQ_OP_WRITE:
+		type = ICEVBLK_T_CRYPTO_OUT;
+		break;
+	default:
+		WARN_ON_ONCE(1);
+		return BLK_STS_IOERR;
+	}
+
+	vbr->crypto_msg.slot =
+		cpu_to_le32(blk_crypto_keyslot_index(rq->crypt_keyslot));
+	vbr->crypto_msg.reserved = 0;
+	for (i = 0; i < ICEVBLK_DUN_WORDS; i++)
+		vbr->crypto_msg.dun[i] = cpu_to_le64(bc->bc_dun[i]);
+	vbr->out_hdr.type = cpu_to_virtio32(vblk->vdev, type);
+	vbr->has_crypto = true;
+	return BLK_STS_OK;
+}

@@ -1,0 +1,180 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * icelab virtio-blk driver: control commands.
+ *
+ * GET_ID, GET_CRYPTO_MODES, KEYSLOT_PROGRAM and KEYSLOT_EVICT are put on
+ * the first request virtqueue directly, not through blk-mq, and the
+ * caller sleeps until the device answers.
+ *
+ * Why not a driver-private blk-mq request (as virtio_blk does for
+ * GET_ID): blk-crypto programs keyslots from blk_mq_submit_bio(), while
+ * the submitting task already holds a tag and a reference on the queue's
+ * usage counter.  Allocating a second request there can wait forever: on
+ * the tags, if every one of them is held by a task that waits for a
+ * keyslot, and on the queue, if anyone starts to freeze it (a scheduler
+ * or limits change), since the freeze waits for the reference the
+ * submitter holds.  The virtqueue itself has neither dependency.
+ */
+#include "icevblk.h"
+
+#include <linux/sched.h>
+#include <linux/string.h>
+#include <linux/virtio_config.h>
+
+/*
+ * Puts the prepared control command on the first virtqueue and waits for
+ * the answer.  Called with vblk->ctrl_lock held.
+ */
+static int icevblk_ctrl_exec(struct icevblk *vblk, struct scatterlist **sgs,
+			     unsigned int num_out, unsigned int num_in)
+{
+	struct icevblk_vq *ivq = &vblk->vqs[0];
+	struct icevblk_ctrl *ctrl = vblk->ctrl;
+	unsigned long flags;
+	bool notify;
+	int err;
+
+	lockdep_assert_held(&vblk->ctrl_lock);
+	if (vblk->ctrl_dead)
+		return -ENODEV;
+
+	reinit_completion(&ctrl->done);
+	ctrl->status = U8_MAX;
+	for (;;) {
+		notify = false;
+		spin_lock_irqsave(&ivq->lock, flags);
+		err = virtqueue_add_sgs(ivq->vq, sgs, num_out, num_in, ctrl,
+					GFP_ATOMIC);
+		if (!err)
+			notify = virtqueue_kick_prepare(ivq->vq);
+		spin_unlock_irqrestore(&ivq->lock, flags);
+		if (err != -ENOSPC)
+			break;
+		/*
+		 * The ring is full of block I/O: wait until the device
+		 * returns some.  The timeout only re-checks, in case the
+		 * wakeup raced with our test.
+		 */
+		wait_event_timeout(vblk->ctrl_room,
+				   READ_ONCE(ivq->vq->num_free) >= num_out + num_in,
+				   HZ);
+	}
+	if (err)
+		return err;
+	if (notify)
+		virtqueue_notify(ivq->vq);
+
+	/*
+	 * Uninterruptible: the device owns the buffers until it answers,
+	 * so there is nothing to give back early.
+	 */
+	wait_for_completion_io(&ctrl->done);
+	return blk_status_to_errno(icevblk_status_to_blk(ctrl->status));
+}
+
+static void icevblk_ctrl_set_type(struct icevblk *vblk, u32 type)
+{
+	struct icevblk_ctrl *ctrl = vblk->ctrl;
+
+	ctrl->out_hdr.type = cpu_to_virtio32(vblk->vdev, type);
+	ctrl->out_hdr.ioprio = 0;
+	ctrl->out_hdr.sector = 0;
+}
+
+/* A command with nothing to send and @len bytes of answer. */
+static int icevblk_ctrl_query(struct icevblk *vblk, u32 type, size_t len)
+{
+	struct icevblk_ctrl *ctrl = vblk->ctrl;
+	struct scatterlist hdr, answer, status;
+	struct scatterlist *sgs[] = { &hdr, &answer, &status };
+
+	icevblk_ctrl_set_type(vblk, type);
+	memset(&ctrl->answer, 0, sizeof(ctrl->answer));
+	sg_init_one(&hdr, &ctrl->out_hdr, sizeof(ctrl->out_hdr));
+	sg_init_one(&answer, &ctrl->answer, len);
+	sg_init_one(&status, &ctrl->status, sizeof(ctrl->status));
+	return icevblk_ctrl_exec(vblk, sgs, 1, 2);
+}
+
+/**
+ * icevblk_ctrl_get_id() - read the device's id string (GET_ID)
+ * @vblk: the device
+ * @id: where to store the answer; not NUL-terminated when 20 bytes long
+ *
+ * Context: Process context, may sleep.  Takes and releases
+ * vblk->ctrl_lock.
+ * Return: 0 on success, -EOPNOTSUPP or -EIO when the device refuses,
+ * -ENODEV after removal, or another -errno from the virtqueue.
+ */
+int icevblk_ctrl_get_id(struct icevblk *vblk, char id[VIRTIO_BLK_ID_BYTES])
+{
+	int err;
+
+	mutex_lock(&vblk->ctrl_lock);
+	err = icevblk_ctrl_query(vblk, VIRTIO_BLK_T_GET_ID,
+				 sizeof(vblk->ctrl->answer.id));
+	if (!err)
+		memcpy(id, vblk->ctrl->answer.id, VIRTIO_BLK_ID_BYTES);
+	mutex_unlock(&vblk->ctrl_lock);
+	return err;
+}
+
+/**
+ * icevblk_ctrl_get_crypto_modes() - read the device's modes[] table
+ * @vblk: the device
+ * @modes: where to store the table, in CPU byte order
+ *
+ * Context: Process context, may sleep.  Takes and releases
+ * vblk->ctrl_lock.
+ * Return: 0 on success, -EOPNOTSUPP or -EIO when the device refuses,
+ * -ENODEV after removal, or another -errno from the virtqueue.
+ */
+int icevblk_ctrl_get_crypto_modes(struct icevblk *vblk,
+				  u32 modes[ICEVBLK_NR_MODES])
+{
+	int err, i;
+
+	mutex_lock(&vblk->ctrl_lock);
+	err = icevblk_ctrl_query(vblk, ICEVBLK_T_GET_CRYPTO_MODES,
+				 sizeof(vblk->ctrl->answer.modes));
+	if (!err)
+		for (i = 0; i < ICEVBLK_NR_MODES; i++)
+			modes[i] = le32_to_cpu(vblk->ctrl->answer.modes[i]);
+	mutex_unlock(&vblk->ctrl_lock);
+	return err;
+}
+
+/**
+ * icevblk_ctrl_keyslot() - program or evict a keyslot and wait for it
+ * @vblk: the device
+ * @type: ICEVBLK_T_KEYSLOT_PROGRAM or ICEVBLK_T_KEYSLOT_EVICT
+ * @desc: the key descriptor to send
+ *
+ * The descriptor is copied into the device's command buffer, which is
+ * wiped as soon as the device has answered, whatever the answer.
+ *
+ * Context: Process context, may sleep.  Takes and releases
+ * vblk->ctrl_lock.  blk-crypto calls in with its profile lock held.
+ * Return: 0 on success, -EOPNOTSUPP when the device answers UNSUPP, -EIO
+ * when it answers IOERR, -ENODEV after removal, or another -errno from
+ * the virtqueue.
+ */
+int icevblk_ctrl_keyslot(struct icevblk *vblk, u32 type,
+			 const struct icevblk_key_desc *desc)
+{
+	struct icevblk_ctrl *ctrl = vblk->ctrl;
+	struct scatterlist hdr, payload, status;
+	struct scatterlist *sgs[] = { &hdr, &payload, &status };
+	int err;
+
+	mutex_lock(&vblk->ctrl_lock);
+	icevblk_ctrl_set_type(vblk, type);
+	memcpy(&ctrl->key_desc, desc, sizeof(ctrl->key_desc));
+	sg_init_one(&hdr, &ctrl->out_hdr, sizeof(ctrl->out_hdr));
+	sg_init_one(&payload, &ctrl->key_desc, sizeof(ctrl->key_desc));
+	sg_init_one(&status, &ctrl->status, sizeof(ctrl->status));
+	err = icevblk_ctrl_exec(vblk, sgs, 2, 1);
+	memzero_explicit(&ctrl->key_desc, sizeof(ctrl->key_desc));
+	mutex_unlock(&vblk->ctrl_lock);
+	return err;
+}
