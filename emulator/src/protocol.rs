@@ -647,16 +647,32 @@ impl BlockConfig {
         put(&mut out, o::BLK_SIZE, &self.blk_size.to_le_bytes());
         put(&mut out, o::MIN_IO_SIZE, &1u16.to_le_bytes());
         put(&mut out, o::NUM_QUEUES, &self.num_queues.to_le_bytes());
-        put(&mut out, o::MAX_DISCARD_SECTORS, &self.max_discard_sectors.to_le_bytes());
-        put(&mut out, o::MAX_DISCARD_SEG, &self.max_discard_seg.to_le_bytes());
+        put(
+            &mut out,
+            o::MAX_DISCARD_SECTORS,
+            &self.max_discard_sectors.to_le_bytes(),
+        );
+        put(
+            &mut out,
+            o::MAX_DISCARD_SEG,
+            &self.max_discard_seg.to_le_bytes(),
+        );
         let alignment = self.blk_size / SECTOR_SIZE as u32;
-        put(&mut out, o::DISCARD_SECTOR_ALIGNMENT, &alignment.to_le_bytes());
+        put(
+            &mut out,
+            o::DISCARD_SECTOR_ALIGNMENT,
+            &alignment.to_le_bytes(),
+        );
         put(
             &mut out,
             o::MAX_WRITE_ZEROES_SECTORS,
             &self.max_write_zeroes_sectors.to_le_bytes(),
         );
-        put(&mut out, o::MAX_WRITE_ZEROES_SEG, &self.max_write_zeroes_seg.to_le_bytes());
+        put(
+            &mut out,
+            o::MAX_WRITE_ZEROES_SEG,
+            &self.max_write_zeroes_seg.to_le_bytes(),
+        );
         out[o::WRITE_ZEROES_MAY_UNMAP] = 1;
         if let Some(crypto) = &self.crypto {
             put(&mut out, o::MAX_SLOTS, &crypto.max_slots.to_le_bytes());
@@ -729,12 +745,19 @@ mod tests {
         assert_eq!(&wire[132..136], &64u32.to_le_bytes());
         assert_eq!(&wire[148..152], &8u32.to_le_bytes());
         assert_eq!(KeyDesc::parse(&wire), desc);
-        assert!(!format!("{desc:?}").contains("170"), "Debug must not print key bytes");
+        assert!(
+            !format!("{desc:?}").contains("170"),
+            "Debug must not print key bytes"
+        );
     }
 
     #[test]
     fn crypto_msg_layout() {
-        let msg = CryptoMsg { slot: 3, reserved: 0, dun: Dun([1, 2, 3, 4]) };
+        let msg = CryptoMsg {
+            slot: 3,
+            reserved: 0,
+            dun: Dun([1, 2, 3, 4]),
+        };
         let wire = msg.encode();
         assert_eq!(&wire[8..16], &1u64.to_le_bytes());
         assert_eq!(&wire[32..40], &4u64.to_le_bytes());
@@ -750,7 +773,10 @@ mod tests {
         assert!(Dun::from_u64(u64::MAX).range_fits(2, 9));
         assert!(Dun::from_u64(0).range_fits(1, 0));
         assert!(!Dun([u64::MAX; 4]).range_fits(2, 32));
-        assert_eq!(Dun::from_u64(u64::MAX).checked_add(1), Some(Dun([0, 1, 0, 0])));
+        assert_eq!(
+            Dun::from_u64(u64::MAX).checked_add(1),
+            Some(Dun([0, 1, 0, 0]))
+        );
     }
 
     #[test]

@@ -99,19 +99,32 @@ impl TryFrom<ServeArgs> for ServeConfig {
     fn try_from(args: ServeArgs) -> anyhow::Result<Self> {
         let profile = ProfileName::from_name(&args.profile).with_context(|| {
             let names: Vec<_> = ProfileName::ALL.iter().map(|p| p.name()).collect();
-            format!("unknown --profile {:?}; choose one of {}", args.profile, names.join(", "))
+            format!(
+                "unknown --profile {:?}; choose one of {}",
+                args.profile,
+                names.join(", ")
+            )
         })?;
         if args.queues == 0 || args.queues > 64 {
             bail!("--queues {} is out of range; use 1 to 64", args.queues);
         }
         if !args.queue_size.is_power_of_two() || args.queue_size < 4 {
-            bail!("--queue-size {} must be a power of two from 4 to 32768", args.queue_size);
+            bail!(
+                "--queue-size {} must be a power of two from 4 to 32768",
+                args.queue_size
+            );
         }
         if !args.block_size.is_power_of_two() || !(512..=4096).contains(&args.block_size) {
-            bail!("--block-size {} must be a power of two from 512 to 4096", args.block_size);
+            bail!(
+                "--block-size {} must be a power of two from 512 to 4096",
+                args.block_size
+            );
         }
         if args.serial.len() > icelab_emulator::protocol::DEVICE_ID_BYTES {
-            bail!("--serial {:?} is longer than the 20 bytes GET_ID returns", args.serial);
+            bail!(
+                "--serial {:?} is longer than the 20 bytes GET_ID returns",
+                args.serial
+            );
         }
         let create_size = args.size.as_deref().map(parse_size).transpose()?;
         let capabilities = if args.no_inline_encryption {
@@ -176,10 +189,7 @@ pub fn parse_size(text: &str) -> anyhow::Result<u64> {
 fn parse_data_unit_sizes(sizes: &[u32]) -> anyhow::Result<DataUnitSizes> {
     let mut mask = 0;
     for size in sizes {
-        if !size.is_power_of_two()
-            || *size < DataUnitSizes::MIN
-            || *size > DataUnitSizes::MAX
-        {
+        if !size.is_power_of_two() || *size < DataUnitSizes::MIN || *size > DataUnitSizes::MAX {
             bail!("--data-unit-sizes: {size} is not a power of two from 512 to 65536");
         }
         mask |= size;
@@ -230,7 +240,14 @@ mod tests {
     #[test]
     fn overrides_apply_on_top_of_the_profile() {
         let config = config(&[
-            "--profile", "emmc", "--slots", "2", "--data-unit-sizes", "512,4096", "--size", "64M",
+            "--profile",
+            "emmc",
+            "--slots",
+            "2",
+            "--data-unit-sizes",
+            "512,4096",
+            "--size",
+            "64M",
         ])
         .unwrap();
         let caps = config.capabilities.unwrap();
@@ -255,10 +272,16 @@ mod tests {
         ];
         for (extra, expected) in cases {
             let error = config(extra).unwrap_err();
-            assert!(format!("{error:#}").contains(expected), "{extra:?}: {error:#}");
+            assert!(
+                format!("{error:#}").contains(expected),
+                "{extra:?}: {error:#}"
+            );
         }
         assert!(config(&["--no-inline-encryption", "--slots", "4"]).is_err());
-        assert_eq!(config(&["--no-inline-encryption"]).unwrap().capabilities, None);
+        assert_eq!(
+            config(&["--no-inline-encryption"]).unwrap().capabilities,
+            None
+        );
     }
 
     #[test]

@@ -36,7 +36,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         serial: config.serial.clone(),
     };
     let device = Arc::new(BlockDevice::new(device_config, image, engine, mem.clone()));
-    let report = Arc::new(Report { config: config.clone(), device: device.clone() });
+    let report = Arc::new(Report {
+        config: config.clone(),
+        device: device.clone(),
+    });
     watch_signals(report.clone())?;
 
     tracing::info!(
@@ -96,7 +99,11 @@ impl Report {
     }
 
     fn finish(&self) -> anyhow::Result<()> {
-        let flushed = self.device.image().flush().context("cannot flush the image at exit");
+        let flushed = self
+            .device
+            .image()
+            .flush()
+            .context("cannot flush the image at exit");
         let _ = std::fs::remove_file(&self.config.socket);
         self.write_stats()?;
         flushed

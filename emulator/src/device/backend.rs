@@ -8,10 +8,10 @@ use super::image::Image;
 use super::request::{self, Context, Limits, Scratch};
 use crate::engine::Engine;
 use crate::protocol::{
-    BlockConfig, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD,
-    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_INLINE_ENCRYPTION, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO,
-    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, feature, SECTOR_SIZE,
+    BlockConfig, SECTOR_SIZE, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_BLK_F_BLK_SIZE,
+    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_INLINE_ENCRYPTION, VIRTIO_BLK_F_MQ,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, feature,
 };
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +21,9 @@ use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier};
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
 
 /// Guest memory as the backend sees it.
 pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;
@@ -68,7 +70,9 @@ impl BlockDevice {
             device_id,
         };
         Self {
-            scratch: (0..config.num_queues).map(|_| Mutex::new(Scratch::default())).collect(),
+            scratch: (0..config.num_queues)
+                .map(|_| Mutex::new(Scratch::default()))
+                .collect(),
             config,
             limits,
             image,
@@ -127,7 +131,10 @@ impl BlockDevice {
         };
         let mut served = false;
         loop {
-            let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem.clone());
+            let chain = vring
+                .get_mut()
+                .get_queue_mut()
+                .pop_descriptor_chain(mem.clone());
             let Some(chain) = chain else { break };
             let head = chain.head_index();
             let used = request::serve(&ctx, &*mem, chain, &mut scratch);
@@ -201,19 +208,29 @@ impl VhostUserBackend for BlockDevice {
         match start.checked_add(size as usize) {
             Some(end) if end <= config.len() => config[start..end].to_vec(),
             _ => {
-                tracing::warn!(offset, size, "frontend read config bytes past the {}-byte config space", config.len());
+                tracing::warn!(
+                    offset,
+                    size,
+                    "frontend read config bytes past the {}-byte config space",
+                    config.len()
+                );
                 Vec::new()
             }
         }
     }
 
     fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
-        *self.mem.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = mem;
+        *self
+            .mem
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = mem;
         Ok(())
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.config.num_queues).map(|queue| 1u64 << queue).collect()
+        (0..self.config.num_queues)
+            .map(|queue| 1u64 << queue)
+            .collect()
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
@@ -228,7 +245,9 @@ impl VhostUserBackend for BlockDevice {
         thread_id: usize,
     ) -> io::Result<()> {
         if evset != EventSet::IN {
-            return Err(io::Error::other(format!("unexpected epoll event set {evset:?}")));
+            return Err(io::Error::other(format!(
+                "unexpected epoll event set {evset:?}"
+            )));
         }
         // One queue per thread: the thread index is the queue index.
         let vring = vrings

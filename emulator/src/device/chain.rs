@@ -21,7 +21,9 @@ pub struct Segment {
 pub enum ChainError {
     /// The chain ended early: a loop, a `next` past the table, or a bad
     /// indirect table.
-    #[error("guest gave a broken descriptor chain (loop, next index out of range, or bad indirect table)")]
+    #[error(
+        "guest gave a broken descriptor chain (loop, next index out of range, or bad indirect table)"
+    )]
     Broken,
     /// A device-readable descriptor followed a device-writable one.
     #[error("guest placed a device-readable descriptor after a device-writable one")]
@@ -60,8 +62,15 @@ impl Segments {
             if desc.len() == 0 {
                 continue;
             }
-            let segment = Segment { addr: desc.addr(), len: desc.len() };
-            let access = if desc.is_write_only() { Permissions::Write } else { Permissions::Read };
+            let segment = Segment {
+                addr: desc.addr(),
+                len: desc.len(),
+            };
+            let access = if desc.is_write_only() {
+                Permissions::Write
+            } else {
+                Permissions::Read
+            };
             if !mem.check_range(segment.addr, segment.len as usize, access) {
                 error.get_or_insert(ChainError::OutsideMemory {
                     addr: segment.addr.0,
@@ -138,13 +147,25 @@ impl<'a> Cursor<'a> {
     /// Copies the next `buf.len()` bytes out of guest memory. The caller
     /// checks `remaining()` first; a short chain or a memory error leaves
     /// an error.
-    pub fn read<M: GuestMemory>(&mut self, mem: &M, buf: &mut [u8]) -> Result<(), vm_memory::GuestMemoryError> {
-        self.walk(buf.len(), |addr, start, len| mem.read_slice(&mut buf[start..start + len], addr))
+    pub fn read<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        buf: &mut [u8],
+    ) -> Result<(), vm_memory::GuestMemoryError> {
+        self.walk(buf.len(), |addr, start, len| {
+            mem.read_slice(&mut buf[start..start + len], addr)
+        })
     }
 
     /// Copies `buf` into guest memory at the cursor.
-    pub fn write<M: GuestMemory>(&mut self, mem: &M, buf: &[u8]) -> Result<(), vm_memory::GuestMemoryError> {
-        self.walk(buf.len(), |addr, start, len| mem.write_slice(&buf[start..start + len], addr))
+    pub fn write<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        buf: &[u8],
+    ) -> Result<(), vm_memory::GuestMemoryError> {
+        self.walk(buf.len(), |addr, start, len| {
+            mem.write_slice(&buf[start..start + len], addr)
+        })
     }
 
     fn walk(
@@ -153,14 +174,21 @@ impl<'a> Cursor<'a> {
         mut copy: impl FnMut(GuestAddress, usize, usize) -> Result<(), vm_memory::GuestMemoryError>,
     ) -> Result<(), vm_memory::GuestMemoryError> {
         if total as u64 > self.remaining {
-            return Err(vm_memory::GuestMemoryError::PartialBuffer { expected: total, completed: 0 });
+            return Err(vm_memory::GuestMemoryError::PartialBuffer {
+                expected: total,
+                completed: 0,
+            });
         }
         let mut done = 0;
         while done < total {
             let segment = self.segments[self.index];
             let available = (segment.len - self.offset) as usize;
             let len = available.min(total - done);
-            copy(GuestAddress(segment.addr.0 + u64::from(self.offset)), done, len)?;
+            copy(
+                GuestAddress(segment.addr.0 + u64::from(self.offset)),
+                done,
+                len,
+            )?;
             done += len;
             self.offset += len as u32;
             if self.offset == segment.len {

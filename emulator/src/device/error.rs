@@ -32,7 +32,9 @@ pub enum RequestError {
         want: u64,
     },
     /// Fewer device-writable bytes than the answer needs.
-    #[error("guest left {got} device-writable bytes for {request}'s answer; it needs {want} plus the status byte")]
+    #[error(
+        "guest left {got} device-writable bytes for {request}'s answer; it needs {want} plus the status byte"
+    )]
     ShortAnswer {
         /// The request.
         request: RequestType,
@@ -53,7 +55,9 @@ pub enum RequestError {
     #[error("guest sent {0} with no data")]
     NoData(RequestType),
     /// Larger than the device accepts in one request.
-    #[error("guest sent {len} bytes in one {request}; the device takes at most {max} (seg_max x size_max)")]
+    #[error(
+        "guest sent {len} bytes in one {request}; the device takes at most {max} (seg_max x size_max)"
+    )]
     TooLarge {
         /// The request.
         request: RequestType,
@@ -63,7 +67,9 @@ pub enum RequestError {
         max: u64,
     },
     /// Range past the end of the disk.
-    #[error("guest addressed sectors {sector}..+{sectors} beyond the capacity of {capacity} sectors")]
+    #[error(
+        "guest addressed sectors {sector}..+{sectors} beyond the capacity of {capacity} sectors"
+    )]
     BeyondCapacity {
         /// First sector.
         sector: u64,

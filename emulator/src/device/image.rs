@@ -50,7 +50,11 @@ pub struct Image {
 impl Image {
     /// Opens `path`, creating a sparse file of `create_size` bytes if it
     /// does not exist.
-    pub fn open(path: &Path, create_size: Option<u64>, read_only: bool) -> Result<Self, ImageError> {
+    pub fn open(
+        path: &Path,
+        create_size: Option<u64>,
+        read_only: bool,
+    ) -> Result<Self, ImageError> {
         let exists = path.exists();
         if !exists && create_size.is_none() {
             return Err(ImageError::Missing(path.to_owned()));
@@ -61,7 +65,10 @@ impl Image {
             .create(!exists)
             .truncate(false)
             .open(path)
-            .map_err(|source| ImageError::Open { path: path.to_owned(), source })?;
+            .map_err(|source| ImageError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
         if let (false, Some(size)) = (exists, create_size) {
             file.set_len(size).map_err(|source| ImageError::Resize {
                 path: path.to_owned(),
@@ -71,13 +78,20 @@ impl Image {
         }
         let len = file
             .metadata()
-            .map_err(|source| ImageError::Open { path: path.to_owned(), source })?
+            .map_err(|source| ImageError::Open {
+                path: path.to_owned(),
+                source,
+            })?
             .len();
         let capacity = len - len % SECTOR_SIZE;
         if capacity == 0 {
             return Err(ImageError::TooSmall(path.to_owned()));
         }
-        Ok(Self { file, capacity, read_only })
+        Ok(Self {
+            file,
+            capacity,
+            read_only,
+        })
     }
 
     /// Capacity in bytes (a multiple of 512).
@@ -92,7 +106,9 @@ impl Image {
 
     /// True when `len` bytes from `offset` lie within the capacity.
     pub fn contains(&self, offset: u64, len: u64) -> bool {
-        offset.checked_add(len).is_some_and(|end| end <= self.capacity)
+        offset
+            .checked_add(len)
+            .is_some_and(|end| end <= self.capacity)
     }
 
     /// Reads exactly `buf.len()` bytes at `offset`.
@@ -130,13 +146,18 @@ impl Image {
     }
 
     fn fallocate(&self, mode: i32, offset: u64, len: u64) -> io::Result<()> {
-        let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len))
+        else {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         };
         // SAFETY: fallocate takes a valid open descriptor and plain integers;
         // it does not touch our memory.
         let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, offset, len) };
-        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     fn write_zeroes_slowly(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -145,7 +166,8 @@ impl Image {
         let mut done = 0;
         while done < len {
             let step = CHUNK.min(len - done);
-            self.file.write_all_at(&zeroes[..step as usize], offset + done)?;
+            self.file
+                .write_all_at(&zeroes[..step as usize], offset + done)?;
             done += step;
         }
         Ok(())
@@ -160,7 +182,10 @@ mod tests {
     fn creates_sparse_image_and_refuses_missing_without_size() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
-        assert!(matches!(Image::open(&path, None, false), Err(ImageError::Missing(_))));
+        assert!(matches!(
+            Image::open(&path, None, false),
+            Err(ImageError::Missing(_))
+        ));
         let image = Image::open(&path, Some(1 << 20), false).unwrap();
         assert_eq!(image.capacity(), 1 << 20);
         image.write_at(&[7; 4096], 8192).unwrap();

@@ -115,9 +115,21 @@ fn reject(ctx: &Context<'_>, header: Option<&OutHeader>, error: &RequestError) {
     let sector = header.map(|h| h.sector);
     let message = error_chain(error);
     if error.is_host_fault() {
-        tracing::error!(queue = ctx.queue, request, sector, kind = error.kind(), "{message}");
+        tracing::error!(
+            queue = ctx.queue,
+            request,
+            sector,
+            kind = error.kind(),
+            "{message}"
+        );
     } else {
-        tracing::warn!(queue = ctx.queue, request, sector, kind = error.kind(), "{message}");
+        tracing::warn!(
+            queue = ctx.queue,
+            request,
+            sector,
+            kind = error.kind(),
+            "{message}"
+        );
     }
     ctx.engine.stats().count_rejection(error.kind());
     if let Some(trace) = ctx.engine.trace() {
@@ -165,15 +177,22 @@ fn execute<M: GuestMemory>(
     }
     let Scratch { segments, buffer } = scratch;
     let mut reader = segments.reader();
-    reader.read(mem, &mut [0u8; OutHeader::SIZE]).map_err(RequestError::Memory)?;
+    reader
+        .read(mem, &mut [0u8; OutHeader::SIZE])
+        .map_err(RequestError::Memory)?;
     let answer_room = segments.writable_len() - 1;
     let stats = ctx.engine.stats();
     match request {
         RequestType::In => {
             let range = checked_range(ctx, request, header.sector, answer_room, false)?;
             let buffer = bounce(buffer, range.len as usize);
-            ctx.image.read_at(buffer, range.offset).map_err(|source| io(request, source))?;
-            segments.writer().write(mem, buffer).map_err(RequestError::Memory)?;
+            ctx.image
+                .read_at(buffer, range.offset)
+                .map_err(|source| io(request, source))?;
+            segments
+                .writer()
+                .write(mem, buffer)
+                .map_err(RequestError::Memory)?;
             stats.plain_reads.add(range.len);
             Ok(range.len as u32)
         }
@@ -181,7 +200,9 @@ fn execute<M: GuestMemory>(
             let range = checked_range(ctx, request, header.sector, reader.remaining(), true)?;
             let buffer = bounce(buffer, range.len as usize);
             reader.read(mem, buffer).map_err(RequestError::Memory)?;
-            ctx.image.write_at(buffer, range.offset).map_err(|source| io(request, source))?;
+            ctx.image
+                .write_at(buffer, range.offset)
+                .map_err(|source| io(request, source))?;
             stats.plain_writes.add(range.len);
             Ok(0)
         }
@@ -192,7 +213,9 @@ fn execute<M: GuestMemory>(
             let buffer = bounce(buffer, range.len as usize);
             reader.read(mem, buffer).map_err(RequestError::Memory)?;
             crypt(&key, Direction::Encrypt, buffer, &msg);
-            ctx.image.write_at(buffer, range.offset).map_err(|source| io(request, source))?;
+            ctx.image
+                .write_at(buffer, range.offset)
+                .map_err(|source| io(request, source))?;
             stats.crypto_writes.add(range.len);
             Ok(0)
         }
@@ -201,9 +224,14 @@ fn execute<M: GuestMemory>(
             let range = checked_range(ctx, request, header.sector, answer_room, false)?;
             let key = ctx.engine.key_for(&msg, range.offset, range.len)?;
             let buffer = bounce(buffer, range.len as usize);
-            ctx.image.read_at(buffer, range.offset).map_err(|source| io(request, source))?;
+            ctx.image
+                .read_at(buffer, range.offset)
+                .map_err(|source| io(request, source))?;
             crypt(&key, Direction::Decrypt, buffer, &msg);
-            segments.writer().write(mem, buffer).map_err(RequestError::Memory)?;
+            segments
+                .writer()
+                .write(mem, buffer)
+                .map_err(RequestError::Memory)?;
             stats.crypto_reads.add(range.len);
             Ok(range.len as u32)
         }
@@ -220,12 +248,19 @@ fn execute<M: GuestMemory>(
         }
         RequestType::Discard | RequestType::WriteZeroes => {
             discard_or_write_zeroes(ctx, mem, request, &mut reader)?;
-            let counter = if request == RequestType::Discard { &stats.discards } else { &stats.write_zeroes };
+            let counter = if request == RequestType::Discard {
+                &stats.discards
+            } else {
+                &stats.write_zeroes
+            };
             counter.fetch_add(1, Relaxed);
             Ok(0)
         }
         RequestType::GetCryptoModes => {
-            let caps = ctx.engine.capabilities().ok_or(RequestError::Unsupported(request))?;
+            let caps = ctx
+                .engine
+                .capabilities()
+                .ok_or(RequestError::Unsupported(request))?;
             let mut bytes = [0u8; 8];
             for (chunk, mode) in bytes.chunks_exact_mut(4).zip(caps.modes()) {
                 chunk.copy_from_slice(&mode.to_le_bytes());
@@ -283,7 +318,11 @@ fn checked_range(
         return Err(RequestError::NotSectorMultiple { request, len });
     }
     if len > ctx.limits.max_data_bytes {
-        return Err(RequestError::TooLarge { request, len, max: ctx.limits.max_data_bytes });
+        return Err(RequestError::TooLarge {
+            request,
+            len,
+            max: ctx.limits.max_data_bytes,
+        });
     }
     sector_range(ctx.image, sector, len / SECTOR_SIZE)
 }
@@ -334,7 +373,9 @@ fn read_key_desc<M: GuestMemory>(
         });
     }
     let mut bytes = Zeroizing::new([0u8; KeyDesc::SIZE]);
-    reader.read(mem, &mut bytes[..]).map_err(RequestError::Memory)?;
+    reader
+        .read(mem, &mut bytes[..])
+        .map_err(RequestError::Memory)?;
     Ok(KeyDesc::parse(&bytes))
 }
 
@@ -346,9 +387,16 @@ fn answer<M: GuestMemory>(
     bytes: &[u8],
 ) -> Result<(), RequestError> {
     if room < bytes.len() as u64 {
-        return Err(RequestError::ShortAnswer { request, got: room, want: bytes.len() as u64 });
+        return Err(RequestError::ShortAnswer {
+            request,
+            got: room,
+            want: bytes.len() as u64,
+        });
     }
-    segments.writer().write(mem, bytes).map_err(RequestError::Memory)
+    segments
+        .writer()
+        .write(mem, bytes)
+        .map_err(RequestError::Memory)
 }
 
 /// DISCARD and WRITE_ZEROES: all segments are checked before any is
@@ -373,14 +421,25 @@ fn discard_or_write_zeroes<M: GuestMemory>(
         });
     }
     if count > u64::from(ctx.limits.max_discard_seg) {
-        return Err(RequestError::TooManySegments { request, got: count, max: ctx.limits.max_discard_seg });
+        return Err(RequestError::TooManySegments {
+            request,
+            got: count,
+            max: ctx.limits.max_discard_seg,
+        });
     }
-    let allowed_flags = if request == RequestType::WriteZeroes { DiscardSegment::FLAG_UNMAP } else { 0 };
+    let allowed_flags = if request == RequestType::WriteZeroes {
+        DiscardSegment::FLAG_UNMAP
+    } else {
+        0
+    };
     let mut validate = reader.clone();
     for _ in 0..count {
         let segment = read_segment(mem, &mut validate)?;
         if segment.flags & !allowed_flags != 0 {
-            return Err(RequestError::UnsupportedFlags { request, flags: segment.flags });
+            return Err(RequestError::UnsupportedFlags {
+                request,
+                flags: segment.flags,
+            });
         }
         if segment.num_sectors > ctx.limits.max_discard_sectors {
             return Err(RequestError::TooLarge {
@@ -394,17 +453,21 @@ fn discard_or_write_zeroes<M: GuestMemory>(
     for _ in 0..count {
         let segment = read_segment(mem, reader)?;
         let range = sector_range(ctx.image, segment.sector, u64::from(segment.num_sectors))?;
-        let done = if request == RequestType::Discard || segment.flags & DiscardSegment::FLAG_UNMAP != 0 {
-            ctx.image.punch_hole(range.offset, range.len)
-        } else {
-            ctx.image.write_zeroes(range.offset, range.len)
-        };
+        let done =
+            if request == RequestType::Discard || segment.flags & DiscardSegment::FLAG_UNMAP != 0 {
+                ctx.image.punch_hole(range.offset, range.len)
+            } else {
+                ctx.image.write_zeroes(range.offset, range.len)
+            };
         done.map_err(|source| io(request, source))?;
     }
     Ok(())
 }
 
-fn read_segment<M: GuestMemory>(mem: &M, reader: &mut Cursor<'_>) -> Result<DiscardSegment, RequestError> {
+fn read_segment<M: GuestMemory>(
+    mem: &M,
+    reader: &mut Cursor<'_>,
+) -> Result<DiscardSegment, RequestError> {
     let mut bytes = [0u8; DiscardSegment::SIZE];
     reader.read(mem, &mut bytes).map_err(RequestError::Memory)?;
     Ok(DiscardSegment::parse(&bytes))

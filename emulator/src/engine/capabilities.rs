@@ -83,7 +83,9 @@ impl DataUnitSizes {
 
     /// The sizes in bytes, ascending.
     pub fn sizes(self) -> impl Iterator<Item = u32> {
-        (0..32).filter(move |bit| self.0 & (1 << bit) != 0).map(|bit| 1 << bit)
+        (0..32)
+            .filter(move |bit| self.0 & (1 << bit) != 0)
+            .map(|bit| 1 << bit)
     }
 }
 
@@ -122,14 +124,10 @@ pub enum CapabilityError {
     #[error("the engine needs at least one keyslot (--slots 1 or more)")]
     NoSlots,
     /// DUN bytes outside 1..=16.
-    #[error(
-        "--max-dun-bytes {0} is out of range: AES-256-XTS carries DUNs of 1 to 16 bytes"
-    )]
+    #[error("--max-dun-bytes {0} is out of range: AES-256-XTS carries DUNs of 1 to 16 bytes")]
     MaxDunBytes(u8),
     /// Empty or out-of-range data unit sizes.
-    #[error(
-        "--data-unit-sizes must list powers of two from 512 to 65536 (got mask {0:#x})"
-    )]
+    #[error("--data-unit-sizes must list powers of two from 512 to 65536 (got mask {0:#x})")]
     DataUnitSizes(u32),
     /// No key type, or an unknown one.
     #[error("--key-types must name at least one supported key type (raw)")]
@@ -185,7 +183,10 @@ mod tests {
         let ufs = ProfileName::Ufs.capabilities();
         assert_eq!(ufs.slots, 32);
         assert_eq!(ufs.max_dun_bytes, 8);
-        assert_eq!(ufs.data_unit_sizes.sizes().collect::<Vec<_>>(), [512, 1024, 2048, 4096]);
+        assert_eq!(
+            ufs.data_unit_sizes.sizes().collect::<Vec<_>>(),
+            [512, 1024, 2048, 4096]
+        );
         assert_eq!(ufs.modes(), [0, 0x1e00]);
         assert_eq!(ProfileName::Emmc.capabilities().max_dun_bytes, 4);
         assert_eq!(ProfileName::from_name("emmc"), Some(ProfileName::Emmc));
@@ -196,11 +197,49 @@ mod tests {
     #[test]
     fn nonsense_capabilities_are_refused() {
         let ufs = ProfileName::Ufs.capabilities();
-        assert_eq!(Capabilities { slots: 0, ..ufs }.validate(), Err(CapabilityError::NoSlots));
-        assert!(Capabilities { max_dun_bytes: 17, ..ufs }.validate().is_err());
-        assert!(Capabilities { max_dun_bytes: 0, ..ufs }.validate().is_err());
-        assert!(Capabilities { data_unit_sizes: DataUnitSizes(256), ..ufs }.validate().is_err());
-        assert!(Capabilities { data_unit_sizes: DataUnitSizes(0), ..ufs }.validate().is_err());
-        assert!(Capabilities { key_types: KeyTypes(2), ..ufs }.validate().is_err());
+        assert_eq!(
+            Capabilities { slots: 0, ..ufs }.validate(),
+            Err(CapabilityError::NoSlots)
+        );
+        assert!(
+            Capabilities {
+                max_dun_bytes: 17,
+                ..ufs
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Capabilities {
+                max_dun_bytes: 0,
+                ..ufs
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Capabilities {
+                data_unit_sizes: DataUnitSizes(256),
+                ..ufs
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Capabilities {
+                data_unit_sizes: DataUnitSizes(0),
+                ..ufs
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Capabilities {
+                key_types: KeyTypes(2),
+                ..ufs
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

@@ -8,7 +8,9 @@ use crate::protocol::Status;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
     /// The device offers no inline encryption.
-    #[error("guest sent an inline-encryption request, but the device offers none (--no-inline-encryption)")]
+    #[error(
+        "guest sent an inline-encryption request, but the device offers none (--no-inline-encryption)"
+    )]
     NoInlineEncryption,
     /// Keyslot index past the table.
     #[error("guest named keyslot {slot}, but the engine has only {slots} keyslots")]
@@ -53,7 +55,9 @@ pub enum EngineError {
         max: u8,
     },
     /// Request does not start on a data unit boundary.
-    #[error("guest request starts at byte {offset}, not on a {data_unit_size}-byte data unit boundary")]
+    #[error(
+        "guest request starts at byte {offset}, not on a {data_unit_size}-byte data unit boundary"
+    )]
     Misaligned {
         /// Byte offset of the request on the image.
         offset: u64,
@@ -61,7 +65,9 @@ pub enum EngineError {
         data_unit_size: u32,
     },
     /// Request is not a whole number of data units (or is empty).
-    #[error("guest request carries {len} bytes, not a whole non-zero number of {data_unit_size}-byte data units")]
+    #[error(
+        "guest request carries {len} bytes, not a whole non-zero number of {data_unit_size}-byte data units"
+    )]
     PartialDataUnit {
         /// Data length of the request.
         len: u64,

@@ -34,8 +34,12 @@ pub struct ProgrammedKey {
 impl ProgrammedKey {
     /// Encrypts or decrypts whole data units in place, the first with `dun`.
     pub fn crypt(&self, direction: Direction, data: &mut [u8], dun: &Dun) {
-        self.key
-            .crypt(direction, data, self.data_unit_size as usize, dun.low_u128());
+        self.key.crypt(
+            direction,
+            data,
+            self.data_unit_size as usize,
+            dun.low_u128(),
+        );
     }
 }
 
@@ -84,8 +88,8 @@ impl Engine {
     pub fn program(&self, desc: &KeyDesc, queue: u16) -> Result<Fingerprint, EngineError> {
         let caps = self.capabilities.ok_or(EngineError::NoInlineEncryption)?;
         let slot = self.slot(desc.slot)?;
-        let mode =
-            CryptoMode::from_wire(desc.crypto_mode).ok_or(EngineError::UnsupportedMode(desc.crypto_mode))?;
+        let mode = CryptoMode::from_wire(desc.crypto_mode)
+            .ok_or(EngineError::UnsupportedMode(desc.crypto_mode))?;
         match KeyType::from_wire(desc.key_type) {
             Some(key_type) if caps.key_types.accepts(key_type) => {}
             _ => return Err(EngineError::UnsupportedKeyType(desc.key_type)),
@@ -98,7 +102,9 @@ impl Engine {
                 want: mode.raw_key_size(),
             })?;
         if !caps.data_unit_sizes.contains_bits(desc.data_unit_size_bits) {
-            return Err(EngineError::UnsupportedDataUnitSize(desc.data_unit_size_bits));
+            return Err(EngineError::UnsupportedDataUnitSize(
+                desc.data_unit_size_bits,
+            ));
         }
         if desc.dun_bytes == 0 {
             return Err(EngineError::ZeroDunBytes);
@@ -154,7 +160,7 @@ impl Engine {
     pub fn evict_all(&self) {
         for (index, slot) in self.slots.iter().enumerate() {
             if let Some(key) = write(slot).take() {
-                self.stats.slots_evicted.fetch_add(1, Relaxed);
+                self.stats.slots_reset.fetch_add(1, Relaxed);
                 self.trace_evict(index as u32, Some(key.fingerprint), None, "reset");
             }
         }
@@ -176,26 +182,42 @@ impl Engine {
         let data_unit_size = key.data_unit_size;
         let unit = u64::from(data_unit_size);
         if offset % unit != 0 {
-            return Err(EngineError::Misaligned { offset, data_unit_size });
+            return Err(EngineError::Misaligned {
+                offset,
+                data_unit_size,
+            });
         }
         if len == 0 || len % unit != 0 {
-            return Err(EngineError::PartialDataUnit { len, data_unit_size });
+            return Err(EngineError::PartialDataUnit {
+                len,
+                data_unit_size,
+            });
         }
         if !msg.dun.range_fits(len / unit, key.dun_bytes) {
-            return Err(EngineError::DunOverflow { dun_bytes: key.dun_bytes });
+            return Err(EngineError::DunOverflow {
+                dun_bytes: key.dun_bytes,
+            });
         }
         self.stats.count_slot_use(msg.slot);
         Ok(key)
     }
 
     fn slot(&self, index: u32) -> Result<&Slot, EngineError> {
-        self.slots.get(index as usize).ok_or(EngineError::SlotOutOfRange {
-            slot: index,
-            slots: self.slots.len() as u16,
-        })
+        self.slots
+            .get(index as usize)
+            .ok_or(EngineError::SlotOutOfRange {
+                slot: index,
+                slots: self.slots.len() as u16,
+            })
     }
 
-    fn trace_evict(&self, slot: u32, evicted: Option<Fingerprint>, queue: Option<u16>, cause: &str) {
+    fn trace_evict(
+        &self,
+        slot: u32,
+        evicted: Option<Fingerprint>,
+        queue: Option<u16>,
+        cause: &str,
+    ) {
         tracing::debug!(slot, cause, "keyslot evicted");
         if let Some(trace) = &self.trace {
             trace.event(
@@ -218,7 +240,8 @@ fn read(slot: &Slot) -> std::sync::RwLockReadGuard<'_, Option<Arc<ProgrammedKey>
 }
 
 fn write(slot: &Slot) -> std::sync::RwLockWriteGuard<'_, Option<Arc<ProgrammedKey>>> {
-    slot.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    slot.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -229,7 +252,10 @@ mod tests {
 
     fn desc(slot: u32) -> KeyDesc {
         let mut bytes = [0u8; MAX_KEY_BYTES];
-        bytes[..64].iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+        bytes[..64]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = i as u8);
         KeyDesc {
             slot,
             bytes,
@@ -243,7 +269,11 @@ mod tests {
     }
 
     fn msg(slot: u32, dun: u64) -> CryptoMsg {
-        CryptoMsg { slot, reserved: 0, dun: Dun::from_u64(dun) }
+        CryptoMsg {
+            slot,
+            reserved: 0,
+            dun: Dun::from_u64(dun),
+        }
     }
 
     fn ufs() -> Engine {
@@ -253,15 +283,31 @@ mod tests {
     #[test]
     fn program_checks_every_field() {
         let engine = ufs();
-        let cases: [(fn(&mut KeyDesc), EngineError); 8] = [
-            (|d| d.slot = 32, EngineError::SlotOutOfRange { slot: 32, slots: 32 }),
+        type Mutation = fn(&mut KeyDesc);
+        let cases: [(Mutation, EngineError); 8] = [
+            (
+                |d| d.slot = 32,
+                EngineError::SlotOutOfRange {
+                    slot: 32,
+                    slots: 32,
+                },
+            ),
             (|d| d.crypto_mode = 0, EngineError::UnsupportedMode(0)),
             (|d| d.crypto_mode = 2, EngineError::UnsupportedMode(2)),
             (|d| d.key_type = 2, EngineError::UnsupportedKeyType(2)),
-            (|d| d.key_size = 32, EngineError::WrongKeySize { got: 32, want: 64 }),
-            (|d| d.data_unit_size_bits = 13, EngineError::UnsupportedDataUnitSize(13)),
+            (
+                |d| d.key_size = 32,
+                EngineError::WrongKeySize { got: 32, want: 64 },
+            ),
+            (
+                |d| d.data_unit_size_bits = 13,
+                EngineError::UnsupportedDataUnitSize(13),
+            ),
             (|d| d.dun_bytes = 0, EngineError::ZeroDunBytes),
-            (|d| d.dun_bytes = 9, EngineError::DunBytesTooLarge { got: 9, max: 8 }),
+            (
+                |d| d.dun_bytes = 9,
+                EngineError::DunBytesTooLarge { got: 9, max: 8 },
+            ),
         ];
         for (mutate, expected) in cases {
             let mut bad = desc(1);
@@ -270,7 +316,10 @@ mod tests {
         }
         let mut huge = desc(1);
         huge.key_size = u32::MAX;
-        assert!(matches!(engine.program(&huge, 0), Err(EngineError::WrongKeySize { .. })));
+        assert!(matches!(
+            engine.program(&huge, 0),
+            Err(EngineError::WrongKeySize { .. })
+        ));
         assert_eq!(engine.stats().slots_programmed.load(Relaxed), 0);
         assert!(engine.program(&desc(31), 0).is_ok());
     }
@@ -278,36 +327,72 @@ mod tests {
     #[test]
     fn requests_need_a_programmed_slot_and_whole_aligned_units() {
         let engine = ufs();
-        assert!(matches!(engine.key_for(&msg(0, 0), 0, 4096), Err(EngineError::SlotEmpty { slot: 0 })));
+        assert!(matches!(
+            engine.key_for(&msg(0, 0), 0, 4096),
+            Err(EngineError::SlotEmpty { slot: 0 })
+        ));
         engine.program(&desc(0), 0).unwrap();
         assert!(engine.key_for(&msg(0, 0), 4096, 8192).is_ok());
-        assert!(matches!(engine.key_for(&msg(0, 0), 512, 4096), Err(EngineError::Misaligned { .. })));
-        assert!(matches!(engine.key_for(&msg(0, 0), 0, 4095), Err(EngineError::PartialDataUnit { .. })));
-        assert!(matches!(engine.key_for(&msg(0, 0), 0, 0), Err(EngineError::PartialDataUnit { .. })));
+        assert!(matches!(
+            engine.key_for(&msg(0, 0), 512, 4096),
+            Err(EngineError::Misaligned { .. })
+        ));
+        assert!(matches!(
+            engine.key_for(&msg(0, 0), 0, 4095),
+            Err(EngineError::PartialDataUnit { .. })
+        ));
+        assert!(matches!(
+            engine.key_for(&msg(0, 0), 0, 0),
+            Err(EngineError::PartialDataUnit { .. })
+        ));
         assert!(engine.key_for(&msg(0, u64::MAX), 0, 4096).is_ok());
-        assert!(matches!(engine.key_for(&msg(0, u64::MAX), 0, 8192), Err(EngineError::DunOverflow { .. })));
-        assert!(matches!(engine.key_for(&msg(99, 0), 0, 4096), Err(EngineError::SlotOutOfRange { .. })));
-        assert_eq!(engine.evict(&desc(0), 0), Ok(Some(engine.fingerprinter.fingerprint(&desc(0).bytes[..64]))));
-        assert!(matches!(engine.key_for(&msg(0, 0), 0, 4096), Err(EngineError::SlotEmpty { .. })));
+        assert!(matches!(
+            engine.key_for(&msg(0, u64::MAX), 0, 8192),
+            Err(EngineError::DunOverflow { .. })
+        ));
+        assert!(matches!(
+            engine.key_for(&msg(99, 0), 0, 4096),
+            Err(EngineError::SlotOutOfRange { .. })
+        ));
+        assert_eq!(
+            engine.evict(&desc(0), 0),
+            Ok(Some(engine.fingerprinter.fingerprint(&desc(0).bytes[..64])))
+        );
+        assert!(matches!(
+            engine.key_for(&msg(0, 0), 0, 4096),
+            Err(EngineError::SlotEmpty { .. })
+        ));
         assert_eq!(engine.evict(&desc(0), 0), Ok(None));
     }
 
     #[test]
     fn emmc_limits_duns_to_32_bits() {
         let engine = Engine::new(Some(ProfileName::Emmc.capabilities()), None);
-        assert_eq!(engine.program(&desc(0), 0), Err(EngineError::DunBytesTooLarge { got: 8, max: 4 }));
+        assert_eq!(
+            engine.program(&desc(0), 0),
+            Err(EngineError::DunBytesTooLarge { got: 8, max: 4 })
+        );
         let mut four = desc(0);
         four.dun_bytes = 4;
         engine.program(&four, 0).unwrap();
         assert!(engine.key_for(&msg(0, u32::MAX as u64), 0, 4096).is_ok());
-        assert!(matches!(engine.key_for(&msg(0, u32::MAX as u64), 0, 8192), Err(EngineError::DunOverflow { .. })));
+        assert!(matches!(
+            engine.key_for(&msg(0, u32::MAX as u64), 0, 8192),
+            Err(EngineError::DunOverflow { .. })
+        ));
     }
 
     #[test]
     fn no_engine_refuses_everything_as_unsupported() {
         let engine = Engine::new(None, None);
-        assert_eq!(engine.program(&desc(0), 0), Err(EngineError::NoInlineEncryption));
-        assert_eq!(EngineError::NoInlineEncryption.status(), crate::protocol::Status::Unsupp);
+        assert_eq!(
+            engine.program(&desc(0), 0),
+            Err(EngineError::NoInlineEncryption)
+        );
+        assert_eq!(
+            EngineError::NoInlineEncryption.status(),
+            crate::protocol::Status::Unsupp
+        );
         assert!(engine.key_for(&msg(0, 0), 0, 4096).is_err());
     }
 

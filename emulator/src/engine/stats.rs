@@ -42,8 +42,10 @@ impl Traffic {
 pub struct Stats {
     /// Successful KEYSLOT_PROGRAM requests.
     pub slots_programmed: AtomicU64,
-    /// Successful KEYSLOT_EVICT requests (and evictions by device reset).
+    /// Successful KEYSLOT_EVICT requests.
     pub slots_evicted: AtomicU64,
+    /// Keys dropped by a device reset or a new connection.
+    pub slots_reset: AtomicU64,
     /// CRYPTO_IN requests served.
     pub crypto_reads: Traffic,
     /// CRYPTO_OUT requests served.
@@ -70,6 +72,7 @@ impl Stats {
         Self {
             slots_programmed: AtomicU64::new(0),
             slots_evicted: AtomicU64::new(0),
+            slots_reset: AtomicU64::new(0),
             crypto_reads: Traffic::default(),
             crypto_writes: Traffic::default(),
             plain_reads: Traffic::default(),
@@ -92,13 +95,19 @@ impl Stats {
 
     /// Counts one rejected request of `kind`.
     pub fn count_rejection(&self, kind: &'static str) {
-        let mut rejected = self.rejected.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut rejected = self
+            .rejected
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         *rejected.entry(kind).or_default() += 1;
     }
 
     /// Total rejected requests.
     pub fn rejections(&self) -> u64 {
-        let rejected = self.rejected.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let rejected = self
+            .rejected
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         rejected.values().sum()
     }
 
@@ -114,6 +123,7 @@ impl Stats {
             "keyslots": {
                 "programmed": self.slots_programmed.load(Relaxed),
                 "evicted": self.slots_evicted.load(Relaxed),
+                "evicted_by_reset": self.slots_reset.load(Relaxed),
                 "uses_per_slot": per_slot,
             },
             "crypto_in": self.crypto_reads.to_json(),

@@ -34,7 +34,10 @@ impl Trace {
         if let (Some(line), Value::Object(fields)) = (line.as_object_mut(), fields) {
             line.extend(fields);
         }
-        let mut out = self.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut out = self
+            .out
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let written = serde_json::to_writer(&mut *out, &line)
             .map_err(io::Error::from)
             .and_then(|()| out.write_all(b"\n"))
