@@ -54,6 +54,8 @@ const BUFFER_ADDR: u16 = 0x8000;
 const DATA_LBA: u64 = 2048;
 /// Sectors it reads: one 4 KiB page.
 const DATA_SECTORS: u16 = 8;
+/// 16-bit words the boot sector sums: the whole buffer.
+const CHECKSUM_WORDS: u16 = DATA_SECTORS * SECTOR_SIZE as u16 / 2;
 /// Address of the last data sector in the buffer.
 const LAST_SECTOR_ADDR: u16 = BUFFER_ADDR + (DATA_SECTORS - 1) * SECTOR_SIZE as u16;
 
@@ -137,10 +139,10 @@ const BOOT_CODE: [u8; 0x9b] = [
     0xe8, 0x42, 0x00,                       // call print (7c6d)
     0xbe, lo(MSG_CHECKSUM_ADDR), hi(MSG_CHECKSUM_ADDR), // mov si, MSG_CHECKSUM
     0xe8, 0x3c, 0x00,                       // call print (7c6d)
-    // 7c31: BX = sum of the 2048 little-endian words of the buffer
+    // 7c31: BX = wrapping sum of the buffer's little-endian words
     0x31, 0xdb,                             // xor  bx, bx
     0xbe, lo(BUFFER_ADDR), hi(BUFFER_ADDR), // mov  si, BUFFER
-    0xb9, 0x00, 0x08,                       // mov  cx, 0x0800
+    0xb9, lo(CHECKSUM_WORDS), hi(CHECKSUM_WORDS), // mov cx, 0x0800
     // 7c39 sum:
     0xad,                                   // lodsw
     0x01, 0xc3,                             // add  bx, ax
