@@ -1,6 +1,7 @@
 //! `icelab`: emulator and test lab for hardware inline encryption.
 
 mod bench;
+mod lab;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,10 @@ struct Cli {
 enum Command {
     /// Serve a disk image as a vhost-user-blk device with an inline crypto engine.
     Serve(serve::ServeArgs),
+    /// Build (or find in the cache) the guest side: build root, kernel, patched QEMU, driver, initramfs.
+    Build(lab::BuildArgs),
+    /// Boot a guest against a fresh emulator, run a suite, report; exit 0 only if all passed.
+    Run(lab::run::RunArgs),
     /// Measure icelab's performance.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -27,6 +32,12 @@ fn main() -> std::process::ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Build(args) => lab::build(args),
+        Command::Run(args) => match lab::run::run(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return std::process::ExitCode::FAILURE,
+            Err(error) => Err(error),
+        },
         Command::Bench(command) => bench::run(command),
     };
     match result {

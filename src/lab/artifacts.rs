@@ -1,0 +1,199 @@
+//! `icelab build`: everything a lab run needs, built once and cached
+//! outside the repo (XDG cache dir), keyed by recipe content.
+//!
+//! The recipes are the repo's scripts: `images/build-root.sh` (Debian
+//! trixie build root with the cloud kernel and guest tools),
+//! `images/build-qemu.sh` (QEMU with icelab's patch), `guest-driver/build.sh`
+//! (the driver module, built in the root against the exact kernel) and
+//! `guest-tests/build.sh` (the static in-guest runner). Each prints the
+//! path of what it built as its last line and returns at once when its
+//! cache is warm.
+
+use super::initramfs;
+use anyhow::{Context, bail};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Where the build artifacts are.
+#[derive(Clone, Debug)]
+pub struct Artifacts {
+    /// The guest kernel image.
+    pub kernel: PathBuf,
+    /// Debian package and version of the kernel (or "user-supplied").
+    pub kernel_package: String,
+    /// Its version string.
+    pub kernel_version: String,
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+    /// `qemu-system-x86_64 --version`, first line.
+    pub qemu_version: String,
+    /// True when the QEMU binary carries icelab's patch.
+    pub qemu_patched: bool,
+    /// The initramfs.
+    pub initramfs: PathBuf,
+}
+
+/// What the user brings instead of the built defaults.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--kernel bzImage`.
+    pub kernel: Option<PathBuf>,
+    /// `--modules-dir DIR`: holds `icelab_vblk.ko` built for that kernel.
+    pub modules_dir: Option<PathBuf>,
+    /// `--qemu PATH`.
+    pub qemu: Option<PathBuf>,
+}
+
+/// The repository (for the recipe scripts): `$ICELAB_REPO`, else the
+/// source tree this binary was built from.
+pub fn repo_dir() -> PathBuf {
+    std::env::var_os("ICELAB_REPO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// `${XDG_CACHE_HOME:-$HOME/.cache}/icelab`.
+pub fn cache_dir() -> anyhow::Result<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").context(
+            "neither XDG_CACHE_HOME nor HOME is set; set one so icelab can cache its builds",
+        )?)
+        .join(".cache"),
+    };
+    Ok(base.join("icelab"))
+}
+
+/// Builds (or finds) everything; progress goes to stderr.
+pub fn build(overrides: &Overrides) -> anyhow::Result<Artifacts> {
+    let repo = repo_dir();
+    if overrides.kernel.is_some() != overrides.modules_dir.is_some() {
+        bail!(
+            "--kernel and --modules-dir go together: a driver module must be built for the kernel you bring"
+        );
+    }
+    let root = run_recipe(&repo, "images/build-root.sh", &[])?;
+    let kernel_info = read_key_values(&root.join("kernel-version.txt"))?;
+    let (qemu, qemu_patched) = match &overrides.qemu {
+        Some(path) => (path.clone(), false),
+        None => (run_recipe(&repo, "images/build-qemu.sh", &[])?, true),
+    };
+    let qemu_version = qemu_version(&qemu)?;
+    let runner = run_recipe(&repo, "guest-tests/build.sh", &[])?;
+    let (kernel, kernel_package, kernel_version, module) =
+        match (&overrides.kernel, &overrides.modules_dir) {
+            (Some(kernel), Some(modules)) => (
+                kernel.clone(),
+                "user-supplied".to_owned(),
+                kernel.display().to_string(),
+                modules.join(initramfs::MODULE_FILE),
+            ),
+            _ => {
+                let module_dir = cache_dir()?.join("driver");
+                let module = run_recipe(
+                    &repo,
+                    "guest-driver/build.sh",
+                    &[root.as_os_str(), module_dir.as_os_str()],
+                )?;
+                (
+                    root.join("vmlinuz"),
+                    value(&kernel_info, "package")?,
+                    value(&kernel_info, "version")?,
+                    module,
+                )
+            }
+        };
+    for (what, path) in [
+        ("kernel", &kernel),
+        ("driver module", &module),
+        ("QEMU", &qemu),
+        ("guest runner", &runner),
+    ] {
+        if !path.is_file() {
+            bail!(
+                "the {what} {} does not exist; run `icelab build` again or fix the path",
+                path.display()
+            );
+        }
+    }
+    let initramfs = cache_dir()?.join("initramfs.cpio");
+    initramfs::build(&root.join("rootfs"), &runner, &module, &initramfs)?;
+    eprintln!("icelab: initramfs {}", initramfs.display());
+    Ok(Artifacts {
+        kernel,
+        kernel_package,
+        kernel_version,
+        qemu,
+        qemu_version,
+        qemu_patched,
+        initramfs,
+    })
+}
+
+/// Runs a recipe script and returns the path it printed last.
+fn run_recipe(repo: &Path, script: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<PathBuf> {
+    let path = repo.join(script);
+    if !path.is_file() {
+        bail!(
+            "recipe {} is missing; set ICELAB_REPO to the icelab source tree",
+            path.display()
+        );
+    }
+    eprintln!("icelab: {script}");
+    let output = Command::new("bash")
+        .arg(&path)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", path.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{script} failed ({}); its messages are above",
+            output.status
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    if last.is_empty() {
+        bail!("{script} printed no path");
+    }
+    Ok(PathBuf::from(last.trim()))
+}
+
+fn read_key_values(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read {}; delete its build root to rebuild it",
+            path.display()
+        )
+    })?;
+    Ok(text
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect())
+}
+
+fn value(map: &BTreeMap<String, String>, key: &str) -> anyhow::Result<String> {
+    map.get(key).cloned().with_context(|| {
+        format!("kernel-version.txt has no `{key}`; delete the build root to rebuild it")
+    })
+}
+
+fn qemu_version(qemu: &Path) -> anyhow::Result<String> {
+    let output = Command::new(qemu)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("cannot run {} --version", qemu.display()))?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned())
+}
