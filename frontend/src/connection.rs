@@ -49,7 +49,7 @@ use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vhost::vhost_user::{Frontend as VhostFrontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VringConfigData};
 
-use crate::blk::ConfigSpace;
+use crate::blk::{BlkQueue, ConfigSpace};
 use crate::error::{Error, Result};
 use crate::memory::{DEFAULT_MEMORY_SIZE, SharedMemory};
 use crate::queue::{Link, Queue};
@@ -484,6 +484,11 @@ impl Frontend {
         self.queues.iter_mut().filter_map(Option::take).collect()
     }
 
+    /// Takes every queue not yet taken, each wrapped in a [`BlkQueue`].
+    pub fn take_blk_queues(&mut self) -> Result<Vec<BlkQueue>> {
+        self.take_queues().into_iter().map(BlkQueue::new).collect()
+    }
+
     /// Takes queue `index`, if it exists and was not taken yet.
     pub fn take_queue(&mut self, index: u16) -> Option<Queue> {
         self.queues
@@ -573,4 +578,128 @@ fn start_queue(
         session.call("SET_VRING_ENABLE", |v| v.set_vring_enable(index, true))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session_with_silent_peer(timeout: Duration) -> (Session, UnixStream) {
+        let (ours, peer) = UnixStream::pair().expect("socketpair");
+        let socket = Arc::new(ours.try_clone().expect("dup"));
+        (
+            Session {
+                vhost: VhostFrontend::from_stream(ours, 1),
+                socket,
+                timeout,
+            },
+            peer,
+        )
+    }
+
+    #[test]
+    fn a_silent_backend_is_a_timeout_not_a_hang() {
+        let (mut session, _peer) = session_with_silent_peer(Duration::from_millis(200));
+        let started = Instant::now();
+        let error = session
+            .call("GET_FEATURES", |v| v.get_features())
+            .expect_err("no answer");
+        assert!(
+            matches!(
+                error,
+                Error::BackendTimeout {
+                    request: "GET_FEATURES",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn get_config_reads_answers_and_refusals() {
+        let (ours, mut peer) = UnixStream::pair().expect("socketpair");
+        let backend = std::thread::spawn(move || {
+            let mut request = [0u8; 24 + 8];
+            // First request: refuse with a bare header of size 0, the way
+            // libvhost-user does.
+            peer.read_exact(&mut request).expect("request");
+            let mut reply = Vec::new();
+            for word in [
+                VHOST_USER_GET_CONFIG,
+                VHOST_USER_VERSION | VHOST_USER_REPLY,
+                0,
+            ] {
+                reply.extend_from_slice(&word.to_le_bytes());
+            }
+            peer.write_all(&reply).expect("refusal");
+            // Second: answer 8 bytes at offset 0.
+            peer.read_exact(&mut request).expect("request");
+            let mut reply = Vec::new();
+            for word in [
+                VHOST_USER_GET_CONFIG,
+                VHOST_USER_VERSION | VHOST_USER_REPLY,
+                20,
+                0,
+                8,
+                0,
+            ] {
+                reply.extend_from_slice(&word.to_le_bytes());
+            }
+            reply.extend_from_slice(&2048u64.to_le_bytes());
+            peer.write_all(&reply).expect("answer");
+            request
+        });
+        let refused = get_config_raw(&ours, 0, 8);
+        assert!(
+            matches!(refused, Err(Error::BackendRefused { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(
+            get_config_raw(&ours, 0, 8).expect("answer"),
+            2048u64.to_le_bytes()
+        );
+        let request = backend.join().expect("fake backend");
+        assert_eq!(&request[0..4], &VHOST_USER_GET_CONFIG.to_le_bytes());
+        assert_eq!(
+            &request[8..12],
+            &20u32.to_le_bytes(),
+            "header size: body and payload"
+        );
+        assert_eq!(&request[16..20], &8u32.to_le_bytes(), "body size field");
+    }
+
+    #[test]
+    fn connecting_to_nothing_names_the_socket() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("absent.sock");
+        let options = FrontendOptions {
+            connect_timeout: Duration::from_millis(50),
+            ..Default::default()
+        };
+        let error = Frontend::connect(&path, &options).expect_err("nobody listens");
+        assert!(matches!(error, Error::Connect { .. }));
+        assert!(error.to_string().contains("absent.sock"), "{error}");
+    }
+
+    #[test]
+    fn invalid_options_are_the_callers_fault() {
+        let bad_queue = FrontendOptions {
+            queue_size: 100,
+            ..Default::default()
+        };
+        assert!(matches!(
+            Frontend::connect("/nonexistent", &bad_queue),
+            Err(Error::InvalidArgument(_))
+        ));
+        let bad_memory = FrontendOptions {
+            memory_size: 1000,
+            ..Default::default()
+        };
+        assert!(matches!(
+            Frontend::connect("/nonexistent", &bad_memory),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
 }

@@ -262,6 +262,12 @@ impl SharedMemory {
             })
     }
 
+    /// The vm-memory view, for unit tests that play the device.
+    #[cfg(test)]
+    pub(crate) fn guest_memory(&self) -> &GuestMemoryMmap {
+        &self.inner.mmap
+    }
+
     fn allocator(&self) -> MutexGuard<'_, Allocator> {
         // The allocator holds no invariant a panicking thread could break
         // half-way (alloc and free are each one BTreeMap edit), so a

@@ -521,3 +521,344 @@ enum Wake {
     HangUp,
     Timeout,
 }
+
+#[cfg(test)]
+mod tests {
+    //! The driver against virtio-queue's device-side implementation, an
+    //! independent reading of §2.7, in the same process.
+
+    use super::*;
+    use crate::chain::RawNext;
+    use crate::vring::{VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
+    use virtio_queue::{Queue as DeviceQueue, QueueT};
+    use vm_memory::GuestMemoryMmap;
+
+    /// A descriptor as the device sees it: (addr, len, writable).
+    type Seen = (u64, u32, bool);
+
+    struct Harness {
+        driver: Queue,
+        device: DeviceQueue,
+        /// The backend's end of the vhost-user socket; dropping it is a
+        /// backend hang-up.
+        peer: Option<UnixStream>,
+    }
+
+    fn harness(size: u16, event_idx: bool, indirect: bool) -> Harness {
+        let memory = SharedMemory::new(1 << 20).expect("memfd");
+        let (ours, peer) = UnixStream::pair().expect("socketpair");
+        let link = Link {
+            socket: Arc::new(ours.try_clone().expect("dup")),
+            _session: vhost::vhost_user::Frontend::from_stream(ours, 1),
+        };
+        let driver = Queue::new(0, size, memory, event_idx, indirect, link).expect("queue");
+        let layout = driver.layout();
+        let mut device = DeviceQueue::new(size).expect("device queue");
+        device.set_size(size);
+        let split = |addr: u64| (Some(addr as u32), Some((addr >> 32) as u32));
+        let (low, high) = split(layout.desc_table);
+        device.set_desc_table_address(low, high);
+        let (low, high) = split(layout.avail_ring);
+        device.set_avail_ring_address(low, high);
+        let (low, high) = split(layout.used_ring);
+        device.set_used_ring_address(low, high);
+        device.set_event_idx(event_idx);
+        device.set_ready(true);
+        Harness {
+            driver,
+            device,
+            peer: Some(peer),
+        }
+    }
+
+    impl Harness {
+        fn mem(&self) -> GuestMemoryMmap {
+            self.driver.memory().guest_memory().clone()
+        }
+
+        /// Pops one chain; returns its head and descriptors as
+        /// (addr, len, writable).
+        fn pop(&mut self) -> Option<(u16, Vec<Seen>)> {
+            let mem = self.mem();
+            let chain = self.device.pop_descriptor_chain(&mem)?;
+            let head = chain.head_index();
+            let descriptors = chain
+                .map(|d| (d.addr().0, d.len(), d.is_write_only()))
+                .collect();
+            Some((head, descriptors))
+        }
+
+        /// Returns a chain as used and signals when the device must.
+        fn complete(&mut self, head: u16, len: u32) {
+            let mem = self.mem();
+            self.device.add_used(&mem, head, len).expect("add_used");
+            if self
+                .device
+                .needs_notification(&mem)
+                .expect("needs_notification")
+            {
+                self.driver.call.write(1).expect("signal");
+            }
+        }
+    }
+
+    #[test]
+    fn chains_reach_the_device_as_described_and_come_back() {
+        let mut h = harness(16, false, false);
+        let segments = [
+            Segment::readable(0x10000, 16),
+            Segment::writable(0x11000, 4096),
+            Segment::writable(0x12000, 1),
+        ];
+        let head = h.driver.add_chain(&segments).expect("room");
+        assert_eq!(h.driver.free_descriptors(), 13);
+        assert!(h.driver.kick().expect("kick"), "no NO_NOTIFY: kick");
+        assert!(!h.driver.kick().expect("kick"), "nothing new: no kick");
+        let (device_head, seen) = h.pop().expect("a chain");
+        assert_eq!(device_head, head);
+        assert_eq!(
+            seen,
+            vec![
+                (0x10000, 16, false),
+                (0x11000, 4096, true),
+                (0x12000, 1, true)
+            ]
+        );
+        h.complete(head, 4097);
+        let used = h.driver.wait_used(Duration::from_secs(5)).expect("used");
+        assert_eq!(used, UsedElement { head, len: 4097 });
+        assert_eq!(h.driver.free_descriptors(), 16);
+        assert_eq!(h.driver.in_flight(), 0);
+        assert_eq!(h.driver.stats().completions, 1);
+    }
+
+    #[test]
+    fn indices_wrap_and_descriptors_are_recycled() {
+        for event_idx in [false, true] {
+            let mut h = harness(4, event_idx, false);
+            for round in 0..300u32 {
+                let a = h
+                    .driver
+                    .add_chain(&[Segment::writable(0x20000, round)])
+                    .expect("room");
+                let b = h
+                    .driver
+                    .add_chain(&[Segment::readable(0x21000, 1), Segment::writable(0x22000, 2)])
+                    .expect("room");
+                h.driver.kick().expect("kick");
+                let (first, _) = h.pop().expect("chain a");
+                let (second, seen) = h.pop().expect("chain b");
+                assert_eq!((first, second), (a, b));
+                assert_eq!(seen.len(), 2);
+                // Out of order completion.
+                h.complete(b, 2);
+                h.complete(a, round);
+                let timeout = Duration::from_secs(5);
+                assert_eq!(h.driver.wait_used(timeout).expect("b").head, b);
+                assert_eq!(
+                    h.driver.wait_used(timeout).expect("a"),
+                    UsedElement {
+                        head: a,
+                        len: round
+                    }
+                );
+                assert_eq!(h.driver.free_descriptors(), 4);
+            }
+        }
+    }
+
+    #[test]
+    fn event_idx_publishes_used_event_and_honours_avail_event() {
+        let mut h = harness(8, true, false);
+        let mem = h.mem();
+        h.driver
+            .add_chain(&[Segment::writable(0x30000, 8)])
+            .expect("room");
+        assert!(
+            h.driver.kick().expect("kick"),
+            "avail_event 0: first chain kicks"
+        );
+        // The device goes on polling without re-arming: later kicks are
+        // suppressed (§2.7.10).
+        let (head, _) = h.pop().expect("chain");
+        h.driver
+            .add_chain(&[Segment::writable(0x30000, 8)])
+            .expect("room");
+        assert!(!h.driver.kick().expect("kick"), "device did not ask");
+        assert_eq!(h.driver.stats().kicks_suppressed, 1);
+        // Re-armed at its next index: the next chain kicks again.
+        let (second, _) = h.pop().expect("chain");
+        h.device.enable_notification(&mem).expect("arm");
+        h.driver
+            .add_chain(&[Segment::writable(0x30000, 8)])
+            .expect("room");
+        assert!(h.driver.kick().expect("kick"));
+        let (third, _) = h.pop().expect("chain");
+
+        h.complete(head, 1);
+        assert_eq!(
+            h.driver
+                .wait_used(Duration::from_secs(5))
+                .expect("used")
+                .head,
+            head
+        );
+        let used_event = h
+            .driver
+            .memory()
+            .load_u16(h.driver.layout().used_event(), Ordering::Acquire);
+        assert_eq!(
+            used_event.expect("mapped"),
+            1,
+            "used_event follows the reaped index"
+        );
+        h.complete(second, 1);
+        h.complete(third, 1);
+        assert_eq!(
+            h.driver
+                .wait_used(Duration::from_secs(5))
+                .expect("used")
+                .head,
+            second
+        );
+        assert_eq!(
+            h.driver
+                .wait_used(Duration::from_secs(5))
+                .expect("used")
+                .head,
+            third
+        );
+    }
+
+    #[test]
+    fn indirect_chains_are_one_ring_descriptor() {
+        let mut h = harness(4, false, true);
+        let segments: Vec<Segment> = (0..10)
+            .map(|i| Segment::writable(0x40000 + i * 512, 512))
+            .collect();
+        let head = h.driver.add_indirect_chain(&segments).expect("room");
+        assert_eq!(h.driver.free_descriptors(), 3);
+        let (_, seen) = h.pop().expect("chain");
+        assert_eq!(seen.len(), 10);
+        assert!(
+            seen.iter()
+                .all(|(_, len, writable)| *len == 512 && *writable)
+        );
+        h.complete(head, 5120);
+        h.driver.wait_used(Duration::from_secs(5)).expect("used");
+        let mut plain = harness(4, false, false);
+        assert!(matches!(
+            plain.driver.add_indirect_chain(&segments),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn raw_chains_are_written_verbatim() {
+        let mut h = harness(8, false, false);
+        let raw = [
+            RawDescriptor::from_segment(Segment::readable(0x50000, 16))
+                .with_next(RawNext::Index(1)),
+            RawDescriptor::from_segment(Segment::writable(0x51000, 0)).with_next(RawNext::Index(0)),
+        ];
+        let head = h.driver.add_raw_chain(&raw, Vec::new()).expect("room");
+        let second = {
+            let desc: virtio_queue::desc::split::Descriptor = vm_memory::Bytes::read_obj(
+                h.driver.memory().guest_memory(),
+                vm_memory::GuestAddress(h.driver.layout().desc(head)),
+            )
+            .expect("mapped");
+            assert_eq!(desc.flags(), VIRTQ_DESC_F_NEXT);
+            desc.next()
+        };
+        let desc: virtio_queue::desc::split::Descriptor = vm_memory::Bytes::read_obj(
+            h.driver.memory().guest_memory(),
+            vm_memory::GuestAddress(h.driver.layout().desc(second)),
+        )
+        .expect("mapped");
+        assert_eq!(desc.flags(), VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE);
+        assert_eq!(desc.next(), head, "the loop closes on the head");
+        assert_eq!(desc.len(), 0);
+        // The device gives up on the loop but still returns the head.
+        let (device_head, seen) = h.pop().expect("chain");
+        assert_eq!(device_head, head);
+        assert!(seen.len() <= 8, "virtio-queue stops a looping chain");
+        h.complete(head, 0);
+        h.driver.wait_used(Duration::from_secs(5)).expect("used");
+        assert_eq!(h.driver.free_descriptors(), 8);
+    }
+
+    #[test]
+    fn a_used_element_for_no_chain_is_a_backend_bug() {
+        let mut h = harness(8, false, false);
+        let head = h
+            .driver
+            .add_chain(&[Segment::writable(0x60000, 1)])
+            .expect("room");
+        let mem = h.mem();
+        let bogus = (head + 1) % 8;
+        h.device.add_used(&mem, bogus, 1).expect("add_used");
+        let error = h.driver.pop_used().expect_err("bogus id");
+        assert!(matches!(error, Error::BackendBug { .. }), "{error}");
+    }
+
+    #[test]
+    fn waiting_times_out_and_notices_a_hang_up() {
+        let mut h = harness(8, true, false);
+        assert!(matches!(
+            h.driver.wait_used(Duration::from_millis(1)),
+            Err(Error::InvalidArgument(_))
+        ));
+        h.driver
+            .add_chain(&[Segment::writable(0x70000, 1)])
+            .expect("room");
+        let started = Instant::now();
+        let error = h
+            .driver
+            .wait_used(Duration::from_millis(100))
+            .expect_err("nothing used");
+        assert!(
+            matches!(error, Error::Timeout { in_flight: 1, .. }),
+            "{error}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        drop(h.peer.take());
+        let error = h
+            .driver
+            .wait_used(Duration::from_secs(30))
+            .expect_err("peer gone");
+        assert!(matches!(error, Error::Disconnected { queue: 0 }), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn queue_full_leaves_the_queue_intact() {
+        let mut h = harness(2, false, false);
+        let segment = Segment::writable(0x80000, 1);
+        let full = h.driver.add_chain(&[segment, segment, segment]);
+        assert!(matches!(
+            full,
+            Err(Error::QueueFull {
+                needed: 3,
+                free: 2,
+                ..
+            })
+        ));
+        assert_eq!(h.driver.free_descriptors(), 2);
+        assert!(h.driver.add_chain(&[]).is_err());
+        h.driver
+            .add_chain(&[segment, segment])
+            .expect("exactly fits");
+        assert_eq!(h.driver.free_descriptors(), 0);
+    }
+
+    #[test]
+    fn handles_are_send() {
+        fn send<T: Send>() {}
+        fn sync<T: Send + Sync>() {}
+        send::<Queue>();
+        send::<crate::BlkQueue>();
+        send::<crate::Frontend>();
+        sync::<SharedMemory>();
+    }
+}

@@ -18,7 +18,7 @@ const MIB: u64 = 1 << 20;
 
 fn single_queue(daemon: &StorageDaemon, options: &FrontendOptions) -> BlkQueue {
     let mut frontend = daemon.connect(options);
-    BlkQueue::new(frontend.take_queues().remove(0)).expect("idle queue")
+    frontend.take_blk_queues().expect("idle queues").remove(0)
 }
 
 #[test]

@@ -204,6 +204,17 @@ impl BlkQueue {
                 return Ok(completion);
             }
         }
+        if !self
+            .pending
+            .iter()
+            .flatten()
+            .any(|pending| pending.tag == tag)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "queue {}: {tag:?} is not in flight (never submitted or already reaped)",
+                self.queue.index()
+            )));
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
