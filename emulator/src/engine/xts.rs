@@ -8,14 +8,24 @@
 //! Speed comes from the `aes` crate's backends: the per-block work runs
 //! inside a [`BlockCipherEncClosure`] so that it is compiled together with
 //! (and inlined into) whichever backend the CPU supports at run time:
-//! VAES-512, VAES-256 or AES-NI. Blocks are processed in the backend's own
-//! batch width (`ParBlocksSize`), tweaks for a whole request are produced
-//! by one batched encryption under K2, and requests larger than
-//! [`PARALLEL_MIN_BYTES`] are split across the rayon thread pool.
+//! VAES-512, VAES-256 or AES-NI, so the XOR and tweak code below is
+//! vectorised for that backend's registers too. Then:
 //!
-//! `xts-mode` is the test oracle for this module (see the tests below and
-//! `tests/xts_oracle.rs`); it is not used here because it encrypts one block
-//! per call.
+//! - blocks go through the backend's batch width (`ParBlocksSize`, 64 blocks
+//!   for VAES-512) in place, across data unit boundaries, so 512-byte units
+//!   fill whole batches as well;
+//! - tweaks come from [`TweakLanes`], eight consecutive tweaks stepped by
+//!   alpha^8 as vector operations, written into one of two buffers while
+//!   the other one's batch is encrypted;
+//! - the initial tweaks `T0` of up to 64 data units are encrypted in one
+//!   batch under K2 (a lone data unit keeps its `T0` in registers);
+//! - requests of at least [`PARALLEL_MIN_BYTES`] are split across the rayon
+//!   thread pool.
+//!
+//! No allocation, no locks, no `unsafe`. `xts-mode` is the test oracle for
+//! this module (the tests below, `tests/xts_vectors.rs` with the IEEE 1619
+//! vectors and `tests/xts_props.rs`); it is not used here because it
+//! encrypts one block per call.
 
 use aes::Aes256;
 use aes::cipher::array::Array;
@@ -315,13 +325,10 @@ impl DataUnits<'_> {
     /// `C_j = E(P_j ^ T_j) ^ T_j` over all blocks, in place, in batches of
     /// the backend's width regardless of data unit boundaries.
     ///
-    /// The tweaks of the next batch are computed while the current one is
-    /// encrypted, into the other of two buffers: the XOR pass reads a
-    /// buffer written long before, not stores still in flight.
-    ///
-    /// A last partial batch of at least half the width is padded to a whole
-    /// one (one batched call costs no more than that many single blocks);
-    /// a shorter one goes block by block.
+    /// The tweaks of the next batch are computed into the other of two
+    /// buffers before the current batch is encrypted: in program order that
+    /// work comes before the long run of AES instructions, so it overlaps
+    /// with them instead of waiting behind them.
     #[inline(always)]
     fn run<B>(mut self, par: impl Fn(&mut ParBlocks<B>), single: impl Fn(&mut Block<Aes256>))
     where
@@ -331,10 +338,13 @@ impl DataUnits<'_> {
         let full = self.blocks.len() / width;
         let (body, rest) = self.blocks.split_at_mut(full * width);
         let mut first: ParBlocks<B> = Default::default();
+        if full == 0 {
+            self.tweaks.fill(&mut first[..rest.len()]);
+            return tail::<B>(rest, &mut first, par, single);
+        }
         let mut second: ParBlocks<B> = Default::default();
         let (mut current, mut next) = (&mut first, &mut second);
-        self.tweaks
-            .fill(&mut current[..if full > 0 { width } else { rest.len() }]);
+        self.tweaks.fill(current);
         for (index, chunk) in body.chunks_exact_mut(width).enumerate() {
             let after = if index + 1 < full { width } else { rest.len() };
             self.tweaks.fill(&mut next[..after]);
@@ -344,23 +354,38 @@ impl DataUnits<'_> {
             xor_in_place(chunk, current);
             core::mem::swap(&mut current, &mut next);
         }
-        if rest.is_empty() {
-            return;
-        }
-        let tweaks = &current[..rest.len()];
-        if rest.len() * 2 >= width {
-            // `next` is free: it takes `P ^ T`, its unused end whatever it
-            // held (encrypted and thrown away).
-            xor_into(&mut next[..rest.len()], rest, tweaks);
-            par(next);
-            xor_into(rest, &next[..rest.len()], tweaks);
-        } else {
-            for (block, tweak) in rest.iter_mut().zip(tweaks) {
-                let tweak = u128::from_le_bytes(tweak.0);
-                *block = Array::from((u128::from_le_bytes(block.0) ^ tweak).to_le_bytes());
-                single(block);
-                *block = Array::from((u128::from_le_bytes(block.0) ^ tweak).to_le_bytes());
-            }
+        tail::<B>(rest, current, par, single);
+    }
+}
+
+/// The last `rest.len() < width` blocks, whose tweaks are at the start of
+/// `tweaks`. At least half a batch is padded to a whole one (one batched
+/// call costs no more than that many single blocks); fewer go block by
+/// block.
+#[inline(always)]
+fn tail<B>(
+    rest: &mut [Block<Aes256>],
+    tweaks: &mut ParBlocks<B>,
+    par: impl Fn(&mut ParBlocks<B>),
+    single: impl Fn(&mut Block<Aes256>),
+) where
+    B: ParBlocksSizeUser<BlockSize = U16>,
+{
+    if rest.is_empty() {
+        return;
+    }
+    if rest.len() * 2 >= B::ParBlocksSize::USIZE {
+        // Through the tweak buffer: it takes `P ^ T` (its unused end holds
+        // stale values, encrypted and thrown away) while `rest` takes `T`;
+        // then `rest` gets `E(P ^ T) ^ T`.
+        swap_xor(&mut tweaks[..rest.len()], rest);
+        par(tweaks);
+        xor_in_place(rest, &tweaks[..rest.len()]);
+    } else {
+        for (block, tweak) in rest.iter_mut().zip(tweaks.iter()) {
+            xor_in_place(core::slice::from_mut(block), core::slice::from_ref(tweak));
+            single(block);
+            xor_in_place(core::slice::from_mut(block), core::slice::from_ref(tweak));
         }
     }
 }
@@ -376,14 +401,15 @@ fn xor_in_place(blocks: &mut [Block<Aes256>], tweaks: &[Block<Aes256>]) {
     }
 }
 
-/// `out = blocks ^ tweaks`, like [`xor_in_place`].
+/// `(tweaks, blocks) = (tweaks ^ blocks, tweaks)`, like [`xor_in_place`].
 #[inline(always)]
-fn xor_into(out: &mut [Block<Aes256>], blocks: &[Block<Aes256>], tweaks: &[Block<Aes256>]) {
-    let out = Array::slice_as_flattened_mut(out);
-    let blocks = Array::slice_as_flattened(blocks);
-    let tweaks = Array::slice_as_flattened(tweaks);
-    for ((byte, block), tweak) in out.iter_mut().zip(blocks).zip(tweaks) {
-        *byte = *block ^ *tweak;
+fn swap_xor(tweaks: &mut [Block<Aes256>], blocks: &mut [Block<Aes256>]) {
+    let tweaks = Array::slice_as_flattened_mut(tweaks);
+    let blocks = Array::slice_as_flattened_mut(blocks);
+    for (tweak, byte) in tweaks.iter_mut().zip(blocks.iter_mut()) {
+        let t = *tweak;
+        *tweak ^= *byte;
+        *byte = t;
     }
 }
 
