@@ -190,7 +190,17 @@ else
     check blk-crypto-native sh -c 'dmesg | grep -q "blk-crypto (native)"'
 fi
 check umount umount /mnt
+# Removal and a second probe: teardown, free_disk, the index allocator.
+check rmmod rmmod icelab_vblk
+check vda-gone test ! -e /sys/block/vda
+check insmod-again insmod /icelab_vblk.ko
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.5; done
+check vda-again test -b /dev/vda
+check mount-again mount -t ext4 -o inlinecrypt /dev/vda /mnt
+check umount-again umount /mnt
+check rmmod-again rmmod icelab_vblk
 dmesg | grep -iE 'warn|bug|oops|error' | grep -v 'ACPI' | sed 's/^/SMOKE DMESG /' | head -20
+check no-kernel-warnings sh -c '! dmesg | grep -v "module verification failed" | grep -qE "WARNING:|BUG:|Oops|icelab_vblk.*failed"'
 echo "SMOKE END"
 sync
 poweroff -f
