@@ -1,0 +1,490 @@
+//! Parameters: the `icelab.*` words of the kernel command line, checked
+//! into a [`Config`].
+//!
+//! Parsing is pure (a string in, a [`Params`] map out) and validation is
+//! `impl TryFrom<Params> for Config`, so both are unit-tested without a
+//! guest. Unknown `icelab.*` keys are kept as warnings, not errors, so a
+//! host that passes keys for a later suite does not break an older runner.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The prefix of every parameter the runner reads.
+pub const PREFIX: &str = "icelab.";
+
+/// Default results device: the guest's second serial port.
+pub const DEFAULT_RESULTS: &str = "/dev/ttyS1";
+/// Results "device" meaning the runner's standard output.
+pub const STDOUT_RESULTS: &str = "-";
+/// Default driver module.
+pub const DEFAULT_MODULE: &str = "/lib/modules/icelab_vblk.ko";
+/// Default disk the suite formats.
+pub const DEFAULT_DISK: &str = "/dev/vda";
+/// Default mount point.
+pub const DEFAULT_MOUNTPOINT: &str = "/mnt";
+/// Default ext4 mount data.
+pub const DEFAULT_MOUNT_DATA: &str = "inlinecrypt";
+/// Default modules loaded (best effort, with modprobe) before the driver:
+/// the virtio PCI transport, which the driver needs but does not link
+/// against, and ext4.
+pub const DEFAULT_PRELOAD: &[&str] = &["virtio_pci", "ext4"];
+
+/// Errors in the parameters: each names the key and the value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// A value that does not parse as the key's type.
+    #[error("icelab.{key}={value:?}: {why}")]
+    BadValue {
+        /// The key, without the prefix.
+        key: &'static str,
+        /// The value as given.
+        value: String,
+        /// What was expected.
+        why: &'static str,
+    },
+    /// An unterminated double quote on the command line.
+    #[error("unterminated double quote in the kernel command line")]
+    UnterminatedQuote,
+}
+
+/// Result alias for this module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The raw `icelab.*` parameters: key (without the prefix) to value. A key
+/// given twice keeps its last value, like the kernel's own parameters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params {
+    values: BTreeMap<String, String>,
+}
+
+impl Params {
+    /// Parses a kernel command line (the contents of /proc/cmdline):
+    /// whitespace-separated words, double quotes group a value with spaces
+    /// (`icelab.x="a b"`) as the kernel's own parser does. Words without the
+    /// `icelab.` prefix are ignored; an `icelab.key` without `=` has the
+    /// empty value.
+    pub fn parse(cmdline: &str) -> Result<Params> {
+        let mut params = Params::default();
+        for word in split_words(cmdline)? {
+            params.add_word(&word);
+        }
+        Ok(params)
+    }
+
+    /// Adds one `icelab.key=value` word (others are ignored).
+    pub fn add_word(&mut self, word: &str) {
+        if let Some(rest) = word.strip_prefix(PREFIX) {
+            let (key, value) = rest.split_once('=').unwrap_or((rest, ""));
+            if !key.is_empty() {
+                self.values.insert(key.to_owned(), value.to_owned());
+            }
+        }
+    }
+
+    /// Sets every parameter of `other`, overriding ours.
+    pub fn merge(&mut self, other: Params) {
+        self.values.extend(other.values);
+    }
+
+    /// The value of `key` (without the prefix), if given.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    /// The keys given that the runner does not know.
+    pub fn unknown_keys(&self) -> Vec<String> {
+        self.values
+            .keys()
+            .filter(|k| !KNOWN_KEYS.contains(&k.as_str()))
+            .map(|k| format!("{PREFIX}{k}"))
+            .collect()
+    }
+}
+
+/// Splits a command line into words, honouring double quotes (which are
+/// removed) like the kernel's `next_arg()`.
+fn split_words(cmdline: &str) -> Result<Vec<String>> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut quoted = false;
+    for c in cmdline.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            c => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quoted {
+        return Err(Error::UnterminatedQuote);
+    }
+    if in_word {
+        words.push(word);
+    }
+    Ok(words)
+}
+
+/// Every key the runner reads (without the prefix).
+const KNOWN_KEYS: &[&str] = &[
+    "suite",
+    "expect",
+    "slots",
+    "max_dun_bits",
+    "modes",
+    "results",
+    "seed",
+    "module",
+    "disk",
+    "mountpoint",
+    "mount_data",
+    "preload",
+    "timeout_factor",
+];
+
+/// The suites the runner knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuiteName {
+    /// The smoke suite of issue 3: driver, sysfs, ext4 + fscrypt round trip,
+    /// kernel log, unmount.
+    Smoke,
+}
+
+impl SuiteName {
+    /// The name as written on the command line and in the results.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuiteName::Smoke => "smoke",
+        }
+    }
+}
+
+/// Which blk-crypto implementation the suite expects fscrypt to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The device offers inline encryption: `queue/crypto/` exists and
+    /// fscrypt logs "blk-crypto (native)".
+    Native,
+    /// The device does not: no `queue/crypto/`, and fscrypt logs
+    /// "blk-crypto-fallback".
+    Fallback,
+}
+
+impl Expect {
+    /// The name as written on the command line and in the results.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Expect::Native => "native",
+            Expect::Fallback => "fallback",
+        }
+    }
+}
+
+/// The checked configuration of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `icelab.suite` (default `smoke`).
+    pub suite: SuiteName,
+    /// `icelab.expect` (default `native`).
+    pub expect: Expect,
+    /// `icelab.slots`: expected `num_keyslots`; unchecked when absent.
+    pub slots: Option<u32>,
+    /// `icelab.max_dun_bits`: expected `max_dun_bits`; unchecked when absent.
+    pub max_dun_bits: Option<u32>,
+    /// `icelab.modes`: expected `modes/AES-256-XTS` data unit size mask;
+    /// unchecked when absent.
+    pub modes: Option<u32>,
+    /// `icelab.results`: where the JSON lines go (`-` is standard output).
+    pub results: PathBuf,
+    /// `icelab.seed`: seed of the file contents; random when absent.
+    pub seed: Option<u64>,
+    /// `icelab.module`: the driver module file.
+    pub module: PathBuf,
+    /// Whether `icelab.module` was given explicitly (in `--no-init` mode the
+    /// driver is only loaded then).
+    pub module_given: bool,
+    /// `icelab.disk`: the block device the suite formats.
+    pub disk: PathBuf,
+    /// `icelab.mountpoint`: where the filesystem is mounted.
+    pub mountpoint: PathBuf,
+    /// `icelab.mount_data`: the ext4 mount data string (default
+    /// `inlinecrypt`; a debugging knob for hosts without inline encryption).
+    pub mount_data: String,
+    /// `icelab.preload`: comma-separated modules loaded with modprobe, best
+    /// effort, before the driver.
+    pub preload: Vec<String>,
+    /// `icelab.timeout_factor`: every test timeout is multiplied by it.
+    pub timeout_factor: u32,
+}
+
+impl Config {
+    /// The defaults for a run as PID 1 (`init`) or as an ordinary process:
+    /// the only difference is the results device (the serial port as
+    /// init, standard output otherwise).
+    pub fn defaults(init: bool) -> Config {
+        Config {
+            suite: SuiteName::Smoke,
+            expect: Expect::Native,
+            slots: None,
+            max_dun_bits: None,
+            modes: None,
+            results: PathBuf::from(if init {
+                DEFAULT_RESULTS
+            } else {
+                STDOUT_RESULTS
+            }),
+            seed: None,
+            module: PathBuf::from(DEFAULT_MODULE),
+            module_given: false,
+            disk: PathBuf::from(DEFAULT_DISK),
+            mountpoint: PathBuf::from(DEFAULT_MOUNTPOINT),
+            mount_data: DEFAULT_MOUNT_DATA.to_owned(),
+            preload: DEFAULT_PRELOAD.iter().map(|s| (*s).to_owned()).collect(),
+            timeout_factor: 1,
+        }
+    }
+
+    /// Checks `params` over the defaults for the given mode.
+    pub fn from_params(params: &Params, init: bool) -> Result<Config> {
+        let mut config = Config::defaults(init);
+        if let Some(v) = params.get("suite") {
+            config.suite = match v {
+                "smoke" => SuiteName::Smoke,
+                _ => return Err(bad("suite", v, "known suites: smoke")),
+            };
+        }
+        if let Some(v) = params.get("expect") {
+            config.expect = match v {
+                "native" => Expect::Native,
+                "fallback" => Expect::Fallback,
+                _ => return Err(bad("expect", v, "expected native or fallback")),
+            };
+        }
+        config.slots = params
+            .get("slots")
+            .map(|v| parse_u32("slots", v))
+            .transpose()?;
+        config.max_dun_bits = params
+            .get("max_dun_bits")
+            .map(|v| parse_u32("max_dun_bits", v))
+            .transpose()?;
+        config.modes = params
+            .get("modes")
+            .map(|v| parse_u32("modes", v))
+            .transpose()?;
+        if let Some(v) = params.get("results") {
+            config.results = PathBuf::from(nonempty("results", v)?);
+        }
+        config.seed = params.get("seed").map(parse_seed).transpose()?;
+        if let Some(v) = params.get("module") {
+            config.module = PathBuf::from(nonempty("module", v)?);
+            config.module_given = true;
+        }
+        if let Some(v) = params.get("disk") {
+            config.disk = PathBuf::from(absolute("disk", v)?);
+        }
+        if let Some(v) = params.get("mountpoint") {
+            config.mountpoint = PathBuf::from(absolute("mountpoint", v)?);
+        }
+        if let Some(v) = params.get("mount_data") {
+            config.mount_data = v.to_owned();
+        }
+        if let Some(v) = params.get("preload") {
+            config.preload = v
+                .split(',')
+                .filter(|m| !m.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        if let Some(v) = params.get("timeout_factor") {
+            config.timeout_factor = match parse_u32("timeout_factor", v)? {
+                0 => return Err(bad("timeout_factor", v, "must be at least 1")),
+                n => n,
+            };
+        }
+        Ok(config)
+    }
+
+    /// The disk's name in /sys/block (`vda` for `/dev/vda`).
+    pub fn disk_name(&self) -> String {
+        self.disk
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+fn bad(key: &'static str, value: &str, why: &'static str) -> Error {
+    Error::BadValue {
+        key,
+        value: value.to_owned(),
+        why,
+    }
+}
+
+fn nonempty<'a>(key: &'static str, v: &'a str) -> Result<&'a str> {
+    if v.is_empty() {
+        Err(bad(key, v, "must not be empty"))
+    } else {
+        Ok(v)
+    }
+}
+
+fn absolute<'a>(key: &'static str, v: &'a str) -> Result<&'a str> {
+    if v.starts_with('/') && v.len() > 1 {
+        Ok(v)
+    } else {
+        Err(bad(key, v, "expected an absolute path"))
+    }
+}
+
+/// Parses a decimal or `0x` hexadecimal u32 (the sysfs modes mask is
+/// written in hex, the counts in decimal).
+fn parse_u32(key: &'static str, v: &str) -> Result<u32> {
+    let parsed = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => v.parse(),
+    };
+    parsed.map_err(|_| bad(key, v, "expected a decimal or 0x-hex 32-bit number"))
+}
+
+/// Parses a 64-bit seed written in hex, with or without `0x`.
+fn parse_seed(v: &str) -> Result<u64> {
+    let hex = v
+        .strip_prefix("0x")
+        .or_else(|| v.strip_prefix("0X"))
+        .unwrap_or(v);
+    if hex.is_empty() || hex.len() > 16 {
+        return Err(bad("seed", v, "expected 1 to 16 hex digits"));
+    }
+    u64::from_str_radix(hex, 16).map_err(|_| bad("seed", v, "expected 1 to 16 hex digits"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(cmdline: &str) -> Result<Config> {
+        Config::from_params(&Params::parse(cmdline)?, true)
+    }
+
+    #[test]
+    fn parses_a_typical_command_line() {
+        let c = config(
+            "console=ttyS0 panic=-1 icelab.suite=smoke icelab.expect=native icelab.slots=32 \
+             icelab.max_dun_bits=64 icelab.modes=0x1e00 icelab.results=/dev/ttyS1 \
+             icelab.seed=00c0ffee12345678 rdinit=/init",
+        )
+        .expect("valid");
+        assert_eq!(c.suite, SuiteName::Smoke);
+        assert_eq!(c.expect, Expect::Native);
+        assert_eq!(c.slots, Some(32));
+        assert_eq!(c.max_dun_bits, Some(64));
+        assert_eq!(c.modes, Some(0x1e00));
+        assert_eq!(c.results, PathBuf::from("/dev/ttyS1"));
+        assert_eq!(c.seed, Some(0x00c0_ffee_1234_5678));
+        assert_eq!(c.disk, PathBuf::from("/dev/vda"));
+        assert_eq!(c.disk_name(), "vda");
+    }
+
+    #[test]
+    fn defaults_depend_on_mode() {
+        let init = Config::from_params(&Params::default(), true).expect("defaults");
+        assert_eq!(init.results, PathBuf::from(DEFAULT_RESULTS));
+        assert_eq!(init.expect, Expect::Native);
+        assert_eq!(init.module, PathBuf::from(DEFAULT_MODULE));
+        assert!(!init.module_given);
+        assert_eq!(init.mount_data, "inlinecrypt");
+        assert_eq!(init.preload, vec!["virtio_pci", "ext4"]);
+        assert_eq!(init.timeout_factor, 1);
+        let plain = Config::from_params(&Params::default(), false).expect("defaults");
+        assert_eq!(plain.results, PathBuf::from("-"));
+    }
+
+    #[test]
+    fn fallback_and_overrides() {
+        let c = config(
+            "icelab.expect=fallback icelab.disk=/dev/loop3 icelab.module=/x.ko \
+             icelab.mountpoint=/tmp/m icelab.mount_data= icelab.preload= icelab.timeout_factor=4",
+        )
+        .expect("valid");
+        assert_eq!(c.expect, Expect::Fallback);
+        assert_eq!(c.disk_name(), "loop3");
+        assert!(c.module_given);
+        assert_eq!(c.mount_data, "");
+        assert!(c.preload.is_empty());
+        assert_eq!(c.timeout_factor, 4);
+    }
+
+    #[test]
+    fn last_value_wins_and_quotes_group() {
+        let p = Params::parse(r#"icelab.expect=fallback icelab.mount_data="inlinecrypt,noatime" icelab.expect=native"#)
+            .expect("parses");
+        assert_eq!(p.get("expect"), Some("native"));
+        assert_eq!(p.get("mount_data"), Some("inlinecrypt,noatime"));
+        let p = Params::parse(r#"icelab.x="a b" y"#).expect("parses");
+        assert_eq!(p.get("x"), Some("a b"));
+        assert_eq!(
+            Params::parse(r#"icelab.x="a b"#),
+            Err(Error::UnterminatedQuote)
+        );
+    }
+
+    #[test]
+    fn numbers_accept_decimal_and_hex() {
+        assert_eq!(
+            config("icelab.modes=7680").expect("valid").modes,
+            Some(0x1e00)
+        );
+        assert_eq!(
+            config("icelab.modes=0X1E00").expect("valid").modes,
+            Some(0x1e00)
+        );
+        assert_eq!(config("icelab.seed=0xff").expect("valid").seed, Some(255));
+    }
+
+    #[test]
+    fn bad_values_name_key_and_value() {
+        let err = config("icelab.slots=many").expect_err("invalid");
+        assert_eq!(
+            err.to_string(),
+            "icelab.slots=\"many\": expected a decimal or 0x-hex 32-bit number"
+        );
+        assert!(config("icelab.expect=maybe").is_err());
+        assert!(config("icelab.suite=lab").is_err());
+        assert!(config("icelab.seed=").is_err());
+        assert!(config("icelab.seed=12345678123456781").is_err());
+        assert!(config("icelab.seed=xyz").is_err());
+        assert!(config("icelab.disk=vda").is_err());
+        assert!(config("icelab.results=").is_err());
+        assert!(config("icelab.timeout_factor=0").is_err());
+        assert!(config("icelab.slots=4294967296").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_not_fatal() {
+        let p = Params::parse("icelab.suite=smoke icelab.slotz=3 quiet").expect("parses");
+        assert_eq!(p.unknown_keys(), vec!["icelab.slotz"]);
+        assert!(Config::from_params(&p, true).is_ok());
+    }
+
+    #[test]
+    fn command_line_words_override() {
+        let mut p = Params::parse("icelab.expect=native").expect("parses");
+        let mut extra = Params::default();
+        extra.add_word("icelab.expect=fallback");
+        extra.add_word("--no-init");
+        p.merge(extra);
+        assert_eq!(p.get("expect"), Some("fallback"));
+    }
+}

@@ -1,0 +1,18 @@
+//! The suites: each a list of named tests for the runner.
+//!
+//! A new suite is a new module with its `TESTS` table and a
+//! [`SuiteName`] variant; steps that suites share (loading the driver,
+//! formatting and mounting, adding keys) live in [`steps`].
+
+pub mod smoke;
+pub mod steps;
+
+use crate::cmdline::SuiteName;
+use crate::runner::TestDef;
+
+/// The tests of `suite`, in the order they run.
+pub fn tests(suite: SuiteName) -> &'static [TestDef] {
+    match suite {
+        SuiteName::Smoke => smoke::TESTS,
+    }
+}
