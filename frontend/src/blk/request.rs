@@ -138,12 +138,18 @@ impl Request {
     /// KEYSLOT_PROGRAM (type 30) with `desc`. The key is wiped from the
     /// request and from guest memory once done with.
     pub fn keyslot_program(desc: &KeyDesc) -> Self {
-        Self::raw(RequestType::KeyslotProgram, 0).with_key_payload(&desc.encode())
+        let mut wire = desc.encode();
+        let request = Self::raw(RequestType::KeyslotProgram, 0).with_key_payload(&wire);
+        wire.zeroize();
+        request
     }
 
     /// KEYSLOT_EVICT (type 31) with `desc`.
     pub fn keyslot_evict(desc: &KeyDesc) -> Self {
-        Self::raw(RequestType::KeyslotEvict, 0).with_key_payload(&desc.encode())
+        let mut wire = desc.encode();
+        let request = Self::raw(RequestType::KeyslotEvict, 0).with_key_payload(&wire);
+        wire.zeroize();
+        request
     }
 
     /// KEYSLOT_EVICT of `slot`, with every other key_desc field zero.
@@ -420,15 +426,18 @@ impl PreparedRequest {
     }
 
     /// Reads back what the device produced.
-    pub(crate) fn complete(self, used_len: u32, latency: Duration, tag: Tag) -> Result<Completion> {
+    pub(crate) fn complete(
+        &self,
+        used_len: u32,
+        latency: Duration,
+        tag: Tag,
+    ) -> Result<Completion> {
         let memory = self.buffer.memory();
         let mut status = [STATUS_NOT_WRITTEN];
         memory.read(self.status_addr, &mut status)?;
         let mut data = vec![0u8; self.data_in_len as usize];
         memory.read(self.data_in_addr, &mut data)?;
-        if self.sensitive {
-            self.buffer.fill(0)?;
-        }
+        // Key material in guest memory is wiped when `self` drops.
         Ok(Completion {
             tag,
             request_type: self.request_type,
@@ -438,6 +447,16 @@ impl PreparedRequest {
             sensitive: self.sensitive,
             latency,
         })
+    }
+}
+
+impl Drop for PreparedRequest {
+    fn drop(&mut self) {
+        if self.sensitive {
+            // Best effort: the range is ours and mapped, so this only fails
+            // if guest memory itself is broken, and then nothing can be done.
+            let _ = self.buffer.fill(0);
+        }
     }
 }
 
