@@ -121,6 +121,10 @@ impl Default for FrontendOptions {
 }
 
 /// A negotiated vhost-user session with its guest memory and queues.
+///
+/// The socket stays open while the `Frontend` or any queue taken from it
+/// lives; the backend sees the disconnect when the last of them is
+/// dropped.
 pub struct Frontend {
     session: Session,
     memory: SharedMemory,
