@@ -19,7 +19,7 @@ use icelab_frontend::{Frontend, FrontendOptions};
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 const PACKAGE_HINT: &str = "install it: Debian package `qemu-utils` from bookworm-backports or \
-     trixie (QEMU >= 8.1), or `qemu-system-common` on stock bookworm (QEMU 7.2); \
+     trixie (QEMU 10.0 ships it there), or `qemu-system-common` on stock bookworm (QEMU 7.2); \
      scripts/install-deps does this";
 
 /// A running qemu-storage-daemon exporting a fresh image over vhost-user.
