@@ -150,6 +150,7 @@ const KNOWN_KEYS: &[&str] = &[
     "mount_data",
     "preload",
     "timeout_factor",
+    "fault",
 ];
 
 /// The suites the runner knows.
@@ -190,6 +191,26 @@ impl Expect {
     }
 }
 
+/// A fault the runner injects into itself (`icelab.fault=KIND:TEST`), to
+/// prove its own safety nets: a panic must be reported and power the
+/// guest off, a hang must time out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// What happens.
+    pub kind: FaultKind,
+    /// In which test (its name), before the test's body runs.
+    pub test: String,
+}
+
+/// The kinds of [`Fault`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// `panic`: the test's thread panics.
+    Panic,
+    /// `hang`: the test's thread sleeps forever.
+    Hang,
+}
+
 /// The checked configuration of a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -225,6 +246,8 @@ pub struct Config {
     pub preload: Vec<String>,
     /// `icelab.timeout_factor`: every test timeout is multiplied by it.
     pub timeout_factor: u32,
+    /// `icelab.fault`: a fault injected into the runner itself.
+    pub fault: Option<Fault>,
 }
 
 impl Config {
@@ -251,6 +274,7 @@ impl Config {
             mount_data: DEFAULT_MOUNT_DATA.to_owned(),
             preload: DEFAULT_PRELOAD.iter().map(|s| (*s).to_owned()).collect(),
             timeout_factor: 1,
+            fault: None,
         }
     }
 
@@ -312,6 +336,7 @@ impl Config {
                 n => n,
             };
         }
+        config.fault = params.get("fault").map(parse_fault).transpose()?;
         Ok(config)
     }
 
@@ -356,6 +381,25 @@ fn parse_u32(key: &'static str, v: &str) -> Result<u32> {
         None => v.parse(),
     };
     parsed.map_err(|_| bad(key, v, "expected a decimal or 0x-hex 32-bit number"))
+}
+
+/// Parses `panic:TEST` or `hang:TEST`.
+fn parse_fault(v: &str) -> Result<Fault> {
+    let (kind, test) = v
+        .split_once(':')
+        .ok_or_else(|| bad("fault", v, "expected panic:TEST or hang:TEST"))?;
+    let kind = match kind {
+        "panic" => FaultKind::Panic,
+        "hang" => FaultKind::Hang,
+        _ => return Err(bad("fault", v, "expected panic:TEST or hang:TEST")),
+    };
+    if test.is_empty() {
+        return Err(bad("fault", v, "expected panic:TEST or hang:TEST"));
+    }
+    Ok(Fault {
+        kind,
+        test: test.to_owned(),
+    })
 }
 
 /// Parses a 64-bit seed written in hex, with or without `0x`.
@@ -469,6 +513,28 @@ mod tests {
         assert!(config("icelab.results=").is_err());
         assert!(config("icelab.timeout_factor=0").is_err());
         assert!(config("icelab.slots=4294967296").is_err());
+    }
+
+    #[test]
+    fn faults_parse() {
+        let c = config("icelab.fault=hang:mkfs-mount").expect("valid");
+        assert_eq!(
+            c.fault,
+            Some(Fault {
+                kind: FaultKind::Hang,
+                test: "mkfs-mount".into()
+            })
+        );
+        assert_eq!(
+            config("icelab.fault=panic:x")
+                .expect("valid")
+                .fault
+                .map(|f| f.kind),
+            Some(FaultKind::Panic)
+        );
+        assert!(config("icelab.fault=panic").is_err());
+        assert!(config("icelab.fault=panic:").is_err());
+        assert!(config("icelab.fault=crash:x").is_err());
     }
 
     #[test]

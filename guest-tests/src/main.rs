@@ -24,7 +24,7 @@ up the system, loads the driver, runs the suite and powers off. With
 
 Parameters come from /proc/cmdline; icelab.KEY=VALUE arguments override
 them. Keys: suite, expect, slots, max_dun_bits, modes, results, seed,
-module, disk, mountpoint, mount_data, preload, timeout_factor
+module, disk, mountpoint, mount_data, preload, timeout_factor, fault
 (see guest-tests/README.md).";
 
 /// What the command line asked for.
@@ -204,7 +204,8 @@ fn install_panic_hook(init: bool) {
         } else {
             Console::Stderr
         };
-        let message = format!("panic: {info}");
+        // One line: the hook's text has the location, a newline, the payload.
+        let message = format!("panic: {}", info.to_string().replace('\n', " "));
         report::say(console, &message);
         let name = runner::current_test().unwrap_or("runner");
         report::try_with(|r| {

@@ -317,7 +317,7 @@ impl Reporter {
 
 /// Writes one human line (`icelab-guest: ...`) to the console.
 pub fn say(console: Console, line: &str) {
-    let text = format!("icelab-guest: {line}\n");
+    let text = format!("icelab-guest: {}\n", line.replace('\n', " "));
     // A console that cannot be written to has no one to complain to.
     let _ = match console {
         Console::Stdout => io::stdout().lock().write_all(text.as_bytes()),

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::cmdline::Config;
+use crate::cmdline::{Config, Fault, FaultKind};
 use crate::fscrypt::KeyIdentifier;
 use crate::report::{self, Facts, Status};
 use crate::sys::Uname;
@@ -207,9 +207,11 @@ fn run_one(ctx: &Arc<Ctx>, test: &TestDef, mut state: State) -> (Verdict, Option
     let worker_ctx = Arc::clone(ctx);
     let body = test.run;
     let start = Instant::now();
+    let name = test.name;
     let spawned = thread::Builder::new()
         .name(test.name.to_owned())
         .spawn(move || {
+            inject_fault(&worker_ctx, name);
             let mut facts = Facts::new();
             let result = body(&worker_ctx, &mut state, &mut facts);
             // The receiver is gone only if the runner gave up on us.
@@ -257,6 +259,29 @@ fn run_one(ctx: &Arc<Ctx>, test: &TestDef, mut state: State) -> (Verdict, Option
             };
             (v, None)
         }
+    }
+}
+
+/// Injects `icelab.fault` if it names the test `name`.
+fn inject_fault(ctx: &Ctx, name: &str) {
+    match &ctx.config.fault {
+        Some(Fault {
+            kind: FaultKind::Panic,
+            test,
+        }) if test == name => {
+            ctx.step("injected fault: panic");
+            panic!("injected fault (icelab.fault=panic:{name})");
+        }
+        Some(Fault {
+            kind: FaultKind::Hang,
+            test,
+        }) if test == name => {
+            ctx.step("injected fault: hang");
+            loop {
+                thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        _ => {}
     }
 }
 
@@ -372,6 +397,27 @@ mod tests {
         assert!(
             v[2].message
                 .starts_with("not run: an earlier test timed out")
+        );
+    }
+
+    #[test]
+    fn injected_hang_times_out() {
+        let mut config = Config::defaults(false);
+        config.fault = Some(Fault {
+            kind: FaultKind::Hang,
+            test: "a".into(),
+        });
+        let uname = Uname {
+            release: "7.3.4".into(),
+            version: "#1".into(),
+        };
+        let ctx = Arc::new(Ctx::new(config, uname, false));
+        let mut a = def("a", ok, &[], false);
+        a.timeout = Duration::from_millis(100);
+        let v = run_tests(&ctx, &[a], State::default(), |_| {});
+        assert_eq!(
+            v[0].message,
+            "timed out after 100ms during: injected fault: hang"
         );
     }
 

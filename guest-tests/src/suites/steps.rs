@@ -83,10 +83,12 @@ pub fn load_driver(ctx: &Ctx, facts: &mut Facts) -> Result<String, Failure> {
     let image = match fs::read(path) {
         Ok(image) => image,
         Err(e) => {
-            record_errno(facts, e.raw_os_error().unwrap_or(0));
+            let errno = e.raw_os_error().unwrap_or(0);
+            record_errno(facts, errno);
             return fail(format!(
-                "cannot read the driver module {}: {e}",
-                path.display()
+                "cannot read the driver module {}: {}",
+                path.display(),
+                Errno(errno)
             ));
         }
     };
@@ -123,10 +125,12 @@ pub fn load_driver(ctx: &Ctx, facts: &mut Facts) -> Result<String, Failure> {
 
     ctx.step(format!("finit_module {}", path.display()));
     let file = File::open(path).map_err(|e| {
-        record_errno(facts, e.raw_os_error().unwrap_or(0));
+        let errno = e.raw_os_error().unwrap_or(0);
+        record_errno(facts, errno);
         Failure(format!(
-            "cannot open the driver module {}: {e}",
-            path.display()
+            "cannot open the driver module {}: {}",
+            path.display(),
+            Errno(errno)
         ))
     })?;
     let flags = if is_compressed_module(path) {
