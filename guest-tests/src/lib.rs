@@ -9,6 +9,8 @@
 //! - [`fscrypt`], [`kmsg`], [`sys`], [`command`]: the system interfaces;
 //! - [`init`]: PID 1 duties; [`data`]: reproducible file contents.
 
+#![warn(missing_docs)]
+
 pub mod cmdline;
 pub mod command;
 pub mod data;

@@ -208,10 +208,18 @@ fn install_panic_hook(init: bool) {
         let message = format!("panic: {}", info.to_string().replace('\n', " "));
         report::say(console, &message);
         let name = runner::current_test().unwrap_or("runner");
-        report::try_with(|r| {
-            r.test(name, Status::Fail, 0, &message, &Facts::new());
-            r.done();
-        });
+        // The reporter may be busy writing a line on another thread: retry
+        // for a moment, but never wait on a lock this thread might hold.
+        for _ in 0..100 {
+            let reported = report::try_with(|r| {
+                r.test(name, Status::Fail, 0, &message, &Facts::new());
+                r.done();
+            });
+            if reported.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         if init {
             init::power_off(console);
         }
