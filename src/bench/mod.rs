@@ -1,6 +1,7 @@
 //! `icelab bench`: performance measurements.
 
 pub mod crypto;
+pub mod device;
 
 use clap::Subcommand;
 
@@ -9,11 +10,28 @@ use clap::Subcommand;
 pub enum BenchCommand {
     /// The engine's AES-256-XTS against `openssl speed -evp aes-256-xts`, same run.
     Crypto(crypto::CryptoArgs),
+    /// The device through the native vhost-user frontend: IOPS, MB/s, latency, CPU per GB.
+    Device(device::DeviceArgs),
 }
 
 /// Runs one bench part.
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Crypto(args) => crypto::run(args),
+        BenchCommand::Device(args) => device::run(args),
     }
+}
+
+/// The CPU model, from /proc/cpuinfo.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|line| {
+                line.strip_prefix("model name")
+                    .and_then(|rest| rest.split_once(':'))
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
 }

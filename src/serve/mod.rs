@@ -2,7 +2,7 @@
 
 mod args;
 
-pub use args::{ServeArgs, ServeConfig};
+pub use args::{ServeArgs, ServeConfig, parse_size};
 
 use anyhow::Context;
 use icelab_emulator::device::{BlockDevice, DeviceConfig, GuestMemory, Image};

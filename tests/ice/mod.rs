@@ -1,0 +1,184 @@
+//! Fixtures for tests that drive a real `icelab serve` through the native
+//! vhost-user frontend: a session (device process + negotiated frontend),
+//! key descriptors, and the `xts-mode` oracle the device's ciphertext is
+//! checked against.
+//!
+//! Use it with `mod ice; mod support;`.
+
+#![allow(dead_code)]
+
+use crate::support::{Device, create_image, temp_dir};
+use aes::Aes256;
+use aes::cipher::KeyInit;
+use icelab_emulator::protocol::{CryptoMsg, Dun, KeyDesc, MAX_KEY_BYTES, Status};
+use icelab_frontend::blk::{BlkQueue, Completion, Request};
+use icelab_frontend::{Frontend, FrontendOptions};
+use std::path::PathBuf;
+use std::time::Duration;
+use xts_mode::Xts128;
+
+/// Longest wait for one request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running device with a connected frontend.
+pub struct Session {
+    /// Keeps the temp dir alive.
+    pub dir: tempfile::TempDir,
+    /// The image path.
+    pub image: PathBuf,
+    /// The stats file path.
+    pub stats: PathBuf,
+    /// The trace file path.
+    pub trace: PathBuf,
+    /// The device process.
+    pub device: Device,
+    /// The negotiated frontend.
+    pub frontend: Frontend,
+    /// Its queues.
+    pub queues: Vec<BlkQueue>,
+}
+
+impl Session {
+    /// Starts `icelab serve` on a fresh `size`-byte image with `args`
+    /// and connects with default frontend options.
+    pub fn start(size: u64, args: &[&str]) -> Self {
+        Self::start_with(size, args, FrontendOptions::default())
+    }
+
+    /// Like [`Session::start`] with explicit frontend options.
+    pub fn start_with(size: u64, args: &[&str], options: FrontendOptions) -> Self {
+        let dir = temp_dir("device");
+        let image = dir.path().join("disk.img");
+        let socket = dir.path().join("icelab.sock");
+        let stats = dir.path().join("stats.json");
+        let trace = dir.path().join("trace.jsonl");
+        create_image(&image, size);
+        let device = Device::builder(&image, &socket)
+            .stats(&stats)
+            .arg("--trace")
+            .arg(&trace)
+            .args(args)
+            .spawn();
+        let mut frontend = Frontend::connect(&socket, &options).unwrap_or_else(|error| {
+            panic!("cannot connect to icelab serve: {error}\n{}", device.logs())
+        });
+        let queues = frontend
+            .take_queues()
+            .into_iter()
+            .map(|queue| BlkQueue::new(queue).expect("queue driver"))
+            .collect();
+        Self {
+            dir,
+            image,
+            stats,
+            trace,
+            device,
+            frontend,
+            queues,
+        }
+    }
+
+    /// Submits on queue `queue` and waits.
+    pub fn run(&mut self, queue: usize, request: &Request) -> Completion {
+        self.queues[queue]
+            .submit_and_wait(request, REQUEST_TIMEOUT)
+            .unwrap_or_else(|error| {
+                panic!(
+                    "{:?} on queue {queue}: {error}\n{}",
+                    request.request_type(),
+                    self.device.logs()
+                )
+            })
+    }
+
+    /// Submits and asserts the status.
+    #[track_caller]
+    pub fn expect(&mut self, queue: usize, request: &Request, status: Status) -> Completion {
+        let completion = self.run(queue, request);
+        assert_eq!(
+            completion.status(),
+            Some(status),
+            "{:?}: status {} (used_len {})\n{}",
+            request.request_type(),
+            completion.status,
+            completion.used_len,
+            self.device.logs()
+        );
+        completion
+    }
+
+    /// The whole image file.
+    pub fn image_bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.image).expect("read the image")
+    }
+
+    /// Disconnects the frontend and waits for a clean exit; returns the
+    /// final stats.
+    pub fn finish(mut self) -> serde_json::Value {
+        drop(self.queues);
+        drop(self.frontend);
+        self.device
+            .assert_clean_exit("after the frontend disconnected");
+        self.device.stats()
+    }
+}
+
+/// A raw AES-256-XTS key descriptor for `slot`.
+pub fn key_desc(slot: u32, key: &[u8; 64], data_unit_size: u32, dun_bytes: u32) -> KeyDesc {
+    let mut bytes = [0u8; MAX_KEY_BYTES];
+    bytes[..64].copy_from_slice(key);
+    KeyDesc {
+        slot,
+        bytes,
+        key_size: 64,
+        crypto_mode: 1,
+        key_type: 1,
+        data_unit_size_bits: data_unit_size.trailing_zeros(),
+        dun_bytes,
+        reserved: 0,
+    }
+}
+
+/// A crypto_msg for `slot` starting at `dun`.
+pub fn msg(slot: u32, dun: u128) -> CryptoMsg {
+    CryptoMsg {
+        slot,
+        reserved: 0,
+        dun: Dun::from_u128(dun),
+    }
+}
+
+/// A random 64-byte key.
+pub fn random_key() -> [u8; 64] {
+    let mut key = [0u8; 64];
+    rand::fill(&mut key[..]);
+    key
+}
+
+/// Random bytes.
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    rand::fill(&mut data[..]);
+    data
+}
+
+/// The oracle: AES-256-XTS of `data` as data units of `data_unit_size`
+/// starting at `dun`, by the `xts-mode` crate (independent of the engine).
+pub fn oracle_encrypt(key: &[u8; 64], data: &[u8], data_unit_size: usize, dun: u128) -> Vec<u8> {
+    let mut out = data.to_vec();
+    oracle(key).encrypt_area(&mut out, data_unit_size, dun, |i| i.to_le_bytes().into());
+    out
+}
+
+/// The oracle's decryption.
+pub fn oracle_decrypt(key: &[u8; 64], data: &[u8], data_unit_size: usize, dun: u128) -> Vec<u8> {
+    let mut out = data.to_vec();
+    oracle(key).decrypt_area(&mut out, data_unit_size, dun, |i| i.to_le_bytes().into());
+    out
+}
+
+fn oracle(key: &[u8; 64]) -> Xts128<Aes256> {
+    let k1 = Aes256::new_from_slice(&key[..32]).expect("32-byte key");
+    let k2 = Aes256::new_from_slice(&key[32..]).expect("32-byte key");
+    Xts128::new(k1, k2)
+}
