@@ -139,7 +139,8 @@ fi
 # --- the build directory ----------------------------------------------------------
 
 # umount_under DIR: unmounts everything mounted at or below DIR, deepest
-# first.
+# first. Mounts are made in private namespaces (see in_root); this is the
+# safety net for whatever leaks anyway.
 umount_under() {
     local dir=$1 m
     dir=$(readlink -f "$dir")
@@ -160,11 +161,17 @@ if [[ -f $final/kernel-version.txt && -d $final/rootfs ]]; then
     printf '%s\n' "$final"
     exit 0
 fi
-for stale in "$cache"/.root-"$hash".*; do
+# Leftovers of interrupted builds, of this recipe or an older one: each is
+# removed unless a build holding its recipe's lock is still running.
+for stale in "$cache"/.root-*.*; do
     [[ -d $stale ]] || continue
-    log "removing an interrupted build: $stale"
-    umount_under "$stale"
-    rm -rf --one-file-system "$stale"
+    stale_hash=${stale##*/.root-}
+    stale_hash=${stale_hash%%.*}
+    if [[ $stale_hash == "$hash" ]] || flock -n "$cache/root-$stale_hash.lock" true; then
+        log "removing an interrupted build: $stale"
+        umount_under "$stale"
+        rm -rf --one-file-system "$stale"
+    fi
 done
 
 work=$(mktemp -d "$cache/.root-$hash.XXXXXX")
@@ -198,13 +205,16 @@ step "debootstrap $SUITE (minbase + ${PACKAGES[*]})"
 debootstrap_log=$work/debootstrap.log
 mkdir -p "$root"
 status=0
-debootstrap --variant=minbase --include="$include" "$SUITE" "$root" ${mirror:+"$mirror"} \
+# In a private mount namespace, so that what debootstrap mounts in the
+# root is gone when it ends, even if it is killed.
+unshare --mount --propagation private -- \
+    debootstrap --variant=minbase --include="$include" "$SUITE" "$root" ${mirror:+"$mirror"} \
     2>&1 | tee "$debootstrap_log" | grep --line-buffered -E '^(I|W|E): ' >&2 || status=$?
 if ((status != 0)) || ! [[ -x $root/usr/bin/apt-get ]]; then
     # debootstrap says "Couldn't download package X (ver V arch A) at URL"
     # or "Couldn't download packages: X Y" when a fetch fails.
     failed_pkgs=$(sed -n -e "s/.*Couldn't download package \([^ ]*\) .*/\1/p" \
-        -e "s/.*Couldn't download packages: //p" "$debootstrap_log" | tr '\n' ' ')
+        -e "s/.*Couldn't download packages: //p" "$debootstrap_log" | tr ' ' '\n' | sort -u | tr '\n' ' ')
     if [[ -n $failed_pkgs ]]; then
         die "download failed: package(s) ${failed_pkgs% } from mirror ${mirror:-(debootstrap default)}"
     fi
@@ -218,18 +228,17 @@ fi
 # --- stage 2: the kernel from backports ---------------------------------------------
 
 # in_root CMD...: runs CMD in the root with /proc, /sys and /dev/pts
-# mounted (package scripts and objtool want /proc); unmounts on every exit.
+# mounted (package scripts want /proc). The mounts live in a private mount
+# namespace: they vanish when CMD ends, however it ends.
 in_root() {
-    local status=0
-    mount -t proc proc "$root/proc"
-    mount -t sysfs sysfs "$root/sys"
-    mount -t devpts devpts "$root/dev/pts" -o newinstance,ptmxmode=0666 2>/dev/null || true
-    chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 \
-        DEBIAN_FRONTEND=noninteractive "$@" || status=$?
-    umount_under "$root/dev/pts"
-    umount_under "$root/sys"
-    umount_under "$root/proc"
-    return "$status"
+    unshare --mount --propagation private -- sh -c '
+        root=$1
+        shift
+        mount -t proc proc "$root/proc"
+        mount -t sysfs sysfs "$root/sys"
+        mount -t devpts devpts "$root/dev/pts" -o newinstance,ptmxmode=0666 2>/dev/null || true
+        exec chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+            LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"' in_root "$root" "$@"
 }
 
 # No daemons start in the root, and dpkg skips fsync (the tree is thrown
