@@ -9,12 +9,15 @@
 //! inside a [`BlockCipherEncClosure`] so that it is compiled together with
 //! (and inlined into) whichever backend the CPU supports at run time:
 //! VAES-512, VAES-256 or AES-NI, so the XOR and tweak code below is
-//! vectorised for that backend's registers too. Then:
+//! vectorised for that backend's registers too. (`aes` detects VAES at run
+//! time from 0.9.4 on; 0.9.2 and earlier use AES-NI unless built with
+//! `--cfg aes_backend="avx512"`, which costs this path about half its
+//! speed: keep Cargo.lock at 0.9.4 or later.) Then:
 //!
 //! - blocks go through the backend's batch width (`ParBlocksSize`, 64 blocks
 //!   for VAES-512) in place, across data unit boundaries, so 512-byte units
 //!   fill whole batches as well;
-//! - tweaks come from [`TweakLanes`], eight consecutive tweaks stepped by
+//! - tweaks come from `TweakLanes`, eight consecutive tweaks stepped by
 //!   alpha^8 as vector operations, written into one of two buffers while
 //!   the other one's batch is encrypted;
 //! - the initial tweaks `T0` of up to 64 data units are encrypted in one
