@@ -60,3 +60,14 @@ fn init_logging() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
+
+/// This very binary, for starting `icelab serve` from `run` and `bench`.
+/// `/proc/self/exe` still works when the file was replaced by a rebuild
+/// while we run; elsewhere fall back to the path we were started from.
+fn self_exe() -> std::path::PathBuf {
+    let proc_exe = std::path::PathBuf::from("/proc/self/exe");
+    if proc_exe.exists() {
+        return proc_exe;
+    }
+    std::env::current_exe().unwrap_or_else(|_| std::path::PathBuf::from("icelab"))
+}

@@ -141,7 +141,7 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
 }
 
 fn spawn_device(dir: &Path, size: u64, queues: u16) -> anyhow::Result<Child> {
-    let exe = std::env::current_exe().context("cannot find the icelab binary itself")?;
+    let exe = crate::self_exe();
     let socket = dir.join("icelab.sock");
     let log = std::fs::File::create(dir.join("device.log"))?;
     let child = Command::new(exe)

@@ -75,11 +75,12 @@ pub fn build(overrides: &Overrides) -> anyhow::Result<Artifacts> {
     }
     let root = run_recipe(&repo, "images/build-root.sh", &[])?;
     let kernel_info = read_key_values(&root.join("kernel-version.txt"))?;
-    let (qemu, qemu_patched) = match &overrides.qemu {
-        Some(path) => (path.clone(), false),
-        None => (run_recipe(&repo, "images/build-qemu.sh", &[])?, true),
+    let qemu = match &overrides.qemu {
+        Some(path) => path.clone(),
+        None => run_recipe(&repo, "images/build-qemu.sh", &[])?,
     };
     let qemu_version = qemu_version(&qemu)?;
+    let qemu_patched = forwards_inline_encryption(&qemu)?;
     let runner = run_recipe(&repo, "guest-tests/build.sh", &[])?;
     let (kernel, kernel_package, kernel_version, module) =
         match (&overrides.kernel, &overrides.modules_dir) {
@@ -184,6 +185,22 @@ fn value(map: &BTreeMap<String, String>, key: &str) -> anyhow::Result<String> {
     map.get(key).cloned().with_context(|| {
         format!("kernel-version.txt has no `{key}`; delete the build root to rebuild it")
     })
+}
+
+/// True when the QEMU binary's vhost-user-blk-pci has icelab's
+/// `inline-encryption` property (asked from QEMU itself).
+fn forwards_inline_encryption(qemu: &Path) -> anyhow::Result<bool> {
+    let output = Command::new(qemu)
+        .args([
+            "-nodefaults",
+            "-machine",
+            "none",
+            "-device",
+            "vhost-user-blk-pci,help",
+        ])
+        .output()
+        .with_context(|| format!("cannot run {}", qemu.display()))?;
+    Ok(String::from_utf8_lossy(&output.stdout).contains("inline-encryption"))
 }
 
 fn qemu_version(qemu: &Path) -> anyhow::Result<String> {

@@ -68,6 +68,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<bool> {
         modules_dir: args.modules_dir.clone(),
         qemu: args.qemu.clone(),
     })?;
+    if !artifacts.qemu_patched {
+        bail!(
+            "{} does not forward inline encryption to the guest (its vhost-user-blk-pci has no \
+             `inline-encryption` property); run without --qemu to use icelab's patched build, \
+             or apply images/qemu/0001-vhost-user-blk-inline-encryption.patch to yours",
+            artifacts.qemu.display()
+        );
+    }
     let accel = qemu::choose(args.accel, &artifacts);
     println!(
         "icelab run: suite {}, profile {profile}, {} under {}",
@@ -270,7 +278,7 @@ impl BootPaths {
 
 /// Starts `icelab serve` (this very binary) and waits for its socket.
 fn spawn_device(paths: &BootPaths, extra: &[String]) -> anyhow::Result<Child> {
-    let exe = std::env::current_exe().context("cannot find the icelab binary itself")?;
+    let exe = crate::self_exe();
     let log = std::fs::File::create(&paths.device_log)?;
     let mut child = Command::new(exe)
         .arg("serve")
