@@ -147,7 +147,7 @@ const VECTORS: [Vector; 5] = [
 ];
 
 fn hex(text: &str) -> Vec<u8> {
-    assert!(text.len() % 2 == 0, "odd-length hex");
+    assert!(text.len().is_multiple_of(2), "odd-length hex");
     (0..text.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex digit"))

@@ -55,7 +55,7 @@ impl SharedMemory {
     /// Creates `size` bytes of memfd-backed guest memory at guest physical
     /// address 0. `size` must be a non-zero multiple of [`PAGE_SIZE`].
     pub fn new(size: u64) -> Result<Self> {
-        if size == 0 || size % PAGE_SIZE != 0 {
+        if size == 0 || !size.is_multiple_of(PAGE_SIZE) {
             return Err(Error::InvalidArgument(format!(
                 "guest memory size {size} is not a non-zero multiple of {PAGE_SIZE}"
             )));

@@ -289,7 +289,7 @@ fn drive(
             let write = match args.pattern {
                 Pattern::Write | Pattern::Randwrite => true,
                 Pattern::Read | Pattern::Randread => false,
-                Pattern::Randrw => n % 2 == 0,
+                Pattern::Randrw => n.is_multiple_of(2),
             };
             n += 1;
             let msg = CryptoMsg {

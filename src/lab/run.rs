@@ -338,18 +338,18 @@ fn stream_results(vm: &mut Child, path: &Path, boot: &str, timeout: Duration) ->
     let mut done = false;
     loop {
         let exited = matches!(vm.try_wait(), Ok(Some(_)));
-        if let Ok(mut file) = std::fs::File::open(path) {
-            if file.seek(std::io::SeekFrom::Start(offset)).is_ok() {
-                let mut reader = BufReader::new(file);
-                let mut chunk = String::new();
-                while let Ok(read) = reader.read_line(&mut chunk) {
-                    if read == 0 {
-                        break;
-                    }
-                    offset += read as u64;
+        if let Ok(mut file) = std::fs::File::open(path)
+            && file.seek(std::io::SeekFrom::Start(offset)).is_ok()
+        {
+            let mut reader = BufReader::new(file);
+            let mut chunk = String::new();
+            while let Ok(read) = reader.read_line(&mut chunk) {
+                if read == 0 {
+                    break;
                 }
-                pending.push_str(&chunk);
+                offset += read as u64;
             }
+            pending.push_str(&chunk);
         }
         while let Some(end) = pending.find('\n') {
             let line: String = pending.drain(..=end).collect();

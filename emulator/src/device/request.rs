@@ -314,7 +314,7 @@ fn checked_range(
     if len == 0 {
         return Err(RequestError::NoData(request));
     }
-    if len % SECTOR_SIZE != 0 {
+    if !len.is_multiple_of(SECTOR_SIZE) {
         return Err(RequestError::NotSectorMultiple { request, len });
     }
     if len > ctx.limits.max_data_bytes {
@@ -412,7 +412,7 @@ fn discard_or_write_zeroes<M: GuestMemory>(
     }
     let payload = reader.remaining();
     let count = payload / DiscardSegment::SIZE as u64;
-    if count == 0 || payload % DiscardSegment::SIZE as u64 != 0 {
+    if count == 0 || !payload.is_multiple_of(DiscardSegment::SIZE as u64) {
         return Err(RequestError::PayloadSize {
             request,
             what: "discard/write-zeroes segments",

@@ -181,13 +181,13 @@ impl Engine {
             .ok_or(EngineError::SlotEmpty { slot: msg.slot })?;
         let data_unit_size = key.data_unit_size;
         let unit = u64::from(data_unit_size);
-        if offset % unit != 0 {
+        if !offset.is_multiple_of(unit) {
             return Err(EngineError::Misaligned {
                 offset,
                 data_unit_size,
             });
         }
-        if len == 0 || len % unit != 0 {
+        if len == 0 || !len.is_multiple_of(unit) {
             return Err(EngineError::PartialDataUnit {
                 len,
                 data_unit_size,

@@ -90,8 +90,8 @@ impl XtsKey {
         data_unit_size: usize,
         first_dun: u128,
     ) {
-        debug_assert!(data_unit_size >= BLOCK && data_unit_size % BLOCK == 0);
-        debug_assert!(data.len() % data_unit_size == 0);
+        debug_assert!(data_unit_size >= BLOCK && data_unit_size.is_multiple_of(BLOCK));
+        debug_assert!(data.len().is_multiple_of(data_unit_size));
         if data.len() >= PARALLEL_MIN_BYTES && rayon::current_num_threads() > 1 {
             let units_per_piece = piece_units(data.len(), data_unit_size);
             data.par_chunks_mut(units_per_piece * data_unit_size)
@@ -113,8 +113,8 @@ impl XtsKey {
         data_unit_size: usize,
         first_dun: u128,
     ) {
-        debug_assert!(data_unit_size >= BLOCK && data_unit_size % BLOCK == 0);
-        debug_assert!(data.len() % data_unit_size == 0);
+        debug_assert!(data_unit_size >= BLOCK && data_unit_size.is_multiple_of(BLOCK));
+        debug_assert!(data.len().is_multiple_of(data_unit_size));
         let unit_blocks = data_unit_size / BLOCK;
         if data.len() == data_unit_size {
             // One data unit (the common small request): its tweak stays in

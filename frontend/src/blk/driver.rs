@@ -199,10 +199,10 @@ impl BlkQueue {
 
     /// Waits up to `timeout` for the completion of `tag`, keeping others.
     pub fn wait_for(&mut self, tag: Tag, timeout: Duration) -> Result<Completion> {
-        if let Some(position) = self.ready.iter().position(|c| c.tag == tag) {
-            if let Some(completion) = self.ready.remove(position) {
-                return Ok(completion);
-            }
+        if let Some(position) = self.ready.iter().position(|c| c.tag == tag)
+            && let Some(completion) = self.ready.remove(position)
+        {
+            return Ok(completion);
         }
         if !self
             .pending
