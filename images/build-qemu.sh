@@ -56,25 +56,33 @@ cache=${XDG_CACHE_HOME:-$HOME/.cache}/icelab
 # --- which source -------------------------------------------------------------
 
 # The Debian source version of the host's QEMU: the installed
-# qemu-system-x86, else its candidate. ${source:Version} drops a binNMU
-# suffix (+b3).
+# qemu-system-x86, else apt's candidate for it. Source versions drop a
+# binNMU suffix (+b3).
+host_qemu_source_version() {
+    local version candidate
+    version=$(dpkg-query -W -f='${db:Status-Abbrev} ${source:Version}\n' qemu-system-x86 2>/dev/null |
+        awk '$1 == "ii" { print $2 }')
+    if [[ -n $version ]]; then
+        echo "$version"
+        return
+    fi
+    candidate=$(apt-cache policy qemu-system-x86 2>/dev/null | awk '/Candidate:/ { print $2 }')
+    [[ -n $candidate && $candidate != "(none)" ]] || return 0
+    version=$(apt-cache show "qemu-system-x86=$candidate" 2>/dev/null |
+        sed -n 's/^Source: qemu (\(.*\))$/\1/p' | head -n1)
+    echo "${version:-${candidate%+b[0-9]*}}"
+}
 source_version=${ICELAB_QEMU_SOURCE_VERSION:-}
 if [[ -z $source_version ]]; then
-    source_version=$(dpkg-query -W -f='${db:Status-Abbrev} ${source:Version}\n' qemu-system-x86 2>/dev/null |
-        awk '$1 == "ii" { print $2 }')
+    source_version=$(host_qemu_source_version)
 fi
-if [[ -z $source_version ]]; then
-    source_version=$(apt-cache show qemu-system-x86 2>/dev/null | awk '
-        /^Version:/ && !v { v = $2 }
-        /^Source: qemu \(/ && !s { s = $3; gsub(/[()]/, "", s) }
-        /^$/ && v { exit }
-        END { print (s ? s : v) }')
-    # Without a Source: line the binary version is the source version
-    # (less a binNMU suffix).
-    source_version=${source_version%+b[0-9]*}
+if [[ -z $source_version && $(id -u) -eq 0 ]]; then
+    log "qemu-system-x86 is neither installed nor known to apt: apt-get update"
+    apt-get -y -q -o Dpkg::Use-Pty=0 update >&2
+    source_version=$(host_qemu_source_version)
 fi
 [[ -n $source_version ]] ||
-    die "no qemu-system-x86 installed or known to apt (run apt-get update, or set ICELAB_QEMU_SOURCE_VERSION)"
+    die "no qemu-system-x86 installed or known to apt (set ICELAB_QEMU_SOURCE_VERSION)"
 
 hash=$({
     cat "$self" "$patch_file" "$devices_file"
@@ -130,8 +138,28 @@ for stale in "$cache"/.qemu-*.*; do
 done
 
 work=$(mktemp -d "$cache/.qemu-$hash.XXXXXX")
+# run_step CMD...: runs CMD in a process group of its own and waits for
+# it, so that a signal to this script stops the step at once (cleanup
+# kills the group) instead of after the step.
+step_pgid=
+run_step() {
+    setsid "$@" &
+    step_pgid=$!
+    local status=0
+    wait "$step_pgid" || status=$?
+    step_pgid=
+    return "$status"
+}
+stop_step() {
+    if [[ -n $step_pgid ]]; then
+        log "stopping the running step"
+        kill -TERM -- "-$step_pgid" 2>/dev/null || true
+        wait "$step_pgid" 2>/dev/null || true
+    fi
+}
 cleanup() {
     local status=$?
+    stop_step
     if [[ -d $work && $status -ne 0 && -n ${ICELAB_KEEP_FAILED:-} ]]; then
         log "kept for inspection (ICELAB_KEEP_FAILED): $work"
     elif [[ -d $work ]]; then
@@ -168,28 +196,51 @@ if [[ -n ${ICELAB_MIRROR:-} && -n $codename ]]; then
     printf 'deb-src %s %s main\ndeb-src %s %s-updates main\n' \
         "$ICELAB_MIRROR" "$codename" "$ICELAB_MIRROR" "$codename" >>"$apt_dir/sources.list.d/host.list"
 fi
-apt_private() {
-    apt-get -q -o Dpkg::Use-Pty=0 \
-        -o Dir::Etc::SourceList=/dev/null \
-        -o Dir::Etc::SourceParts="$apt_dir/sources.list.d" \
-        -o Dir::State::Lists="$apt_dir/lists" \
-        -o Dir::Cache="$apt_dir/cache" \
-        -o Debug::NoLocking=1 \
-        -o APT::Sandbox::User=root \
-        "$@"
-}
+apt_opts=(
+    -o Dir::Etc::SourceList=/dev/null
+    -o Dir::Etc::SourceParts="$apt_dir/sources.list.d"
+    -o Dir::State::Lists="$apt_dir/lists"
+    -o Dir::Cache="$apt_dir/cache"
+    -o Debug::NoLocking=1
+    -o APT::Sandbox::User=root
+)
+apt_private() { apt-get -q -o Dpkg::Use-Pty=0 "${apt_opts[@]}" "$@"; }
 step "fetching the Sources indexes of the host's apt sources"
 apt_private update >"$work/apt-update.log" 2>&1 || {
     cat "$work/apt-update.log" >&2
     log "warning: apt-get update had errors (above); trying the indexes it got"
 }
+# upstream_of VERSION: the upstream part of a Debian version
+# (1:7.2+dfsg-7+deb12u18 -> 7.2+dfsg).
+upstream_of() {
+    local v=${1#*:}
+    echo "${v%-*}"
+}
+fetch_source() {
+    (cd "$work/dl" && apt_private source --download-only "qemu=$1") >"$work/apt-source.log" 2>&1
+}
 step "downloading Debian's QEMU source $source_version"
 mkdir -p "$work/dl"
-if ! (cd "$work/dl" && apt_private source --download-only "qemu=$source_version") \
-    >"$work/apt-source.log" 2>&1; then
+fetched_version=$source_version
+if ! fetch_source "$source_version"; then
     cat "$work/apt-source.log" >&2
+    # A mirror keeps only the current revision of each suite: when the
+    # host's is gone, take the newest one of the same upstream version.
+    fetched_version=
+    while read -r v; do
+        [[ $(upstream_of "$v") == "$(upstream_of "$source_version")" ]] || continue
+        if [[ -z $fetched_version ]] || dpkg --compare-versions "$v" gt "$fetched_version"; then
+            fetched_version=$v
+        fi
+    done < <(apt-cache "${apt_opts[@]}" showsrc qemu 2>/dev/null | sed -n 's/^Version: //p')
     uris=$(awk '/^deb-src/ { print $2 } /^URIs:/ { $1 = ""; print }' "$apt_dir"/sources.list.d/* | sort -u | tr '\n' ' ')
-    die "could not download source package qemu $source_version from: ${uris:-(no sources)}"
+    [[ -n $fetched_version ]] ||
+        die "could not download source package qemu $source_version, nor another revision of $(upstream_of "$source_version"), from: ${uris:-(no sources)}"
+    log "qemu $source_version is gone from ${uris% }: taking $fetched_version (same upstream version)"
+    fetch_source "$fetched_version" || {
+        cat "$work/apt-source.log" >&2
+        die "could not download source package qemu $fetched_version from: ${uris:-(no sources)}"
+    }
 fi
 grep -E '^(Get|Fetched)' "$work/apt-source.log" >&2 || true
 
@@ -213,12 +264,9 @@ cp "$devices_file" "$work/src/configs/devices/x86_64-softmmu/icelab.mak"
 
 step "configuring"
 mkdir -p "$work/build"
-(
-    cd "$work/build"
-    # Option ROMs (linuxboot_dma.bin, ...) are built from the source and
-    # found in ../share/qemu beside the binary; SeaBIOS comes from the
-    # firmware path.
-    ../src/configure \
+# Option ROMs (linuxboot_dma.bin, ...) are built from the source and found
+# in ../share/qemu beside the binary; SeaBIOS comes from the firmware path.
+run_step env -C "$work/build" ../src/configure \
         --prefix="$final" \
         --target-list=x86_64-softmmu \
         --without-default-features \
@@ -230,8 +278,8 @@ mkdir -p "$work/build"
         --audio-drv-list= \
         --firmwarepath=/usr/share/seabios \
         --with-git-submodules=ignore \
-        --with-pkgversion="Debian $source_version + icelab inline-encryption"
-) >"$work/configure.log" 2>&1 || {
+        --with-pkgversion="Debian $fetched_version + icelab inline-encryption" \
+    >"$work/configure.log" 2>&1 || {
     tail -n 40 "$work/configure.log" >&2
     die "configure failed (log above)"
 }
@@ -242,8 +290,11 @@ step "building qemu-system-x86_64 with $jobs jobs"
 # more work). The build's output goes to a log; every 200th line shows
 # progress.
 status=0
-ninja -C "$work/build" -j"$jobs" qemu-system-x86_64 2>&1 | tee "$work/build.log" |
-    awk 'NR % 200 == 0 { print "build-qemu:   ... " $0; fflush() }' >&2 || status=$?
+# shellcheck disable=SC2016
+run_step bash -c 'set -o pipefail
+    ninja -C "$1" -j"$2" qemu-system-x86_64 2>&1 | tee "$3" |
+        awk '\''NR % 200 == 0 { print "build-qemu:   ... " $0; fflush() }'\'' >&2' \
+    build "$work/build" "$jobs" "$work/build.log" || status=$?
 if ((status != 0)); then
     grep -E -B2 -A8 'error|Error|FAILED' "$work/build.log" | tail -n 60 >&2
     die "build failed (excerpt above)"
@@ -282,7 +333,7 @@ qemu_version=$("$out/bin/qemu-system-x86_64" --version | head -n1)
 {
     echo "qemu_version=$qemu_version"
     echo "upstream_version=$upstream"
-    echo "debian_source_version=$source_version"
+    echo "debian_source_version=$fetched_version"
     echo "patch=${patch_file##*/} sha256 $(sha256sum "$patch_file" | cut -d' ' -f1)"
     echo "devices=${devices_file##*/} sha256 $(sha256sum "$devices_file" | cut -d' ' -f1)"
     echo "firmware_path=/usr/share/seabios"

@@ -176,8 +176,28 @@ done
 
 work=$(mktemp -d "$cache/.root-$hash.XXXXXX")
 root=$work/rootfs
+# run_step CMD...: runs CMD in a process group of its own and waits for
+# it, so that a signal to this script stops the step at once (cleanup
+# kills the group) instead of after the step.
+step_pgid=
+run_step() {
+    setsid "$@" &
+    step_pgid=$!
+    local status=0
+    wait "$step_pgid" || status=$?
+    step_pgid=
+    return "$status"
+}
+stop_step() {
+    if [[ -n $step_pgid ]]; then
+        log "stopping the running step"
+        kill -TERM -- "-$step_pgid" 2>/dev/null || true
+        wait "$step_pgid" 2>/dev/null || true
+    fi
+}
 cleanup() {
     local status=$?
+    stop_step
     umount_under "$work"
     if [[ -d $work && $status -ne 0 && -n ${ICELAB_KEEP_FAILED:-} ]]; then
         log "kept for inspection (ICELAB_KEEP_FAILED): $work"
@@ -207,9 +227,14 @@ mkdir -p "$root"
 status=0
 # In a private mount namespace, so that what debootstrap mounts in the
 # root is gone when it ends, even if it is killed.
-unshare --mount --propagation private -- \
-    debootstrap --variant=minbase --include="$include" "$SUITE" "$root" ${mirror:+"$mirror"} \
-    2>&1 | tee "$debootstrap_log" | grep --line-buffered -E '^(I|W|E): ' >&2 || status=$?
+# shellcheck disable=SC2016
+run_step bash -c 'set -o pipefail
+    log=$1
+    shift
+    unshare --mount --propagation private -- debootstrap "$@" 2>&1 | tee "$log" |
+        grep --line-buffered -E "^(I|W|E): " >&2' \
+    debootstrap "$debootstrap_log" --variant=minbase --include="$include" "$SUITE" "$root" \
+    ${mirror:+"$mirror"} || status=$?
 if ((status != 0)) || ! [[ -x $root/usr/bin/apt-get ]]; then
     # debootstrap says "Couldn't download package X (ver V arch A) at URL"
     # or "Couldn't download packages: X Y" when a fetch fails.
