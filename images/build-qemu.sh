@@ -189,7 +189,8 @@ i=0
 for f in /etc/apt/sources.list.d/*.sources; do
     [[ -f $f ]] || continue
     # deb822: "Types: deb" (possibly with deb-src) becomes "Types: deb-src".
-    sed -E 's/^(Types:).*\<deb\>([^-]|$).*/\1 deb-src/' "$f" >"$apt_dir/sources.list.d/host-$((i++)).sources"
+    sed -E 's/^(Types:).*\<deb\>([^-]|$).*/\1 deb-src/' "$f" >"$apt_dir/sources.list.d/host-$i.sources"
+    i=$((i + 1))
 done
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
 if [[ -n ${ICELAB_MIRROR:-} && -n $codename ]]; then

@@ -228,6 +228,7 @@ vhost_args() {
     echo -chardev "socket,id=$name,path=$tmp/$name.sock" \
         -device "vhost-user-blk-pci,id=$name,chardev=$name,addr=$slot,inline-encryption=$ice"
 }
+# shellcheck disable=SC2054 # commas inside QEMU option values
 shared_mem=(-object "memory-backend-memfd,id=mem,size=$mem,share=on" -machine q35,memory-backend=mem)
 
 boot_args=(-kernel "$kernel" -initrd "$tmp/initramfs.cpio.gz" -serial stdio
