@@ -73,12 +73,21 @@ pub fn build(overrides: &Overrides) -> anyhow::Result<Artifacts> {
             "--kernel and --modules-dir go together: a driver module must be built for the kernel you bring"
         );
     }
-    let root = run_recipe(&repo, "images/build-root.sh", &[])?;
+    // The root is mostly downloads and dpkg, QEMU mostly compiling: build
+    // them side by side.
+    let (root, qemu) = std::thread::scope(|scope| {
+        let qemu = scope.spawn(|| match &overrides.qemu {
+            Some(path) => Ok(path.clone()),
+            None => run_recipe(&repo, "images/build-qemu.sh", &[]),
+        });
+        let root = run_recipe(&repo, "images/build-root.sh", &[]);
+        let qemu = qemu
+            .join()
+            .unwrap_or_else(|_| bail!("the QEMU build thread panicked"));
+        (root, qemu)
+    });
+    let (root, qemu) = (root?, qemu?);
     let kernel_info = read_key_values(&root.join("kernel-version.txt"))?;
-    let qemu = match &overrides.qemu {
-        Some(path) => path.clone(),
-        None => run_recipe(&repo, "images/build-qemu.sh", &[])?,
-    };
     let qemu_version = qemu_version(&qemu)?;
     let qemu_patched = forwards_inline_encryption(&qemu)?;
     let runner = run_recipe(&repo, "guest-tests/build.sh", &[])?;
@@ -91,12 +100,19 @@ pub fn build(overrides: &Overrides) -> anyhow::Result<Artifacts> {
                 modules.join(initramfs::MODULE_FILE),
             ),
             _ => {
-                let module_dir = cache_dir()?.join("driver");
-                let module = run_recipe(
-                    &repo,
-                    "guest-driver/build.sh",
-                    &[root.as_os_str(), module_dir.as_os_str()],
-                )?;
+                let module_dir =
+                    cache_dir()?.join(format!("driver-{:016x}", driver_recipe_hash(&repo, &root)?));
+                let cached = module_dir.join(initramfs::MODULE_FILE);
+                let module = if cached.is_file() {
+                    eprintln!("icelab: driver cached: {}", cached.display());
+                    cached
+                } else {
+                    run_recipe(
+                        &repo,
+                        "guest-driver/build.sh",
+                        &[root.as_os_str(), module_dir.as_os_str()],
+                    )?
+                };
                 (
                     root.join("vmlinuz"),
                     value(&kernel_info, "package")?,
@@ -130,6 +146,28 @@ pub fn build(overrides: &Overrides) -> anyhow::Result<Artifacts> {
         qemu_patched,
         initramfs,
     })
+}
+
+/// A hash of the driver's sources (every regular file directly in
+/// guest-driver/) and the build root they are built against.
+fn driver_recipe_hash(repo: &Path, root: &Path) -> anyhow::Result<u64> {
+    use std::hash::{Hash, Hasher};
+    let dir = repo.join("guest-driver");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.is_file())
+        .collect();
+    files.sort();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    root.hash(&mut hasher);
+    for file in files {
+        file.file_name().hash(&mut hasher);
+        std::fs::read(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?
+            .hash(&mut hasher);
+    }
+    Ok(hasher.finish())
 }
 
 /// Runs a recipe script and returns the path it printed last.
