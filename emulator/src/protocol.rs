@@ -534,6 +534,24 @@ impl KeyDesc {
         out
     }
 
+    /// A descriptor programming a raw AES-256-XTS `key` into `slot` with
+    /// data units of `data_unit_size` bytes (a power of two) and
+    /// `dun_bytes` DUN bytes.
+    pub fn raw_aes_256_xts(slot: u32, key: &[u8; 64], data_unit_size: u32, dun_bytes: u32) -> Self {
+        let mut bytes = [0u8; MAX_KEY_BYTES];
+        bytes[..64].copy_from_slice(key);
+        Self {
+            slot,
+            bytes,
+            key_size: 64,
+            crypto_mode: CryptoMode::Aes256Xts.to_wire(),
+            key_type: KeyType::Raw.to_wire(),
+            data_unit_size_bits: data_unit_size.trailing_zeros(),
+            dun_bytes,
+            reserved: 0,
+        }
+    }
+
     /// The meaningful key bytes, or `None` when `key_size` exceeds the
     /// array.
     pub fn key(&self) -> Option<&[u8]> {

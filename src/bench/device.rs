@@ -7,7 +7,7 @@
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
-use icelab_emulator::protocol::{CryptoMsg, Dun, KeyDesc, MAX_KEY_BYTES, SECTOR_SIZE, Status};
+use icelab_emulator::protocol::{CryptoMsg, Dun, KeyDesc, SECTOR_SIZE, Status};
 use icelab_frontend::blk::{BlkQueue, Completion, Request, Tag};
 use icelab_frontend::{Frontend, FrontendOptions};
 use serde_json::{Value, json};
@@ -187,18 +187,9 @@ fn measure(
         .map(BlkQueue::new)
         .collect::<Result<_, _>>()?;
     if ice {
-        let mut key = [0u8; MAX_KEY_BYTES];
-        rand::fill(&mut key[..64]);
-        let desc = KeyDesc {
-            slot: 0,
-            bytes: key,
-            key_size: 64,
-            crypto_mode: 1,
-            key_type: 1,
-            data_unit_size_bits: 12,
-            dun_bytes: 8,
-            reserved: 0,
-        };
+        let mut key = zeroize::Zeroizing::new([0u8; 64]);
+        rand::fill(&mut key[..]);
+        let desc = KeyDesc::raw_aes_256_xts(0, &key, 4096, 8);
         let done = handles[0]
             .submit_and_wait(&Request::keyslot_program(&desc), Duration::from_secs(10))?;
         if done.status() != Some(Status::Ok) {

@@ -10,7 +10,7 @@
 use crate::support::{Device, create_image, temp_dir};
 use aes::Aes256;
 use aes::cipher::KeyInit;
-use icelab_emulator::protocol::{CryptoMsg, Dun, KeyDesc, MAX_KEY_BYTES, Status};
+use icelab_emulator::protocol::{CryptoMsg, Dun, KeyDesc, Status};
 use icelab_frontend::blk::{BlkQueue, Completion, Request};
 use icelab_frontend::{Frontend, FrontendOptions};
 use std::path::PathBuf;
@@ -125,18 +125,7 @@ impl Session {
 
 /// A raw AES-256-XTS key descriptor for `slot`.
 pub fn key_desc(slot: u32, key: &[u8; 64], data_unit_size: u32, dun_bytes: u32) -> KeyDesc {
-    let mut bytes = [0u8; MAX_KEY_BYTES];
-    bytes[..64].copy_from_slice(key);
-    KeyDesc {
-        slot,
-        bytes,
-        key_size: 64,
-        crypto_mode: 1,
-        key_type: 1,
-        data_unit_size_bits: data_unit_size.trailing_zeros(),
-        dun_bytes,
-        reserved: 0,
-    }
+    KeyDesc::raw_aes_256_xts(slot, key, data_unit_size, dun_bytes)
 }
 
 /// A crypto_msg for `slot` starting at `dun`.

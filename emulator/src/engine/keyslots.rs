@@ -248,24 +248,10 @@ fn write(slot: &Slot) -> std::sync::RwLockWriteGuard<'_, Option<Arc<ProgrammedKe
 mod tests {
     use super::*;
     use crate::engine::capabilities::ProfileName;
-    use crate::protocol::MAX_KEY_BYTES;
 
     fn desc(slot: u32) -> KeyDesc {
-        let mut bytes = [0u8; MAX_KEY_BYTES];
-        bytes[..64]
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b = i as u8);
-        KeyDesc {
-            slot,
-            bytes,
-            key_size: 64,
-            crypto_mode: 1,
-            key_type: 1,
-            data_unit_size_bits: 12,
-            dun_bytes: 8,
-            reserved: 0,
-        }
+        let key: [u8; 64] = core::array::from_fn(|i| i as u8);
+        KeyDesc::raw_aes_256_xts(slot, &key, 4096, 8)
     }
 
     fn msg(slot: u32, dun: u64) -> CryptoMsg {
