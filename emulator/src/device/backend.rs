@@ -138,11 +138,25 @@ impl BlockDevice {
             let Some(chain) = chain else { break };
             let head = chain.head_index();
             let used = request::serve(&ctx, &*mem, chain, &mut scratch);
-            vring.add_used(head, used).map_err(io::Error::other)?;
+            if let Err(error) = vring.add_used(head, used) {
+                // The guest's used ring is unusable; keep the worker alive
+                // for a reset rather than ending it.
+                tracing::error!(
+                    queue,
+                    "cannot return a request to the guest's used ring: {error}"
+                );
+                break;
+            }
             served = true;
         }
-        if served && vring.needs_notification().map_err(io::Error::other)? {
-            vring.signal_used_queue()?;
+        if served {
+            let notify = vring.needs_notification().unwrap_or_else(|error| {
+                tracing::warn!(queue, "cannot read the guest's used_event: {error}");
+                true
+            });
+            if notify && let Err(error) = vring.signal_used_queue() {
+                tracing::warn!(queue, "cannot signal the guest: {error}");
+            }
         }
         Ok(())
     }
