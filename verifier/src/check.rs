@@ -1,0 +1,369 @@
+//! The check: recompute every data unit of every file from its plaintext
+//! and compare with the image; then scan the whole image for plaintext.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::dun::{FSCRYPT_MODE_AES_256_XTS, FileCrypt, IvScheme};
+use crate::ext4::{Debugfs, Extent, InodeInfo, Superblock};
+use crate::hex::{from_hex, to_hex};
+use crate::kdf::MasterKeyHkdf;
+use crate::manifest::{FileEntry, Manifest, PolicySpec};
+use crate::xts::XtsKey;
+use crate::{Error, Result};
+
+/// At most this many mismatches are itemised; all are counted.
+pub const MAX_ITEMISED: usize = 256;
+
+/// A data unit whose bytes on the image are not the expected ciphertext.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Mismatch {
+    pub inode: u64,
+    /// Data unit index within the file.
+    pub data_unit: u64,
+    /// Byte offset of the data unit on the image; `None` for a hole.
+    pub image_offset: Option<u64>,
+    /// First 16 hex digits of SHA-256 of the expected ciphertext.
+    pub expected: String,
+    /// Same for the bytes found ("hole" when nothing is mapped).
+    pub actual: String,
+}
+
+/// A plaintext data unit found on the image.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PlaintextHit {
+    pub image_offset: u64,
+    pub data_unit_size: u32,
+    pub digest: String,
+}
+
+/// A file that could not be checked as stated (wrong key, policy, size).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    pub inode: u64,
+    pub message: String,
+}
+
+/// The verifier's findings.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Report {
+    pub files: u64,
+    pub data_units_checked: u64,
+    pub mismatch_count: u64,
+    pub plaintext_hit_count: u64,
+    /// The first [`MAX_ITEMISED`] mismatches.
+    pub mismatches: Vec<Mismatch>,
+    /// The first [`MAX_ITEMISED`] plaintext hits.
+    pub plaintext_hits: Vec<PlaintextHit>,
+    pub problems: Vec<Problem>,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.mismatch_count == 0 && self.plaintext_hit_count == 0 && self.problems.is_empty()
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for p in &self.problems {
+            writeln!(f, "inode {}: {}", p.inode, p.message)?;
+        }
+        for m in &self.mismatches {
+            let at = m.image_offset.map_or("hole".to_string(), |o| o.to_string());
+            writeln!(
+                f,
+                "mismatch: inode {} data unit {} at image offset {at}: expected {} actual {}",
+                m.inode, m.data_unit, m.expected, m.actual
+            )?;
+        }
+        for h in &self.plaintext_hits {
+            writeln!(
+                f,
+                "plaintext on image at offset {} ({}-byte unit {})",
+                h.image_offset, h.data_unit_size, h.digest
+            )?;
+        }
+        write!(
+            f,
+            "verifier: {} files, {} data units checked, {} mismatches, {} plaintext hits, {} problems",
+            self.files,
+            self.data_units_checked,
+            self.mismatch_count,
+            self.plaintext_hit_count,
+            self.problems.len()
+        )
+    }
+}
+
+fn digest16(data: &[u8]) -> String {
+    to_hex(&Sha256::digest(data)[..8])
+}
+
+/// Check `image` (a bare ext4 filesystem) against `manifest`, reading the
+/// superblock, block maps, sizes and fscrypt contexts with e2fsprogs.
+pub fn verify(image: &Path, manifest: &Manifest) -> Result<Report> {
+    let fs = Debugfs::new(image);
+    let sb = fs.superblock()?;
+    let mut inodes = Vec::with_capacity(manifest.files.len());
+    for f in &manifest.files {
+        inodes.push(fs.inode(f.inode)?);
+    }
+    verify_with(image, manifest, &sb, &inodes)
+}
+
+/// [`verify`] with the filesystem facts already read (`inodes[i]` belongs
+/// to `manifest.files[i]`).
+pub fn verify_with(
+    image: &Path,
+    manifest: &Manifest,
+    sb: &Superblock,
+    inodes: &[InodeInfo],
+) -> Result<Report> {
+    let img = File::open(image).map_err(|source| Error::Image {
+        path: image.to_path_buf(),
+        source,
+    })?;
+    let read_at = |buf: &mut [u8], off: u64| {
+        img.read_exact_at(buf, off).map_err(|source| Error::Image {
+            path: image.to_path_buf(),
+            source,
+        })
+    };
+    let mut report = Report::default();
+    if let Some(u) = &manifest.fs_uuid {
+        let stated = from_hex(&u.replace('-', ""));
+        if stated.as_deref() != Some(&sb.uuid[..]) {
+            report.problems.push(Problem {
+                inode: 0,
+                message: format!(
+                    "manifest fs UUID {u} is not the image's {}",
+                    to_hex(&sb.uuid)
+                ),
+            });
+        }
+    }
+    // Plaintext digests per data unit size, for the scan.
+    let mut plaintext: HashMap<u32, HashSet<[u8; 32]>> = HashMap::new();
+    for (entry, info) in manifest.files.iter().zip(inodes) {
+        report.files += 1;
+        let checked = match prepare(entry, info, sb) {
+            Ok(p) => p,
+            Err(message) => {
+                report.problems.push(Problem {
+                    inode: entry.inode,
+                    message,
+                });
+                continue;
+            }
+        };
+        let digests = plaintext.entry(checked.dus).or_default();
+        check_file(entry, info, sb, &checked, &read_at, &mut report, digests)?;
+    }
+    scan(&img, image, &plaintext, &mut report)?;
+    Ok(report)
+}
+
+struct Prepared {
+    crypt: FileCrypt,
+    /// Data unit size in bytes.
+    dus: u32,
+}
+
+/// Cross-check the manifest against the on-disk context and derive keys.
+fn prepare(
+    entry: &FileEntry,
+    info: &InodeInfo,
+    sb: &Superblock,
+) -> std::result::Result<Prepared, String> {
+    let ctx = &info.context;
+    if ctx.contents_mode != FSCRYPT_MODE_AES_256_XTS {
+        return Err(format!(
+            "contents mode {} is not AES-256-XTS",
+            ctx.contents_mode
+        ));
+    }
+    let scheme = IvScheme::from_flags(ctx.flags)?;
+    let dus = match ctx.log2_data_unit_size {
+        0 => sb.block_size,
+        l if (9..=sb.block_size.trailing_zeros()).contains(&u32::from(l)) => 1 << l,
+        l => return Err(format!("log2_data_unit_size {l} not allowed")),
+    };
+    if let Some(stated) = &entry.policy {
+        check_policy(stated, scheme, ctx.log2_data_unit_size)?;
+    }
+    if let Some(size) = entry.size
+        && size != info.size
+    {
+        return Err(format!(
+            "manifest size {size} but the inode's is {}",
+            info.size
+        ));
+    }
+    let mk = from_hex(&entry.master_key_hex).ok_or("master_key_hex is not hex")?;
+    let master = MasterKeyHkdf::new(&mk);
+    let id = master.key_identifier();
+    if id != ctx.master_key_identifier {
+        return Err(format!(
+            "master key identifier {} derived from the manifest's key is not the context's {}",
+            to_hex(&id),
+            to_hex(&ctx.master_key_identifier)
+        ));
+    }
+    let crypt = FileCrypt::derive(&master, scheme, &ctx.nonce, &sb.uuid, entry.inode);
+    Ok(Prepared { crypt, dus })
+}
+
+fn check_policy(
+    stated: &PolicySpec,
+    scheme: IvScheme,
+    log2_dus: u8,
+) -> std::result::Result<(), String> {
+    if stated.contents_mode != "AES-256-XTS" {
+        return Err(format!(
+            "unsupported contents mode {}",
+            stated.contents_mode
+        ));
+    }
+    let mut want = IvScheme::PerFile;
+    for f in &stated.flags {
+        want = match f.as_str() {
+            "IV_INO_LBLK_64" => IvScheme::IvInoLblk64,
+            "IV_INO_LBLK_32" => IvScheme::IvInoLblk32,
+            other => return Err(format!("unknown policy flag {other}")),
+        };
+    }
+    if want != scheme || stated.log2_data_unit_size != log2_dus {
+        return Err(format!(
+            "manifest policy {want:?}/log2_dus {} but the on-disk context is {scheme:?}/{log2_dus}",
+            stated.log2_data_unit_size
+        ));
+    }
+    Ok(())
+}
+
+/// Where logical block `lblk` lives, if mapped and written.
+fn locate(extents: &[Extent], lblk: u64) -> Option<u64> {
+    let i = extents.partition_point(|e| e.logical + e.len <= lblk);
+    let e = extents.get(i)?;
+    (e.logical <= lblk && !e.unwritten).then(|| e.physical + (lblk - e.logical))
+}
+
+fn check_file(
+    entry: &FileEntry,
+    info: &InodeInfo,
+    sb: &Superblock,
+    p: &Prepared,
+    read_at: &dyn Fn(&mut [u8], u64) -> Result<()>,
+    report: &mut Report,
+    digests: &mut HashSet<[u8; 32]>,
+) -> Result<()> {
+    let dus = u64::from(p.dus);
+    let per_block = u64::from(sb.block_size) / dus;
+    let xts = XtsKey::new(&p.crypt.key);
+    let mut pt = vec![0u8; p.dus as usize];
+    let mut ct = vec![0u8; p.dus as usize];
+    let mut actual = vec![0u8; p.dus as usize];
+    for index in 0..info.size.div_ceil(dus) {
+        entry.plaintext.fill(index * dus, info.size, &mut pt);
+        let all_zero = pt.iter().all(|&b| b == 0);
+        if !all_zero {
+            digests.insert(Sha256::digest(&pt).into());
+        }
+        let lblk = index / per_block;
+        let Some(pblk) = locate(&info.extents, lblk) else {
+            // A hole or unwritten extent reads as zeros.
+            report.data_units_checked += 1;
+            if !all_zero {
+                ct.copy_from_slice(&pt);
+                xts.encrypt_data_unit(p.crypt.dun(index), &mut ct);
+                record(report, entry.inode, index, None, &ct, "hole".into());
+            }
+            continue;
+        };
+        let offset = pblk * u64::from(sb.block_size) + (index % per_block) * dus;
+        ct.copy_from_slice(&pt);
+        xts.encrypt_data_unit(p.crypt.dun(index), &mut ct);
+        read_at(&mut actual, offset)?;
+        report.data_units_checked += 1;
+        if ct != actual {
+            let found = digest16(&actual);
+            record(report, entry.inode, index, Some(offset), &ct, found);
+        }
+    }
+    Ok(())
+}
+
+fn record(
+    report: &mut Report,
+    inode: u64,
+    data_unit: u64,
+    image_offset: Option<u64>,
+    expected: &[u8],
+    actual: String,
+) {
+    report.mismatch_count += 1;
+    if report.mismatches.len() < MAX_ITEMISED {
+        report.mismatches.push(Mismatch {
+            inode,
+            data_unit,
+            image_offset,
+            expected: digest16(expected),
+            actual,
+        });
+    }
+}
+
+/// Hash every aligned data unit of the image and look it up among the
+/// plaintext data units (all-zero units excluded: free space is zero).
+fn scan(
+    img: &File,
+    path: &Path,
+    plaintext: &HashMap<u32, HashSet<[u8; 32]>>,
+    report: &mut Report,
+) -> Result<()> {
+    let len = img
+        .metadata()
+        .map_err(|source| Error::Image {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = vec![0u8; CHUNK as usize];
+    for (&dus, set) in plaintext {
+        if set.is_empty() {
+            continue;
+        }
+        let mut off = 0;
+        while off + u64::from(dus) <= len {
+            let n = (len - off).min(CHUNK) / u64::from(dus) * u64::from(dus);
+            let chunk = &mut buf[..n as usize];
+            img.read_exact_at(chunk, off)
+                .map_err(|source| Error::Image {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            for (i, unit) in chunk.chunks_exact(dus as usize).enumerate() {
+                let d: [u8; 32] = Sha256::digest(unit).into();
+                if set.contains(&d) {
+                    report.plaintext_hit_count += 1;
+                    if report.plaintext_hits.len() < MAX_ITEMISED {
+                        report.plaintext_hits.push(PlaintextHit {
+                            image_offset: off + (i as u64) * u64::from(dus),
+                            data_unit_size: dus,
+                            digest: to_hex(&d[..8]),
+                        });
+                    }
+                }
+            }
+            off += n;
+        }
+    }
+    Ok(())
+}
