@@ -112,19 +112,32 @@ pub fn verify(image: &Path, manifest: &Manifest) -> Result<Report> {
     let sb = fs.superblock()?;
     let mut inodes = Vec::with_capacity(manifest.files.len());
     for f in &manifest.files {
-        inodes.push(fs.inode(f.inode)?);
+        // Not being able to run the tools stops everything; an inode that
+        // cannot be read (freed, not regular, no context) is a finding.
+        inodes.push(match fs.inode(f.inode) {
+            Ok(info) => Ok(info),
+            Err(e @ Error::Tool { .. }) => return Err(e),
+            Err(e) => Err(e.to_string()),
+        });
     }
     verify_with(image, manifest, &sb, &inodes)
 }
 
-/// [`verify`] with the filesystem facts already read (`inodes[i]` belongs
-/// to `manifest.files[i]`).
+/// [`verify`] with the filesystem facts already read: `inodes[i]` belongs
+/// to `manifest.files[i]`, or says why it could not be read.
 pub fn verify_with(
     image: &Path,
     manifest: &Manifest,
     sb: &Superblock,
-    inodes: &[InodeInfo],
+    inodes: &[std::result::Result<InodeInfo, String>],
 ) -> Result<Report> {
+    if inodes.len() != manifest.files.len() {
+        return Err(Error::Manifest(format!(
+            "{} inodes read for {} manifest files",
+            inodes.len(),
+            manifest.files.len()
+        )));
+    }
     let img = File::open(image).map_err(|source| Error::Image {
         path: image.to_path_buf(),
         source,
@@ -152,7 +165,18 @@ pub fn verify_with(
     let mut plaintext: HashMap<u32, HashSet<[u8; 32]>> = HashMap::new();
     for (entry, info) in manifest.files.iter().zip(inodes) {
         report.files += 1;
-        let checked = match prepare(entry, info, sb) {
+        // The plaintext is looked for even when the file cannot be checked
+        // (wrong key, odd policy): its data unit size is the context's if
+        // sensible, else the block size.
+        if let Ok(info) = info {
+            let dus = data_unit_size(info.context.log2_data_unit_size, sb).unwrap_or(sb.block_size);
+            collect_plaintext(entry, info.size, dus, plaintext.entry(dus).or_default());
+        }
+        let checked = match info
+            .as_ref()
+            .map_err(String::clone)
+            .and_then(|info| prepare(entry, info, sb).map(|p| (info, p)))
+        {
             Ok(p) => p,
             Err(message) => {
                 report.problems.push(Problem {
@@ -162,8 +186,8 @@ pub fn verify_with(
                 continue;
             }
         };
-        let digests = plaintext.entry(checked.dus).or_default();
-        check_file(entry, info, sb, &checked, &read_at, &mut report, digests)?;
+        let (info, checked) = checked;
+        check_file(entry, info, sb, &checked, &read_at, &mut report)?;
     }
     scan(&img, image, &plaintext, &mut report)?;
     Ok(report)
@@ -173,6 +197,27 @@ struct Prepared {
     crypt: FileCrypt,
     /// Data unit size in bytes.
     dus: u32,
+}
+
+/// The data unit size of a context's `log2_data_unit_size` (0: block size;
+/// fscrypt allows 512 bytes up to the block size).
+fn data_unit_size(log2: u8, sb: &Superblock) -> std::result::Result<u32, String> {
+    match log2 {
+        0 => Ok(sb.block_size),
+        l if (9..=sb.block_size.trailing_zeros()).contains(&u32::from(l)) => Ok(1 << l),
+        l => Err(format!("log2_data_unit_size {l} not allowed")),
+    }
+}
+
+/// Add the SHA-256 of every non-zero plaintext data unit of a file.
+fn collect_plaintext(entry: &FileEntry, size: u64, dus: u32, set: &mut HashSet<[u8; 32]>) {
+    let mut pt = vec![0u8; dus as usize];
+    for index in 0..size.div_ceil(u64::from(dus)) {
+        entry.plaintext.fill(index * u64::from(dus), size, &mut pt);
+        if pt.iter().any(|&b| b != 0) {
+            set.insert(Sha256::digest(&pt).into());
+        }
+    }
 }
 
 /// Cross-check the manifest against the on-disk context and derive keys.
@@ -189,11 +234,7 @@ fn prepare(
         ));
     }
     let scheme = IvScheme::from_flags(ctx.flags)?;
-    let dus = match ctx.log2_data_unit_size {
-        0 => sb.block_size,
-        l if (9..=sb.block_size.trailing_zeros()).contains(&u32::from(l)) => 1 << l,
-        l => return Err(format!("log2_data_unit_size {l} not allowed")),
-    };
+    let dus = data_unit_size(ctx.log2_data_unit_size, sb)?;
     if let Some(stated) = &entry.policy {
         check_policy(stated, scheme, ctx.log2_data_unit_size)?;
     }
@@ -261,7 +302,6 @@ fn check_file(
     p: &Prepared,
     read_at: &dyn Fn(&mut [u8], u64) -> Result<()>,
     report: &mut Report,
-    digests: &mut HashSet<[u8; 32]>,
 ) -> Result<()> {
     let dus = u64::from(p.dus);
     let per_block = u64::from(sb.block_size) / dus;
@@ -272,9 +312,6 @@ fn check_file(
     for index in 0..info.size.div_ceil(dus) {
         entry.plaintext.fill(index * dus, info.size, &mut pt);
         let all_zero = pt.iter().all(|&b| b == 0);
-        if !all_zero {
-            digests.insert(Sha256::digest(&pt).into());
-        }
         let lblk = index / per_block;
         let Some(pblk) = locate(&info.extents, lblk) else {
             // A hole or unwritten extent reads as zeros.

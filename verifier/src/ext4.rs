@@ -156,6 +156,14 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| "no size in inode dump".to_string())
 }
 
+/// Parse `debugfs -R "stat <ino>"` for the file type ("regular", "directory",
+/// "bad type" for a free inode, ...).
+pub fn parse_type(text: &str) -> Option<&str> {
+    let (_, rest) = text.split_once("Type:")?;
+    let end = rest.find("Mode:").unwrap_or(rest.len());
+    Some(rest[..end].trim())
+}
+
 /// Parse `debugfs -R "ea_get -x <ino> c"`: `c (40) = 02 01 ...`.
 pub fn parse_ea_hex(text: &str) -> Result<Vec<u8>, String> {
     let (_, hex) = text
@@ -227,6 +235,15 @@ impl<'a> Debugfs<'a> {
     pub fn inode(&self, ino: u64) -> Result<InodeInfo, Error> {
         let parse = |what: &str, e: String| Error::Parse(format!("inode {ino} {what}: {e}"));
         let stat = self.debugfs(&format!("stat <{ino}>"))?;
+        match parse_type(&stat) {
+            Some("regular") => {}
+            t => {
+                return Err(parse(
+                    "stat",
+                    format!("not a regular file (type {})", t.unwrap_or("unknown")),
+                ));
+            }
+        }
         let size = parse_size(&stat).map_err(|e| parse("stat", e))?;
         let extents = self.debugfs(&format!("dump_extents -l <{ino}>"))?;
         let extents = parse_extents(&extents).map_err(|e| parse("extents", e))?;
@@ -319,6 +336,11 @@ Size of extra inode fields: 32\n";
     #[test]
     fn size_and_context() {
         assert_eq!(parse_size(STAT).unwrap(), 11000);
+        assert_eq!(parse_type(STAT), Some("regular"));
+        assert_eq!(
+            parse_type("Inode: 99   Type: bad type    Mode:  0000   Flags: 0x0\n"),
+            Some("bad type")
+        );
         let ctx = FscryptContextV2::parse(&parse_ea_hex(EA).unwrap()).unwrap();
         assert_eq!(ctx.contents_mode, 1);
         assert_eq!(ctx.filenames_mode, 4);

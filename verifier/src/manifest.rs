@@ -78,6 +78,7 @@ impl Plaintext {
     /// and beyond `size` (fscrypt pads the last data unit with zeros).
     pub fn fill(&self, offset: u64, size: u64, buf: &mut [u8]) {
         let Plaintext::Splitmix64 { seed, ranges } = self;
+        let mut word = (u64::MAX, [0u8; 8]);
         for (i, b) in buf.iter_mut().enumerate() {
             let o = offset + i as u64;
             let inside = o < size
@@ -85,7 +86,10 @@ impl Plaintext {
                     .as_ref()
                     .is_none_or(|r| r.iter().any(|[s, e]| (*s..*e).contains(&o)));
             *b = if inside {
-                splitmix64(seed.wrapping_add(o / 8)).to_le_bytes()[(o % 8) as usize]
+                if word.0 != o / 8 {
+                    word = (o / 8, splitmix64(seed.wrapping_add(o / 8)).to_le_bytes());
+                }
+                word.1[(o % 8) as usize]
             } else {
                 0
             };

@@ -237,6 +237,19 @@ fn engine_faults_are_detected() {
 }
 
 #[test]
+fn plaintext_is_found_even_when_the_key_is_wrong() {
+    if !have_e2fsprogs() {
+        return;
+    }
+    let fx = build(0x02, 9, Fault::Plaintext);
+    let mut m = fx.manifest.clone();
+    m.files[0].master_key_hex = to_hex(&[0x5b; 64]);
+    let r = verify(&fx.img, &m).unwrap();
+    assert_eq!(r.problems.len(), 1, "{r}");
+    assert_eq!(r.plaintext_hit_count, fx.offsets.len() as u64, "{r}");
+}
+
+#[test]
 fn wrong_key_policy_uuid_and_holes_are_reported() {
     if !have_e2fsprogs() {
         return;
@@ -256,6 +269,15 @@ fn wrong_key_policy_uuid_and_holes_are_reported() {
     m.fs_uuid = Some("00000000-0000-0000-0000-000000000000".into());
     let r = verify(&fx.img, &m).unwrap();
     assert!(!r.passed() && r.problems[0].message.contains("UUID"), "{r}");
+
+    // A freed / never-used inode and a file without a context are findings.
+    for ino in [99, 2] {
+        let mut m = fx.manifest.clone();
+        m.files[0].inode = ino;
+        let r = verify(&fx.img, &m).unwrap();
+        assert_eq!(r.problems.len(), 1, "{r}");
+        assert_eq!(r.problems[0].inode, ino);
+    }
 
     // Punch logical block 1: a hole where the manifest says data was written
     // is a mismatch; once the manifest says block 1 was never written, the
