@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::peers;
+
 /// Access pattern.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Pattern {
@@ -49,20 +51,236 @@ pub struct DeviceArgs {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
-    /// Inline encryption: on (programmed keyslot, CRYPTO_IN/OUT) or off (plain IN/OUT).
-    #[arg(long, default_value = "on")]
-    pub ice: String,
+    /// Inline encryption: on (programmed keyslot, CRYPTO_IN/OUT) or off
+    /// (plain IN/OUT). Default on, or off with --socket or a qsd target.
+    #[arg(long)]
+    pub ice: Option<String>,
     /// Image size (the region the load covers).
     #[arg(long, default_value = "1G")]
     pub size: String,
+    /// Drive an already running vhost-user-blk backend at PATH instead of
+    /// starting one (nothing is spawned; no device CPU figure).
+    #[arg(long, value_name = "PATH", conflicts_with = "target")]
+    pub socket: Option<PathBuf>,
+    /// What to start and measure: icelab (ICE per --ice), qsd-raw or
+    /// qsd-luks (qemu-storage-daemon's vhost-user-blk export).
+    #[arg(long, value_enum)]
+    pub target: Option<TargetKind>,
     /// Write the figures as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
 }
 
+/// The kinds of backend `--target` starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TargetKind {
+    /// `icelab serve` on a fresh image.
+    Icelab,
+    /// qemu-storage-daemon exporting a raw image.
+    QsdRaw,
+    /// qemu-storage-daemon exporting a LUKS image (aes-xts-plain64).
+    QsdLuks,
+}
+
+/// A backend to measure: started here, or already running.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `icelab serve` on a fresh image, ICE on or off.
+    Icelab {
+        /// Program a keyslot and use CRYPTO_IN/OUT.
+        ice: bool,
+    },
+    /// qemu-storage-daemon's vhost-user-blk export of a raw image.
+    QsdRaw,
+    /// qemu-storage-daemon's vhost-user-blk export of a LUKS image.
+    QsdLuks,
+    /// A vhost-user-blk backend already listening at a socket.
+    External {
+        /// Its socket.
+        socket: PathBuf,
+        /// Program a keyslot and use CRYPTO_IN/OUT.
+        ice: bool,
+    },
+}
+
+impl Target {
+    /// Short stable name, used as a key in JSON and tables.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Target::Icelab { ice: true } => "icelab-ice-on",
+            Target::Icelab { ice: false } => "icelab-ice-off",
+            Target::QsdRaw => "qsd-raw",
+            Target::QsdLuks => "qsd-luks",
+            Target::External { .. } => "external",
+        }
+    }
+
+    /// Whether the load uses CRYPTO_IN/OUT on a programmed keyslot.
+    pub fn ice(&self) -> bool {
+        match self {
+            Target::Icelab { ice } | Target::External { ice, .. } => *ice,
+            Target::QsdRaw | Target::QsdLuks => false,
+        }
+    }
+
+    /// Starts the backend with `queues` queues on a fresh image of `size`
+    /// bytes (nothing to start for an external one).
+    pub fn start(&self, size: u64, queues: u16) -> anyhow::Result<Backend> {
+        if let Target::External { socket, .. } = self {
+            return Ok(Backend {
+                child: None,
+                dir: None,
+                socket: socket.clone(),
+                log: None,
+                note: String::new(),
+            });
+        }
+        let dir = tempfile::Builder::new().prefix("icelab-bench-").tempdir()?;
+        let socket = dir.path().join("backend.sock");
+        let log = dir.path().join("backend.log");
+        let image = dir.path().join("disk.img");
+        let mut note = String::new();
+        let mut command = match self {
+            Target::Icelab { .. } => {
+                let mut command = Command::new(crate::self_exe());
+                command
+                    .arg("serve")
+                    .arg("--image")
+                    .arg(&image)
+                    .args(["--size", &size.to_string(), "--queues", &queues.to_string()])
+                    .arg("--socket")
+                    .arg(&socket);
+                command
+            }
+            Target::QsdRaw => {
+                std::fs::File::create(&image)?.set_len(size)?;
+                qsd_command(&image, None, &socket, queues)
+            }
+            Target::QsdLuks => {
+                let (format, why) = peers::make_luks_image(dir.path(), &image, size)?;
+                note = format!("{format}: {why}");
+                qsd_command(&image, Some(format), &socket, queues)
+            }
+            Target::External { .. } => unreachable!("handled above"),
+        };
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("cannot start the {} backend", self.name()))?;
+        Ok(Backend {
+            child: Some(child),
+            dir: Some(dir),
+            socket,
+            log: Some(log),
+            note,
+        })
+    }
+}
+
+/// qemu-storage-daemon exporting `image` (raw, or LUKS opened with the
+/// bench passphrase) over vhost-user-blk. The page cache is used, as by
+/// `icelab serve`.
+fn qsd_command(
+    image: &Path,
+    luks: Option<peers::LuksFormat>,
+    socket: &Path,
+    queues: u16,
+) -> Command {
+    let mut command = Command::new("qemu-storage-daemon");
+    command.arg("--blockdev").arg(format!(
+        "driver=file,node-name=file0,filename={},cache.direct=off,aio=threads",
+        image.display()
+    ));
+    let node = if luks.is_some() {
+        command
+            .arg("--object")
+            .arg(format!("secret,id=sec0,data={}", peers::PASSPHRASE))
+            .arg("--blockdev")
+            .arg("driver=luks,node-name=disk,file=file0,key-secret=sec0");
+        "disk"
+    } else {
+        "file0"
+    };
+    command.arg("--export").arg(format!(
+        "type=vhost-user-blk,id=exp0,node-name={node},addr.type=unix,addr.path={},writable=on,num-queues={queues}",
+        socket.display()
+    ));
+    command
+}
+
+/// A running backend; a started one is killed when dropped.
+#[derive(Debug)]
+pub struct Backend {
+    child: Option<Child>,
+    dir: Option<tempfile::TempDir>,
+    socket: PathBuf,
+    log: Option<PathBuf>,
+    /// What was used and why (e.g. which LUKS format), empty when nothing to say.
+    pub note: String,
+}
+
+impl Backend {
+    fn log_tail(&self) -> String {
+        self.log
+            .as_deref()
+            .map(|log| format!("; its log:\n{}", crate::lab::run::tail(log, 20)))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = self.dir.take();
+    }
+}
+
+/// One load: what every target is driven with.
+#[derive(Clone, Debug)]
+pub struct Load {
+    /// Access pattern.
+    pub pattern: Pattern,
+    /// Bytes per request, a multiple of 4096.
+    pub block_size: u64,
+    /// Requests in flight per queue.
+    pub depth: usize,
+    /// Queues, one submitting thread each.
+    pub queues: u16,
+    /// Seconds of load.
+    pub seconds: f64,
+    /// Bytes of the image the load covers.
+    pub size: u64,
+}
+
+impl Load {
+    /// Checks the figures the device can take.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if !self.block_size.is_multiple_of(4096)
+            || self.block_size == 0
+            || self.block_size > 8 << 20
+        {
+            bail!(
+                "--block-size must be a multiple of 4K up to 8M (the device's seg_max x size_max)"
+            );
+        }
+        if self.depth == 0 || self.queues == 0 {
+            bail!("--depth and every --queues count must be at least 1");
+        }
+        if self.size < self.block_size * u64::from(self.queues) {
+            bail!("--size must hold at least one block per queue");
+        }
+        Ok(())
+    }
+}
+
 /// Figures of one measurement.
 #[derive(Debug)]
-struct Measurement {
+pub struct Measurement {
     queues: u16,
     requests: u64,
     bytes: u64,
@@ -72,20 +290,29 @@ struct Measurement {
 }
 
 impl Measurement {
-    fn mb_per_s(&self) -> f64 {
+    /// Megabytes (10^6) per second.
+    pub fn mb_per_s(&self) -> f64 {
         self.bytes as f64 / self.elapsed.as_secs_f64() / 1e6
     }
 
-    fn iops(&self) -> f64 {
+    /// Requests per second.
+    pub fn iops(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn cpu_s_per_gb(&self) -> Option<f64> {
+    /// The backend's CPU seconds per GB moved, when it was started here.
+    pub fn cpu_s_per_gb(&self) -> Option<f64> {
         self.device_cpu
             .map(|cpu| cpu.as_secs_f64() / (self.bytes as f64 / 1e9))
     }
 
-    fn to_json(&self) -> Value {
+    /// Latency at quantile `q`, in microseconds.
+    pub fn latency_us(&self, q: f64) -> f64 {
+        self.latency.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// Every figure, as JSON.
+    pub fn to_json(&self) -> Value {
         let us = |q: f64| self.latency.value_at_quantile(q) as f64 / 1000.0;
         json!({
             "queues": self.queues,
@@ -104,31 +331,50 @@ impl Measurement {
 pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
     let block_size = crate::serve::parse_size(&args.block_size)?;
     let size = crate::serve::parse_size(&args.size)?;
-    let ice = match args.ice.as_str() {
-        "on" => true,
-        "off" => false,
-        other => bail!("--ice {other:?}: use on or off"),
+    let ice = match args.ice.as_deref() {
+        Some("on") => true,
+        Some("off") => false,
+        None => args.socket.is_none() && matches!(args.target, None | Some(TargetKind::Icelab)),
+        Some(other) => bail!("--ice {other:?}: use on or off"),
     };
-    if block_size % 4096 != 0 || block_size > 8 << 20 {
-        bail!("--block-size must be a multiple of 4K up to 8M (the device's seg_max x size_max)");
-    }
-    if args.depth == 0 || args.queues.is_empty() || args.queues.contains(&0) {
-        bail!("--depth and every --queues count must be at least 1");
+    let target = match (&args.socket, args.target) {
+        (Some(socket), _) => Target::External {
+            socket: socket.clone(),
+            ice,
+        },
+        (None, None | Some(TargetKind::Icelab)) => Target::Icelab { ice },
+        (None, Some(TargetKind::QsdRaw | TargetKind::QsdLuks)) if ice => {
+            bail!("--ice on needs icelab: qemu-storage-daemon has no inline encryption")
+        }
+        (None, Some(TargetKind::QsdRaw)) => Target::QsdRaw,
+        (None, Some(TargetKind::QsdLuks)) => Target::QsdLuks,
+    };
+    if args.queues.is_empty() {
+        bail!("--queues needs at least one count");
     }
     let mut measurements = Vec::new();
     for &queues in &args.queues {
-        let dir = tempfile::Builder::new().prefix("icelab-bench-").tempdir()?;
-        let mut device = spawn_device(dir.path(), size, queues)?;
-        let result = measure(&args, dir.path(), queues, block_size, size, ice, &device);
-        let _ = device.kill();
-        let _ = device.wait();
-        measurements.push(result?);
+        let load = Load {
+            pattern: args.pattern,
+            block_size,
+            depth: args.depth,
+            queues,
+            seconds: args.seconds,
+            size,
+        };
+        load.check()?;
+        let backend = target.start(size, queues)?;
+        if !backend.note.is_empty() && queues == args.queues[0] {
+            println!("{}: {}", target.name(), backend.note);
+        }
+        measurements.push(measure(&target, &backend, &load)?);
     }
-    print_table(&args, block_size, ice, &measurements);
+    print_table(&args, block_size, &target, &measurements);
     if let Some(path) = &args.json {
         let document = json!({
             "cpu": crate::bench::cpu_model(),
-            "pattern": format!("{:?}", args.pattern).to_lowercase(),
+            "target": target.name(),
+            "pattern": pattern_name(args.pattern),
             "block_size": block_size,
             "depth": args.depth,
             "ice": ice,
@@ -140,45 +386,35 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_device(dir: &Path, size: u64, queues: u16) -> anyhow::Result<Child> {
-    let exe = crate::self_exe();
-    let socket = dir.join("icelab.sock");
-    let log = std::fs::File::create(dir.join("device.log"))?;
-    let child = Command::new(exe)
-        .arg("serve")
-        .arg("--image")
-        .arg(dir.join("disk.img"))
-        .args(["--size", &size.to_string(), "--queues", &queues.to_string()])
-        .arg("--socket")
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("cannot start icelab serve")?;
-    Ok(child)
+/// The lower-case name of a pattern, as on the command line.
+pub fn pattern_name(pattern: Pattern) -> &'static str {
+    match pattern {
+        Pattern::Read => "read",
+        Pattern::Write => "write",
+        Pattern::Randread => "randread",
+        Pattern::Randwrite => "randwrite",
+        Pattern::Randrw => "randrw",
+    }
 }
 
-fn measure(
-    args: &DeviceArgs,
-    dir: &Path,
-    queues: u16,
-    block_size: u64,
-    size: u64,
-    ice: bool,
-    device: &Child,
-) -> anyhow::Result<Measurement> {
+/// Drives `backend` with `load` and returns the figures.
+pub fn measure(target: &Target, backend: &Backend, load: &Load) -> anyhow::Result<Measurement> {
+    let queues = load.queues;
+    let block_size = load.block_size;
+    let ice = target.ice();
     let options = FrontendOptions {
-        memory_size: (u64::from(queues) * args.depth as u64 * block_size * 2 + (16 << 20))
+        memory_size: (u64::from(queues) * load.depth as u64 * block_size * 2 + (16 << 20))
             .next_multiple_of(4096),
         queue_size: 256,
         num_queues: Some(queues),
         ..FrontendOptions::default()
     };
-    let mut frontend = Frontend::connect(dir.join("icelab.sock"), &options).with_context(|| {
+    let mut frontend = Frontend::connect(&backend.socket, &options).with_context(|| {
         format!(
-            "cannot connect to the device; its log:\n{}",
-            crate::lab::run::tail(&dir.join("device.log"), 20)
+            "cannot connect to the {} backend at {}{}",
+            target.name(),
+            backend.socket.display(),
+            backend.log_tail()
         )
     })?;
     let mut handles: Vec<BlkQueue> = frontend
@@ -186,6 +422,13 @@ fn measure(
         .into_iter()
         .map(BlkQueue::new)
         .collect::<Result<_, _>>()?;
+    if handles.len() < usize::from(queues) {
+        bail!(
+            "the {} backend gave {} queues, {queues} wanted",
+            target.name(),
+            handles.len()
+        );
+    }
     if ice {
         let mut key = zeroize::Zeroizing::new([0u8; 64]);
         rand::fill(&mut key[..]);
@@ -199,17 +442,18 @@ fn measure(
             );
         }
     }
-    let cpu_before = process_cpu(device.id());
+    let pid = backend.child.as_ref().map(Child::id);
+    let cpu_before = pid.and_then(process_cpu);
     let started = Instant::now();
-    let deadline = started + Duration::from_secs_f64(args.seconds);
-    let region = size / u64::from(queues);
+    let deadline = started + Duration::from_secs_f64(load.seconds);
+    let region = load.size / u64::from(queues);
     let results: Vec<anyhow::Result<(u64, u64, Histogram<u64>)>> = std::thread::scope(|scope| {
         let workers: Vec<_> = handles
             .iter_mut()
             .enumerate()
             .map(|(index, queue)| {
                 let start = index as u64 * region;
-                scope.spawn(move || drive(queue, args, start, region, block_size, ice, deadline))
+                scope.spawn(move || drive(queue, load, start, region, ice, deadline))
             })
             .collect();
         workers
@@ -221,11 +465,11 @@ fn measure(
             .collect()
     });
     let elapsed = started.elapsed();
-    let cpu_after = process_cpu(device.id());
+    let cpu_after = pid.and_then(process_cpu);
     let mut latency = Histogram::<u64>::new(3)?;
     let (mut requests, mut bytes) = (0, 0);
     for result in results {
-        let (r, b, h) = result?;
+        let (r, b, h) = result.with_context(|| format!("load on {}", target.name()))?;
         requests += r;
         bytes += b;
         latency.add(h)?;
@@ -247,14 +491,14 @@ fn measure(
 /// deadline, then drains.
 fn drive(
     queue: &mut BlkQueue,
-    args: &DeviceArgs,
+    load: &Load,
     start: u64,
     region: u64,
-    block_size: u64,
     ice: bool,
     deadline: Instant,
 ) -> anyhow::Result<(u64, u64, Histogram<u64>)> {
     let mut histogram = Histogram::<u64>::new(3)?;
+    let block_size = load.block_size;
     let data = {
         let mut data = vec![0u8; block_size as usize];
         rand::fill(&mut data[..]);
@@ -267,8 +511,8 @@ fn drive(
     let mut n = 0u64;
     loop {
         let open = Instant::now() < deadline;
-        while open && in_flight.len() < args.depth {
-            let block = match args.pattern {
+        while open && in_flight.len() < load.depth {
+            let block = match load.pattern {
                 Pattern::Read | Pattern::Write => {
                     next_block = (next_block + 1) % blocks;
                     next_block
@@ -277,7 +521,7 @@ fn drive(
             };
             let offset = start + block * block_size;
             let sector = offset / SECTOR_SIZE;
-            let write = match args.pattern {
+            let write = match load.pattern {
                 Pattern::Write | Pattern::Randwrite => true,
                 Pattern::Read | Pattern::Randread => false,
                 Pattern::Randrw => n.is_multiple_of(2),
@@ -326,13 +570,14 @@ fn process_cpu(pid: u32) -> Option<Duration> {
     (hz > 0).then(|| Duration::from_secs_f64(ticks as f64 / hz as f64))
 }
 
-fn print_table(args: &DeviceArgs, block_size: u64, ice: bool, runs: &[Measurement]) {
+fn print_table(args: &DeviceArgs, block_size: u64, target: &Target, runs: &[Measurement]) {
     println!(
-        "icelab bench device: {:?}, {} KiB blocks, depth {} per queue, ICE {}, {} s each",
+        "icelab bench device: {}, {:?}, {} KiB blocks, depth {} per queue, ICE {}, {} s each",
+        target.name(),
         args.pattern,
         block_size / 1024,
         args.depth,
-        if ice { "on" } else { "off" },
+        if target.ice() { "on" } else { "off" },
         args.seconds
     );
     println!(
@@ -341,7 +586,7 @@ fn print_table(args: &DeviceArgs, block_size: u64, ice: bool, runs: &[Measuremen
     );
     let base = runs.first().map(Measurement::mb_per_s).unwrap_or(1.0);
     for run in runs {
-        let us = |q: f64| run.latency.value_at_quantile(q) as f64 / 1000.0;
+        let us = |q: f64| run.latency_us(q);
         println!(
             "{:>6} {:>10.0} {:>10.1} {:>9.0} {:>9.0} {:>9.0} {:>12} {:>7.2}x",
             run.queues,
