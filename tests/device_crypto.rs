@@ -407,3 +407,37 @@ fn without_inline_encryption_the_bit_is_absent_and_crypto_requests_are_unsupport
         4
     );
 }
+
+#[test]
+fn injected_faults_round_trip_for_the_guest_but_not_on_the_image() {
+    for fault in ["dun-off-by-one", "swap-key-halves", "plaintext"] {
+        let mut session = Session::start(4 * MIB, &["--fault", fault]);
+        let key = random_key();
+        session.expect(
+            0,
+            &Request::keyslot_program(&key_desc(0, &key, 4096, 8)),
+            Status::Ok,
+        );
+        let plain = random_bytes(8192);
+        session.expect(
+            0,
+            &Request::crypto_write(8, &msg(0, 3), plain.clone()),
+            Status::Ok,
+        );
+        let back = session.expect(0, &Request::crypto_read(8, &msg(0, 3), 8192), Status::Ok);
+        assert_eq!(back.data, plain, "{fault}: the guest cannot notice");
+        let on_disk = read_at(&session.image, 8 * 512, 8192);
+        assert_ne!(
+            on_disk,
+            oracle_encrypt(&key, &plain, 4096, 3),
+            "{fault}: the image must differ from the oracle"
+        );
+        assert_eq!(
+            on_disk == plain,
+            fault == "plaintext",
+            "{fault}: plaintext on disk"
+        );
+        let stats = session.finish();
+        assert_eq!(stats["device"]["fault"], fault);
+    }
+}

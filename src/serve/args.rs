@@ -3,7 +3,7 @@
 
 use anyhow::{Context, bail};
 use icelab_emulator::engine::capabilities::{DataUnitSizes, KeyTypes};
-use icelab_emulator::engine::{Capabilities, ProfileName};
+use icelab_emulator::engine::{Capabilities, Fault, ProfileName};
 use std::path::PathBuf;
 
 /// Options of `icelab serve`.
@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// Keep serving new connections after the frontend disconnects.
     #[arg(long)]
     pub persist: bool,
+    /// Make the engine deliberately wrong (dun-off-by-one, swap-key-halves, plaintext),
+    /// to prove the on-disk verifier catches it; the guest cannot notice.
+    #[arg(long, value_name = "FAULT")]
+    pub fault: Option<String>,
 }
 
 /// A checked `icelab serve` configuration.
@@ -91,6 +95,8 @@ pub struct ServeConfig {
     pub trace: Option<PathBuf>,
     /// Serve further connections.
     pub persist: bool,
+    /// Deliberate engine fault.
+    pub fault: Option<Fault>,
 }
 
 impl TryFrom<ServeArgs> for ServeConfig {
@@ -127,6 +133,22 @@ impl TryFrom<ServeArgs> for ServeConfig {
             );
         }
         let create_size = args.size.as_deref().map(parse_size).transpose()?;
+        let fault = args
+            .fault
+            .as_deref()
+            .map(|name| {
+                Fault::from_name(name).with_context(|| {
+                    let names: Vec<_> = Fault::ALL.iter().map(|f| f.name()).collect();
+                    format!(
+                        "unknown --fault {name:?}; choose one of {}",
+                        names.join(", ")
+                    )
+                })
+            })
+            .transpose()?;
+        if fault.is_some() && args.no_inline_encryption {
+            bail!("--fault needs an engine; drop --no-inline-encryption");
+        }
         let capabilities = if args.no_inline_encryption {
             None
         } else {
@@ -160,6 +182,7 @@ impl TryFrom<ServeArgs> for ServeConfig {
             stats: args.stats,
             trace: args.trace,
             persist: args.persist,
+            fault,
         })
     }
 }
@@ -259,7 +282,8 @@ mod tests {
 
     #[test]
     fn bad_arguments_name_the_problem() {
-        let cases: [(&[&str], &str); 9] = [
+        let cases: [(&[&str], &str); 10] = [
+            (&["--fault", "bitflip"], "unknown --fault"),
             (&["--profile", "nvme"], "unknown --profile"),
             (&["--queues", "0"], "--queues 0"),
             (&["--queue-size", "100"], "--queue-size 100"),

@@ -27,7 +27,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot create the trace file {}", path.display()))
         })
         .transpose()?;
-    let engine = Arc::new(Engine::new(config.capabilities, trace));
+    if let Some(fault) = config.fault {
+        tracing::warn!(%fault, "the engine is deliberately faulty: the image will not hold what the policy demands");
+    }
+    let engine = Arc::new(Engine::new(config.capabilities, trace).with_fault(config.fault));
     let mem = GuestMemory::new(GuestMemoryMmap::new());
     let device_config = DeviceConfig {
         num_queues: config.queues,
@@ -88,6 +91,7 @@ impl Report {
                 "read_only": self.config.read_only,
                 "profile": self.config.profile.name(),
                 "inline_encryption": caps.is_some(),
+                "fault": engine.fault().map(|f| f.name()),
                 "keyslots": caps.map(|c| c.slots),
                 "max_dun_bytes": caps.map(|c| c.max_dun_bytes),
                 "data_unit_sizes": caps.map(|c| c.data_unit_sizes.sizes().collect::<Vec<_>>()),

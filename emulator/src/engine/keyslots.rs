@@ -10,6 +10,7 @@
 
 use super::capabilities::Capabilities;
 use super::error::EngineError;
+use super::fault::Fault;
 use super::fingerprint::{Fingerprint, Fingerprinter};
 use super::stats::Stats;
 use super::trace::Trace;
@@ -29,17 +30,20 @@ pub struct ProgrammedKey {
     pub dun_bytes: u32,
     /// Fingerprint of the raw key (for traces).
     pub fingerprint: Fingerprint,
+    /// A deliberate fault, if the engine was started with one.
+    fault: Option<Fault>,
 }
 
 impl ProgrammedKey {
     /// Encrypts or decrypts whole data units in place, the first with `dun`.
     pub fn crypt(&self, direction: Direction, data: &mut [u8], dun: &Dun) {
-        self.key.crypt(
-            direction,
-            data,
-            self.data_unit_size as usize,
-            dun.low_u128(),
-        );
+        let first_dun = match self.fault {
+            None | Some(Fault::SwapKeyHalves) => dun.low_u128(),
+            Some(Fault::DunOffByOne) => dun.low_u128().wrapping_add(1),
+            Some(Fault::Plaintext) => return,
+        };
+        self.key
+            .crypt(direction, data, self.data_unit_size as usize, first_dun);
     }
 }
 
@@ -52,6 +56,7 @@ pub struct Engine {
     fingerprinter: Fingerprinter,
     stats: Stats,
     trace: Option<Trace>,
+    fault: Option<Fault>,
 }
 
 impl Engine {
@@ -65,7 +70,19 @@ impl Engine {
             fingerprinter: Fingerprinter::random(),
             stats: Stats::new(slots),
             trace,
+            fault: None,
         }
+    }
+
+    /// The same engine, deliberately wrong in the way `fault` says.
+    pub fn with_fault(mut self, fault: Option<Fault>) -> Self {
+        self.fault = fault;
+        self
+    }
+
+    /// The deliberate fault, if any.
+    pub fn fault(&self) -> Option<Fault> {
+        self.fault
     }
 
     /// What the engine supports, if it exists at all.
@@ -118,12 +135,16 @@ impl Engine {
 
         let mut xts_key = Zeroizing::new([0u8; 64]);
         xts_key.copy_from_slice(raw);
+        if self.fault == Some(Fault::SwapKeyHalves) {
+            xts_key.rotate_left(32);
+        }
         let fingerprint = self.fingerprinter.fingerprint(raw);
         let key = Arc::new(ProgrammedKey {
             key: XtsKey::new(&xts_key),
             data_unit_size: 1 << desc.data_unit_size_bits,
             dun_bytes: desc.dun_bytes,
             fingerprint,
+            fault: self.fault,
         });
         let replaced = write(slot).replace(key);
         self.stats.slots_programmed.fetch_add(1, Relaxed);
@@ -380,6 +401,33 @@ mod tests {
             crate::protocol::Status::Unsupp
         );
         assert!(engine.key_for(&msg(0, 0), 0, 4096).is_err());
+    }
+
+    #[test]
+    fn faults_change_the_ciphertext_but_round_trip() {
+        let plain: Vec<u8> = (0..8192u32).map(|i| i as u8).collect();
+        let encrypt = |fault| {
+            let engine = ufs().with_fault(fault);
+            engine.program(&desc(0), 0).unwrap();
+            let key = engine.key_for(&msg(0, 5), 0, 8192).unwrap();
+            let mut data = plain.clone();
+            key.crypt(Direction::Encrypt, &mut data, &Dun::from_u64(5));
+            let mut back = data.clone();
+            key.crypt(Direction::Decrypt, &mut back, &Dun::from_u64(5));
+            assert_eq!(back, plain, "{fault:?} must round-trip");
+            data
+        };
+        let correct = encrypt(None);
+        assert_ne!(correct, plain);
+        assert_eq!(encrypt(Some(Fault::Plaintext)), plain);
+        let shifted = encrypt(Some(Fault::DunOffByOne));
+        assert_ne!(shifted, correct);
+        assert_eq!(
+            shifted[..4096],
+            correct[4096..],
+            "DUN+1 for unit 0 is unit 1's DUN"
+        );
+        assert_ne!(encrypt(Some(Fault::SwapKeyHalves)), correct);
     }
 
     #[test]

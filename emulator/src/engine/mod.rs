@@ -7,6 +7,7 @@
 
 pub mod capabilities;
 pub mod error;
+pub mod fault;
 pub mod fingerprint;
 pub mod keyslots;
 pub mod stats;
@@ -15,6 +16,7 @@ pub mod xts;
 
 pub use capabilities::{Capabilities, KeyTypes, ProfileName};
 pub use error::EngineError;
+pub use fault::Fault;
 pub use fingerprint::{Fingerprint, Fingerprinter};
 pub use keyslots::{Engine, ProgrammedKey};
 pub use stats::Stats;
