@@ -1,7 +1,10 @@
 //! `icelab bench`: performance measurements.
 
+pub mod all;
 pub mod crypto;
 pub mod device;
+pub mod peers;
+mod plot;
 
 use clap::Subcommand;
 
@@ -12,6 +15,8 @@ pub enum BenchCommand {
     Crypto(crypto::CryptoArgs),
     /// The device through the native vhost-user frontend: IOPS, MB/s, latency, CPU per GB.
     Device(device::DeviceArgs),
+    /// Every part in one run: icelab ICE on/off and qemu-storage-daemon raw/LUKS under the same loads, the engine; JSON, markdown, SVG plot, baseline check.
+    All(all::AllArgs),
 }
 
 /// Runs one bench part.
@@ -19,6 +24,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Crypto(args) => crypto::run(args),
         BenchCommand::Device(args) => device::run(args),
+        BenchCommand::All(args) => all::run(args),
     }
 }
 
