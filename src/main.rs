@@ -3,6 +3,7 @@
 mod bench;
 mod lab;
 mod serve;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,8 @@ enum Command {
     Build(lab::BuildArgs),
     /// Boot a guest against a fresh emulator, run a suite, report; exit 0 only if all passed.
     Run(lab::run::RunArgs),
+    /// Check an image against a manifest with the independent ciphertext verifier.
+    Verify(verify::VerifyArgs),
     /// Measure icelab's performance.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -34,6 +37,11 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Build(args) => lab::build(args),
         Command::Run(args) => match lab::run::run(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return std::process::ExitCode::FAILURE,
+            Err(error) => Err(error),
+        },
+        Command::Verify(args) => match verify::run(args) {
             Ok(true) => Ok(()),
             Ok(false) => return std::process::ExitCode::FAILURE,
             Err(error) => Err(error),
