@@ -15,9 +15,13 @@ use std::path::PathBuf;
 /// Options of `icelab bench all`.
 #[derive(clap::Args, Debug)]
 pub struct AllArgs {
-    /// Seconds per measurement (default 3, or 1 with --quick).
+    /// Seconds per measurement (default 2, or 1 with --quick).
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// Rounds over every load and target; the best of each point counts
+    /// (default 3, or 2 with --quick).
+    #[arg(long)]
+    pub repeats: Option<u32>,
     /// A short run for CI (under 2 minutes): 1 s per point, fewer block
     /// sizes in the plot, a 1-second engine bench.
     #[arg(long)]
@@ -56,6 +60,7 @@ pub struct AllArgs {
 #[derive(Debug)]
 struct Config {
     seconds: f64,
+    repeats: u32,
     quick: bool,
     queues: u16,
     depth: usize,
@@ -70,7 +75,11 @@ impl TryFrom<AllArgs> for Config {
     type Error = anyhow::Error;
 
     fn try_from(args: AllArgs) -> anyhow::Result<Self> {
-        let seconds = args.seconds.unwrap_or(if args.quick { 1.0 } else { 3.0 });
+        let seconds = args.seconds.unwrap_or(if args.quick { 1.0 } else { 2.0 });
+        let repeats = args.repeats.unwrap_or(if args.quick { 2 } else { 3 });
+        if !(1..=100).contains(&repeats) {
+            bail!("--repeats {repeats}: use 1 to 100");
+        }
         if !(0.1..=3600.0).contains(&seconds) {
             bail!("--seconds {seconds}: use 0.1 to 3600");
         }
@@ -85,6 +94,7 @@ impl TryFrom<AllArgs> for Config {
         };
         Ok(Self {
             seconds,
+            repeats,
             quick: args.quick,
             queues: args.queues,
             depth: args.depth,
@@ -147,9 +157,11 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
             loads.push((format!("seqread-{}k", bs >> 10), Pattern::Read, bs));
         }
     }
-    let mut points = Vec::new();
+    let mut points: Vec<Point> = Vec::new();
     let mut luks_note = String::new();
-    for (name, pattern, block_size) in &loads {
+    for (round, (name, pattern, block_size)) in
+        (0..config.repeats).flat_map(|round| loads.iter().map(move |load| (round, load)))
+    {
         let load = Load {
             pattern: *pattern,
             block_size: *block_size,
@@ -167,11 +179,23 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
             let measurement = device::measure(&target, &backend, &load)?;
             drop(backend);
             eprintln!(
-                "{name:>14} {:>15}: {:>9.1} MB/s {:>9.0} IOPS",
+                "round {} {name:>14} {:>15}: {:>9.1} MB/s {:>9.0} IOPS",
+                round + 1,
                 target.name(),
                 measurement.mb_per_s(),
                 measurement.iops()
             );
+            // The best of the rounds counts: drift from other jobs only
+            // ever slows a measurement down.
+            if let Some(best) = points
+                .iter_mut()
+                .find(|p| p.load == *name && p.target == target.name())
+            {
+                if measurement.mb_per_s() > best.measurement.mb_per_s() {
+                    best.measurement = measurement;
+                }
+                continue;
+            }
             points.push(Point {
                 load: name.clone(),
                 target: target.name(),
@@ -187,6 +211,7 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
         "cpus": std::thread::available_parallelism().map_or(1, usize::from),
         "quick": config.quick,
         "seconds_per_point": config.seconds,
+        "repeats": config.repeats,
         "queues": config.queues,
         "depth": config.depth,
         "size": config.size,
@@ -332,11 +357,12 @@ fn markdown(doc: &Value) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "icelab bench all on {} ({} CPUs), QD {} x {} queue(s), {} s per point, one run\n",
+        "icelab bench all on {} ({} CPUs), QD {} x {} queue(s), best of {} rounds of {} s per point, one run\n",
         doc["cpu"].as_str().unwrap_or("?"),
         doc["cpus"],
         doc["depth"],
         doc["queues"],
+        doc["repeats"],
         doc["seconds_per_point"]
     );
     let _ = writeln!(
