@@ -68,18 +68,25 @@ fn request() -> impl Strategy<Value = ([u8; 64], usize, u128, Vec<u8>)> {
         data_unit_size(),
         dun(),
         1usize..=64,
+        // One request in eight is large enough for the thread split.
+        prop::bool::weighted(0.125),
         any::<u64>(),
     )
-        .prop_map(|(k1, k2, dus, dun, units, seed)| {
+        .prop_map(|(k1, k2, dus, dun, units, large, seed)| {
             let mut key = [0u8; 64];
             key[..32].copy_from_slice(&k1);
             key[32..].copy_from_slice(&k2);
+            let units = if large {
+                PARALLEL_MIN_BYTES / dus + units
+            } else {
+                units
+            };
             (key, dus, dun, filler(units * dus, seed))
         })
 }
 
 /// `len` bytes from a xorshift generator: random data without a
-/// proptest strategy per byte (256 KiB requests would make shrinking slow).
+/// proptest strategy per byte (1 MiB requests would make shrinking slow).
 fn filler(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
     (0..len)
