@@ -626,17 +626,7 @@ mod tests {
     #[test]
     fn key_requests_carry_the_key_desc_and_hide_it() {
         let memory = SharedMemory::new(1 << 20).expect("memfd");
-        let mut desc = KeyDesc {
-            slot: 1,
-            bytes: [0x5a; MAX_KEY_BYTES],
-            key_size: 64,
-            crypto_mode: 1,
-            key_type: 1,
-            data_unit_size_bits: 12,
-            dun_bytes: 8,
-            reserved: 0,
-        };
-        desc.bytes[64..].fill(0);
+        let desc = KeyDesc::raw_aes_256_xts(1, &[0x5a; 64], 4096, 8);
         let request = Request::keyslot_program(&desc);
         assert!(
             !format!("{request:?}").contains("90"),
