@@ -614,7 +614,8 @@ pub const CONFIG_SIZE_STANDARD: usize = 96;
 /// Length of the config space with the inline-encryption fields.
 pub const CONFIG_SIZE: usize = 104;
 
-/// The inline-encryption capabilities a device advertises.
+/// The inline-encryption fields of the config space (the supported data
+/// unit sizes travel separately, in the GET_CRYPTO_MODES answer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CryptoCapabilities {
     /// Number of keyslots.
@@ -623,9 +624,6 @@ pub struct CryptoCapabilities {
     pub max_dun_bytes: u8,
     /// Bit set of [`KeyType::config_bit`].
     pub key_types: u8,
-    /// `modes[]`: bit i of entry m set when mode m supports data units of
-    /// 2^i bytes.
-    pub modes: [u32; CryptoMode::TABLE_LEN],
 }
 
 /// The fields of the block config space that icelab sets.
@@ -813,7 +811,6 @@ mod tests {
                 max_slots: 32,
                 max_dun_bytes: 8,
                 key_types: 1,
-                modes: [0, 0x1e00],
             }),
         };
         let bytes = config.encode();

@@ -8,8 +8,8 @@
 use super::chain::{Cursor, Segments};
 use super::error::RequestError;
 use super::image::Image;
+use crate::engine::Engine;
 use crate::engine::xts::Direction;
-use crate::engine::{Engine, ProgrammedKey};
 use crate::protocol::{
     CryptoMsg, DEVICE_ID_BYTES, DiscardSegment, KeyDesc, OutHeader, RequestType, SECTOR_SIZE,
     Status,
@@ -70,16 +70,18 @@ pub fn serve<M: GuestMemory>(
     descriptors: impl Iterator<Item = virtio_queue::desc::split::Descriptor>,
     scratch: &mut Scratch,
 ) -> u32 {
-    let chain = scratch.segments.collect(mem, descriptors);
-    let status_addr = scratch.segments.status_addr();
+    let Scratch { segments, buffer } = scratch;
+    let chain = segments.collect(mem, descriptors);
+    let status_addr = segments.status_addr();
     let mut header = None;
     let outcome = chain
         .map_err(RequestError::from)
         .and_then(|()| status_addr.ok_or(RequestError::NoStatusByte))
         .and_then(|_| {
-            let parsed = read_header(mem, &scratch.segments)?;
+            let mut reader = segments.reader();
+            let parsed = read_header(mem, &mut reader)?;
             header = Some(parsed);
-            execute(ctx, mem, &parsed, scratch)
+            execute(ctx, mem, &parsed, segments, reader, buffer)
         });
     let (status, written) = match outcome {
         Ok(written) => (Status::Ok, written),
@@ -99,8 +101,11 @@ pub fn serve<M: GuestMemory>(
     written + 1
 }
 
-fn read_header<M: GuestMemory>(mem: &M, segments: &Segments) -> Result<OutHeader, RequestError> {
-    let mut reader = segments.reader();
+/// Reads the outhdr, leaving `reader` at the payload.
+fn read_header<M: GuestMemory>(
+    mem: &M,
+    reader: &mut Cursor<'_>,
+) -> Result<OutHeader, RequestError> {
     if reader.remaining() < OutHeader::SIZE as u64 {
         return Err(RequestError::ShortHeader(reader.remaining()));
     }
@@ -163,23 +168,20 @@ fn error_chain(error: &RequestError) -> String {
     message
 }
 
-/// Runs a request whose header parsed; returns the data bytes written to
-/// guest memory (status byte excluded).
+/// Runs a request whose header parsed (`reader` is at the payload);
+/// returns the data bytes written to guest memory (status byte excluded).
 fn execute<M: GuestMemory>(
     ctx: &Context<'_>,
     mem: &M,
     header: &OutHeader,
-    scratch: &mut Scratch,
+    segments: &Segments,
+    mut reader: Cursor<'_>,
+    buffer: &mut Vec<u8>,
 ) -> Result<u32, RequestError> {
     let request = header.request_type;
     if request.is_inline_encryption() && ctx.engine.capabilities().is_none() {
         return Err(RequestError::Unsupported(request));
     }
-    let Scratch { segments, buffer } = scratch;
-    let mut reader = segments.reader();
-    reader
-        .read(mem, &mut [0u8; OutHeader::SIZE])
-        .map_err(RequestError::Memory)?;
     let answer_room = segments.writable_len() - 1;
     let stats = ctx.engine.stats();
     match request {
@@ -212,7 +214,7 @@ fn execute<M: GuestMemory>(
             let key = ctx.engine.key_for(&msg, range.offset, range.len)?;
             let buffer = bounce(buffer, range.len as usize);
             reader.read(mem, buffer).map_err(RequestError::Memory)?;
-            crypt(&key, Direction::Encrypt, buffer, &msg);
+            key.crypt(Direction::Encrypt, buffer, &msg.dun);
             ctx.image
                 .write_at(buffer, range.offset)
                 .map_err(|source| io(request, source))?;
@@ -227,7 +229,7 @@ fn execute<M: GuestMemory>(
             ctx.image
                 .read_at(buffer, range.offset)
                 .map_err(|source| io(request, source))?;
-            crypt(&key, Direction::Decrypt, buffer, &msg);
+            key.crypt(Direction::Decrypt, buffer, &msg.dun);
             segments
                 .writer()
                 .write(mem, buffer)
@@ -284,10 +286,6 @@ fn execute<M: GuestMemory>(
         | RequestType::PrepareKey
         | RequestType::Unsupported(_) => Err(RequestError::Unsupported(request)),
     }
-}
-
-fn crypt(key: &ProgrammedKey, direction: Direction, buffer: &mut [u8], msg: &CryptoMsg) {
-    key.crypt(direction, buffer, &msg.dun);
 }
 
 fn io(request: RequestType, source: std::io::Error) -> RequestError {

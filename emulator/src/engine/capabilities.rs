@@ -169,7 +169,6 @@ impl Capabilities {
             max_slots: self.slots,
             max_dun_bytes: self.max_dun_bytes,
             key_types: self.key_types.0,
-            modes: self.modes(),
         }
     }
 }

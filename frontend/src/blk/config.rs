@@ -108,7 +108,6 @@ mod tests {
                 max_slots: 32,
                 max_dun_bytes: 8,
                 key_types: 1,
-                modes: [0, 0x1e00],
             }),
         };
         let parsed = ConfigSpace::parse(&config.encode());
