@@ -5,8 +5,8 @@
 mod ice;
 mod support;
 
-use ice::{Session, key_desc, msg, oracle_decrypt, oracle_encrypt, random_bytes, random_key};
-use icelab_emulator::protocol::{CryptoMode, Status, VIRTIO_BLK_F_INLINE_ENCRYPTION};
+use ice::{Session, msg, oracle_decrypt, oracle_encrypt, random_bytes, random_key};
+use icelab_emulator::protocol::{CryptoMode, KeyDesc, Status, VIRTIO_BLK_F_INLINE_ENCRYPTION};
 use icelab_frontend::blk::Request;
 use support::{read_at, stat_u64};
 
@@ -18,7 +18,7 @@ fn crypto_out_puts_oracle_ciphertext_on_the_image_and_crypto_in_returns_plaintex
     let key = random_key();
     session.expect(
         0,
-        &Request::keyslot_program(&key_desc(3, &key, 4096, 8)),
+        &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(3, &key, 4096, 8)),
         Status::Ok,
     );
     let plain = random_bytes(3 * 4096);
@@ -71,7 +71,7 @@ fn every_data_unit_size_and_a_dun_carry_across_64_bits_match_the_oracle() {
         let key = random_key();
         session.expect(
             0,
-            &Request::keyslot_program(&key_desc(slot, &key, data_unit_size, 16)),
+            &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(slot, &key, data_unit_size, 16)),
             Status::Ok,
         );
         let plain = random_bytes(4 * data_unit_size as usize);
@@ -147,7 +147,7 @@ fn evict_empties_the_slot_and_reprogramming_replaces_the_key() {
     let plain = random_bytes(8192);
     session.expect(
         0,
-        &Request::keyslot_program(&key_desc(0, &first, 4096, 8)),
+        &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(0, &first, 4096, 8)),
         Status::Ok,
     );
     session.expect(
@@ -158,7 +158,7 @@ fn evict_empties_the_slot_and_reprogramming_replaces_the_key() {
 
     session.expect(
         0,
-        &Request::keyslot_evict(&key_desc(0, &first, 4096, 8)),
+        &Request::keyslot_evict(&KeyDesc::raw_aes_256_xts(0, &first, 4096, 8)),
         Status::Ok,
     );
     let refused = session.expect(0, &Request::crypto_read(0, &msg(0, 7), 8192), Status::IoErr);
@@ -169,7 +169,7 @@ fn evict_empties_the_slot_and_reprogramming_replaces_the_key() {
 
     session.expect(
         0,
-        &Request::keyslot_program(&key_desc(0, &second, 4096, 8)),
+        &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(0, &second, 4096, 8)),
         Status::Ok,
     );
     let wrong = session.expect(0, &Request::crypto_read(0, &msg(0, 7), 8192), Status::Ok);
@@ -183,7 +183,7 @@ fn evict_empties_the_slot_and_reprogramming_replaces_the_key() {
 
     session.expect(
         0,
-        &Request::keyslot_program(&key_desc(0, &first, 4096, 8)),
+        &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(0, &first, 4096, 8)),
         Status::Ok,
     );
     assert_eq!(
@@ -234,7 +234,7 @@ fn a_slot_programmed_on_queue_0_is_used_on_queue_1() {
     let key = random_key();
     session.expect(
         0,
-        &Request::keyslot_program(&key_desc(5, &key, 4096, 8)),
+        &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(5, &key, 4096, 8)),
         Status::Ok,
     );
     let plain = random_bytes(4096);
@@ -266,7 +266,7 @@ fn concurrent_crypto_io_on_all_queues_lands_where_the_oracle_says() {
     for (slot, key) in keys.iter().enumerate() {
         session.expect(
             0,
-            &Request::keyslot_program(&key_desc(slot as u32, key, 4096, 8)),
+            &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(slot as u32, key, 4096, 8)),
             Status::Ok,
         );
     }
@@ -384,7 +384,7 @@ fn without_inline_encryption_the_bit_is_absent_and_crypto_requests_are_unsupport
     let key = random_key();
     session.expect(
         0,
-        &Request::keyslot_program(&key_desc(0, &key, 4096, 8)),
+        &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(0, &key, 4096, 8)),
         Status::Unsupp,
     );
     session.expect(
@@ -415,7 +415,7 @@ fn injected_faults_round_trip_for_the_guest_but_not_on_the_image() {
         let key = random_key();
         session.expect(
             0,
-            &Request::keyslot_program(&key_desc(0, &key, 4096, 8)),
+            &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(0, &key, 4096, 8)),
             Status::Ok,
         );
         let plain = random_bytes(8192);

@@ -5,8 +5,8 @@
 mod ice;
 mod support;
 
-use ice::{Session, key_desc, msg, random_bytes, random_key};
-use icelab_emulator::protocol::{DiscardSegment, RequestType, Status};
+use ice::{Session, msg, random_bytes, random_key};
+use icelab_emulator::protocol::{DiscardSegment, KeyDesc, RequestType, Status};
 use icelab_frontend::blk::{Completion, Request, STATUS_NOT_WRITTEN};
 use icelab_frontend::{RawDescriptor, RawNext, Segment};
 use support::stat_u64;
@@ -81,7 +81,7 @@ fn linked(segments: &[Segment], last_next: RawNext) -> Vec<RawDescriptor> {
 }
 
 fn program(slot: u32, edit: fn(&mut icelab_emulator::protocol::KeyDesc)) -> Request {
-    let mut desc = key_desc(slot, &[0x5a; 64], 4096, 8);
+    let mut desc = KeyDesc::raw_aes_256_xts(slot, &[0x5a; 64], 4096, 8);
     edit(&mut desc);
     Request::keyslot_program(&desc)
 }
@@ -443,7 +443,7 @@ fn malformed_requests_get_a_status_and_touch_nothing() {
     let mut session = prefilled_session(&[]);
     session.expect(
         0,
-        &Request::keyslot_program(&key_desc(0, &random_key(), 4096, 8)),
+        &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(0, &random_key(), 4096, 8)),
         Status::Ok,
     );
     for (name, submit, expect) in &cases {
@@ -513,7 +513,7 @@ fn writes_to_a_read_only_device_are_refused() {
     );
     session.expect(
         0,
-        &Request::keyslot_program(&key_desc(0, &random_key(), 4096, 8)),
+        &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(0, &random_key(), 4096, 8)),
         Status::Ok,
     );
     for (name, submit, expect) in read_only_cases {
@@ -529,7 +529,7 @@ fn a_flood_of_garbage_chains_does_not_hang_or_crash_the_device() {
     let mut session = prefilled_session(&["--queues", "1"]);
     session.expect(
         0,
-        &Request::keyslot_program(&key_desc(0, &random_key(), 4096, 8)),
+        &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(0, &random_key(), 4096, 8)),
         Status::Ok,
     );
     for round in 0..200u32 {

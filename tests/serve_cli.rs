@@ -4,8 +4,8 @@
 mod ice;
 mod support;
 
-use ice::{REQUEST_TIMEOUT, Session, key_desc, msg, random_bytes, random_key};
-use icelab_emulator::protocol::{Status, VIRTIO_RING_F_EVENT_IDX, feature};
+use ice::{REQUEST_TIMEOUT, Session, msg, random_bytes, random_key};
+use icelab_emulator::protocol::{KeyDesc, Status, VIRTIO_RING_F_EVENT_IDX, feature};
 use icelab_frontend::blk::Request;
 use icelab_frontend::{Frontend, FrontendOptions};
 use std::process::Command;
@@ -75,7 +75,7 @@ fn sigusr1_writes_stats_and_sigterm_exits_cleanly() {
     let mut session = Session::start(4 << 20, &[]);
     session.expect(
         0,
-        &Request::keyslot_program(&key_desc(0, &random_key(), 4096, 8)),
+        &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(0, &random_key(), 4096, 8)),
         Status::Ok,
     );
     session.expect(
@@ -122,7 +122,7 @@ fn persist_serves_a_second_connection_with_empty_keyslots() {
         let mut queue = frontend.take_blk_queues().expect("queues").remove(0);
         let programmed = queue
             .submit_and_wait(
-                &Request::keyslot_program(&key_desc(2, &key, 4096, 8)),
+                &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(2, &key, 4096, 8)),
                 REQUEST_TIMEOUT,
             )
             .unwrap();
@@ -155,7 +155,7 @@ fn persist_serves_a_second_connection_with_empty_keyslots() {
     );
     queue
         .submit_and_wait(
-            &Request::keyslot_program(&key_desc(2, &key, 4096, 8)),
+            &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(2, &key, 4096, 8)),
             REQUEST_TIMEOUT,
         )
         .unwrap();
@@ -187,7 +187,7 @@ fn a_frontend_without_event_idx_is_served_at_depth() {
     let key = random_key();
     session.expect(
         0,
-        &Request::keyslot_program(&key_desc(0, &key, 4096, 8)),
+        &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(0, &key, 4096, 8)),
         Status::Ok,
     );
     for queue in 0..2 {

@@ -10,7 +10,7 @@
 use crate::support::{Device, create_image, temp_dir};
 use aes::Aes256;
 use aes::cipher::KeyInit;
-use icelab_emulator::protocol::{CryptoMsg, Dun, KeyDesc, Status};
+use icelab_emulator::protocol::{CryptoMsg, Dun, Status};
 use icelab_frontend::blk::{BlkQueue, Completion, Request};
 use icelab_frontend::{Frontend, FrontendOptions};
 use std::path::PathBuf;
@@ -121,11 +121,6 @@ impl Session {
             .assert_clean_exit("after the frontend disconnected");
         self.device.stats()
     }
-}
-
-/// A raw AES-256-XTS key descriptor for `slot`.
-pub fn key_desc(slot: u32, key: &[u8; 64], data_unit_size: u32, dun_bytes: u32) -> KeyDesc {
-    KeyDesc::raw_aes_256_xts(slot, key, data_unit_size, dun_bytes)
 }
 
 /// A crypto_msg for `slot` starting at `dun`.
