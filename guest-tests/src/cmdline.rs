@@ -151,6 +151,7 @@ const KNOWN_KEYS: &[&str] = &[
     "preload",
     "timeout_factor",
     "fault",
+    "profile",
 ];
 
 /// The suites the runner knows.
@@ -159,6 +160,18 @@ pub enum SuiteName {
     /// The smoke suite of issue 3: driver, sysfs, ext4 + fscrypt round trip,
     /// kernel log, unmount.
     Smoke,
+    /// The lab suite of issue 4 (first boot): policy matrix, path
+    /// selection, key removal, keyring provisioning, the `fscrypt` tool.
+    Lab,
+    /// The lab suite's second boot: the first boot's files read back after
+    /// their keys are added again.
+    LabReboot,
+    /// Keyslot pressure: many keys through a device with few keyslots.
+    LabPressure,
+    /// The policy matrix alone (the fault-injection runs).
+    Matrix,
+    /// fio on an inlinecrypt ext4 file (issue 5's guest benchmark).
+    Bench,
 }
 
 impl SuiteName {
@@ -166,6 +179,11 @@ impl SuiteName {
     pub fn as_str(self) -> &'static str {
         match self {
             SuiteName::Smoke => "smoke",
+            SuiteName::Lab => "lab",
+            SuiteName::LabReboot => "lab-reboot",
+            SuiteName::LabPressure => "lab-pressure",
+            SuiteName::Matrix => "matrix",
+            SuiteName::Bench => "bench",
         }
     }
 }
@@ -187,6 +205,27 @@ impl Expect {
         match self {
             Expect::Native => "native",
             Expect::Fallback => "fallback",
+        }
+    }
+}
+
+/// The device's engine profile (`icelab.profile`), as `icelab serve
+/// --profile` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// UFSHCI-like: 64-bit DUNs, every policy runs natively.
+    Ufs,
+    /// eMMC-like: 32-bit DUNs, so IV_INO_LBLK_64 falls back to
+    /// blk-crypto-fallback while IV_INO_LBLK_32 runs natively.
+    Emmc,
+}
+
+impl Profile {
+    /// The name as written on the command line and in the results.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Ufs => "ufs",
+            Profile::Emmc => "emmc",
         }
     }
 }
@@ -218,6 +257,9 @@ pub struct Config {
     pub suite: SuiteName,
     /// `icelab.expect` (default `native`).
     pub expect: Expect,
+    /// `icelab.profile` (default `ufs`): the device's engine profile, which
+    /// decides which policies the lab suite expects to run natively.
+    pub profile: Profile,
     /// `icelab.slots`: expected `num_keyslots`; unchecked when absent.
     pub slots: Option<u32>,
     /// `icelab.max_dun_bits`: expected `max_dun_bits`; unchecked when absent.
@@ -258,6 +300,7 @@ impl Config {
         Config {
             suite: SuiteName::Smoke,
             expect: Expect::Native,
+            profile: Profile::Ufs,
             slots: None,
             max_dun_bits: None,
             modes: None,
@@ -284,7 +327,18 @@ impl Config {
         if let Some(v) = params.get("suite") {
             config.suite = match v {
                 "smoke" => SuiteName::Smoke,
-                _ => return Err(bad("suite", v, "known suites: smoke")),
+                "lab" => SuiteName::Lab,
+                "lab-reboot" => SuiteName::LabReboot,
+                "lab-pressure" => SuiteName::LabPressure,
+                "matrix" => SuiteName::Matrix,
+                "bench" => SuiteName::Bench,
+                _ => {
+                    return Err(bad(
+                        "suite",
+                        v,
+                        "known suites: smoke, lab, lab-reboot, lab-pressure, matrix, bench",
+                    ));
+                }
             };
         }
         if let Some(v) = params.get("expect") {
@@ -292,6 +346,13 @@ impl Config {
                 "native" => Expect::Native,
                 "fallback" => Expect::Fallback,
                 _ => return Err(bad("expect", v, "expected native or fallback")),
+            };
+        }
+        if let Some(v) = params.get("profile") {
+            config.profile = match v {
+                "ufs" => Profile::Ufs,
+                "emmc" => Profile::Emmc,
+                _ => return Err(bad("profile", v, "expected ufs or emmc")),
             };
         }
         config.slots = params
@@ -505,7 +566,7 @@ mod tests {
             "icelab.slots=\"many\": expected a decimal or 0x-hex 32-bit number"
         );
         assert!(config("icelab.expect=maybe").is_err());
-        assert!(config("icelab.suite=lab").is_err());
+        assert!(config("icelab.suite=labs").is_err());
         assert!(config("icelab.seed=").is_err());
         assert!(config("icelab.seed=12345678123456781").is_err());
         assert!(config("icelab.seed=xyz").is_err());
@@ -552,5 +613,26 @@ mod tests {
         extra.add_word("--no-init");
         p.merge(extra);
         assert_eq!(p.get("expect"), Some("fallback"));
+    }
+
+    #[test]
+    fn lab_suites_and_profile_parse() {
+        for (word, suite) in [
+            ("lab", SuiteName::Lab),
+            ("lab-reboot", SuiteName::LabReboot),
+            ("lab-pressure", SuiteName::LabPressure),
+            ("matrix", SuiteName::Matrix),
+            ("bench", SuiteName::Bench),
+        ] {
+            let parsed = config(&format!("icelab.suite={word}")).expect(word);
+            assert_eq!(parsed.suite, suite);
+            assert_eq!(parsed.suite.as_str(), word);
+        }
+        assert_eq!(config("").expect("defaults").profile, Profile::Ufs);
+        assert_eq!(
+            config("icelab.profile=emmc").expect("emmc").profile,
+            Profile::Emmc
+        );
+        assert!(config("icelab.profile=nvme").is_err());
     }
 }

@@ -4,6 +4,8 @@
 //! [`SuiteName`] variant; steps that suites share (loading the driver,
 //! formatting and mounting, adding keys) live in [`steps`].
 
+pub mod bench;
+pub mod lab;
 pub mod smoke;
 pub mod steps;
 
@@ -14,5 +16,10 @@ use crate::runner::TestDef;
 pub fn tests(suite: SuiteName) -> &'static [TestDef] {
     match suite {
         SuiteName::Smoke => smoke::TESTS,
+        SuiteName::Lab => lab::TESTS,
+        SuiteName::LabReboot => lab::REBOOT_TESTS,
+        SuiteName::LabPressure => lab::PRESSURE_TESTS,
+        SuiteName::Matrix => lab::MATRIX_TESTS,
+        SuiteName::Bench => bench::TESTS,
     }
 }
