@@ -59,8 +59,20 @@ struct Boot {
 pub fn run(args: RunArgs) -> anyhow::Result<bool> {
     let profile = ProfileName::from_name(&args.profile)
         .with_context(|| format!("unknown --profile {:?}; choose ufs or emmc", args.profile))?;
-    if args.suite != "smoke" {
-        bail!("unknown --suite {:?}; the suites are: smoke", args.suite);
+    const SUITES: &[&str] = &[
+        "smoke",
+        "lab",
+        "lab-reboot",
+        "lab-pressure",
+        "matrix",
+        "bench",
+    ];
+    if !SUITES.contains(&args.suite.as_str()) {
+        bail!(
+            "unknown --suite {:?}; the suites are: {}",
+            args.suite,
+            SUITES.join(", ")
+        );
     }
     let started = Instant::now();
     let artifacts = artifacts::build(&Overrides {
@@ -90,7 +102,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<bool> {
         name: "native",
         native: true,
     }];
-    if !args.no_control {
+    if !args.no_control && args.suite == "smoke" {
         boots.push(Boot {
             name: "control",
             native: false,
@@ -187,7 +199,11 @@ fn run_boot(
     let spec = VmSpec {
         artifacts,
         socket: &paths.socket,
-        append: format!("icelab.suite={} {expect}", args.suite),
+        append: format!(
+            "icelab.suite={} icelab.profile={} {expect}",
+            args.suite,
+            profile.name()
+        ),
         console_log: paths.console.clone(),
         results_log: paths.results.clone(),
         queues: 2,
