@@ -246,6 +246,13 @@ fn execute<M: GuestMemory>(
             let id = &ctx.limits.device_id;
             answer(mem, segments, request, answer_room, id)?;
             stats.queries.fetch_add(1, Relaxed);
+            // The guest marks points in time by reading its disk's serial
+            // (one GET_ID each): the event lands in the trace before the
+            // guest sees the completion, so it orders guest actions
+            // against keyslot events.
+            if let Some(trace) = ctx.engine.trace() {
+                trace.event("get_id", json!({ "queue": ctx.queue }));
+            }
             Ok(id.len() as u32)
         }
         RequestType::Discard | RequestType::WriteZeroes => {
