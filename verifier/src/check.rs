@@ -246,7 +246,7 @@ fn prepare(
             info.size
         ));
     }
-    let mk = from_hex(&entry.master_key_hex).ok_or("master_key_hex is not hex")?;
+    let mk = entry.master_key()?;
     let master = MasterKeyHkdf::new(&mk);
     let id = master.key_identifier();
     if id != ctx.master_key_identifier {

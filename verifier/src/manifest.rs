@@ -30,8 +30,16 @@ pub struct FileEntry {
     /// The policy the guest set; checked against the on-disk context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicySpec>,
-    /// The raw fscrypt master key, hex.
-    pub master_key_hex: String,
+    /// The raw fscrypt master key, hex. Exactly one of this and
+    /// `master_key_seed` must be given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_key_hex: Option<String>,
+    /// The seed the master key is generated from (16 hex digits, a u64):
+    /// the key is the [`splitmix64`] generator's bytes at offsets 0..64
+    /// under this seed (see [`master_key_from_seed`]). Lets the guest
+    /// report a key without ever printing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_key_seed: Option<String>,
     pub plaintext: Plaintext,
 }
 
@@ -73,6 +81,46 @@ pub fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The size of the master keys the lab's guest generates (fscrypt's
+/// `FSCRYPT_MAX_KEY_SIZE`; AES-256-XTS needs at least this much).
+pub const SEEDED_KEY_SIZE: usize = 64;
+
+/// The master key generated from `seed`: the bytes at offsets 0..64 of the
+/// `splitmix64` plaintext generator seeded with `seed`, i.e. the
+/// little-endian `splitmix64(seed + i)` for `i` in 0..8 (wrapping).
+pub fn master_key_from_seed(seed: u64) -> [u8; SEEDED_KEY_SIZE] {
+    let mut key = [0u8; SEEDED_KEY_SIZE];
+    Plaintext::Splitmix64 { seed, ranges: None }.fill(0, SEEDED_KEY_SIZE as u64, &mut key);
+    key
+}
+
+impl FileEntry {
+    /// The raw master key this entry states, from `master_key_hex` or
+    /// `master_key_seed` (exactly one must be present).
+    pub fn master_key(&self) -> std::result::Result<Vec<u8>, String> {
+        match (&self.master_key_hex, &self.master_key_seed) {
+            (Some(hex), None) => {
+                crate::hex::from_hex(hex).ok_or_else(|| "master_key_hex is not hex".to_owned())
+            }
+            (None, Some(seed)) => {
+                let digits = seed.strip_prefix("0x").unwrap_or(seed);
+                if digits.is_empty() || digits.len() > 16 {
+                    return Err(format!(
+                        "master_key_seed {seed:?} is not 1 to 16 hex digits"
+                    ));
+                }
+                u64::from_str_radix(digits, 16)
+                    .map(|s| master_key_from_seed(s).to_vec())
+                    .map_err(|_| format!("master_key_seed {seed:?} is not 1 to 16 hex digits"))
+            }
+            (Some(_), Some(_)) => {
+                Err("both master_key_hex and master_key_seed are given; give one".to_owned())
+            }
+            (None, None) => Err("neither master_key_hex nor master_key_seed is given".to_owned()),
+        }
+    }
+}
+
 impl Plaintext {
     /// Fill `buf` with the plaintext at file offsets `offset..`, zero at
     /// and beyond `size` (fscrypt pads the last data unit with zeros).
@@ -106,12 +154,74 @@ mod tests {
         let json = r#"{"fs_uuid":"5e9e0e69-8096-44d2-b149-79c608aea629","files":[
             {"name":"lblk64/4097","inode":12,"size":4097,
              "policy":{"contents_mode":"AES-256-XTS","flags":["IV_INO_LBLK_64"],"log2_data_unit_size":9},
-             "master_key_hex":"00ff","plaintext":{"generator":"splitmix64","seed":7,"ranges":[[0,4097]]}}]}"#;
+             "master_key_seed":"0123456789abcdef","plaintext":{"generator":"splitmix64","seed":7,"ranges":[[0,4097]]}}]}"#;
         let m: Manifest = serde_json::from_str(json).unwrap();
         assert_eq!(m.files[0].inode, 12);
         let again: Manifest = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
         assert_eq!(m, again);
         assert!(serde_json::from_str::<Manifest>(r#"{"files":[],"bogus":1}"#).is_err());
+    }
+
+    fn entry(hex: Option<&str>, seed: Option<&str>) -> FileEntry {
+        FileEntry {
+            name: None,
+            inode: 12,
+            size: None,
+            policy: None,
+            master_key_hex: hex.map(str::to_owned),
+            master_key_seed: seed.map(str::to_owned),
+            plaintext: Plaintext::Splitmix64 {
+                seed: 0,
+                ranges: None,
+            },
+        }
+    }
+
+    #[test]
+    fn master_key_from_a_seed_matches_known_keys() {
+        // Computed with an independent Python implementation of the
+        // definition in verifier/README.md.
+        let known = "9daa8fa407387a151aca74c37c290498a2caec3b52958daff8ce2d916a5f4ecb\
+                     0fa61f53ca6dfc4ec234577f31e6e90e7ed7bc1a010370421a6886a8e2d40f79";
+        let key = entry(None, Some("0123456789abcdef")).master_key().unwrap();
+        assert_eq!(crate::hex::to_hex(&key), known);
+        // seed + i wraps: the second word of seed u64::MAX is splitmix64(0).
+        let key = master_key_from_seed(u64::MAX);
+        assert_eq!(
+            crate::hex::to_hex(&key[..16]),
+            "202c651b7771d9e4afcd1d7b39a820e2"
+        );
+        let hex = entry(Some(known), None).master_key().unwrap();
+        assert_eq!(crate::hex::to_hex(&hex), known);
+    }
+
+    #[test]
+    fn master_key_needs_exactly_one_valid_field() {
+        assert!(
+            entry(None, None)
+                .master_key()
+                .unwrap_err()
+                .contains("neither")
+        );
+        assert!(
+            entry(Some("00"), Some("1"))
+                .master_key()
+                .unwrap_err()
+                .contains("both")
+        );
+        assert!(
+            entry(Some("0g"), None)
+                .master_key()
+                .unwrap_err()
+                .contains("not hex")
+        );
+        for bad in ["", "xyz", "12345678123456781"] {
+            assert!(entry(None, Some(bad)).master_key().is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            entry(None, Some("0x1")).master_key().unwrap(),
+            master_key_from_seed(1).to_vec()
+        );
     }
 
     #[test]

@@ -155,7 +155,8 @@ fn build(flags: u8, log2_dus: u8, fault: Fault) -> Fixture {
                 flags: flag_names,
                 log2_data_unit_size: log2_dus,
             }),
-            master_key_hex: to_hex(&MK),
+            master_key_hex: Some(to_hex(&MK)),
+            master_key_seed: None,
             plaintext,
         }],
     };
@@ -246,7 +247,7 @@ fn plaintext_is_found_even_when_the_key_is_wrong() {
     }
     let fx = build(0x02, 9, Fault::Plaintext);
     let mut m = fx.manifest.clone();
-    m.files[0].master_key_hex = to_hex(&[0x5b; 64]);
+    m.files[0].master_key_hex = Some(to_hex(&[0x5b; 64]));
     let r = verify(&fx.img, &m).unwrap();
     assert_eq!(r.problems.len(), 1, "{r}");
     assert_eq!(r.plaintext_hit_count, fx.offsets.len() as u64, "{r}");
@@ -259,7 +260,7 @@ fn wrong_key_policy_uuid_and_holes_are_reported() {
     }
     let fx = build(0x0a, 0, Fault::None);
     let mut m = fx.manifest.clone();
-    m.files[0].master_key_hex = to_hex(&[0x5b; 64]);
+    m.files[0].master_key_hex = Some(to_hex(&[0x5b; 64]));
     let r = verify(&fx.img, &m).unwrap();
     assert!(r.problems[0].message.contains("key identifier"), "{r}");
 
