@@ -18,6 +18,9 @@
 //!
 //! Not cryptographic, and it does not need to be: it only has to make
 //! every data unit distinct and recognisable.
+//!
+//! The lab suite uses a second, offset-based generator ([`fill_at`]) and
+//! derives its master keys from it ([`master_key_bytes`]); see below.
 
 /// 64-bit FNV-1a of `bytes`.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
@@ -67,6 +70,66 @@ pub fn file_contents(seed: u64, name: &str, size: usize) -> Vec<u8> {
     let mut buf = vec![0u8; size];
     SplitMix64::new(file_seed(seed, name)).fill(&mut buf);
     buf
+}
+
+// --- the lab suite's offset-based generator ---------------------------------------
+//
+// The lab suite (and the host's verifier, verifier/README.md) use a
+// different function from the stream above: the byte at file offset `o` is
+// byte `o % 8` of the little-endian `splitmix64(seed + o / 8)` (wrapping
+// add), where `splitmix64` is SplitMix64's output function applied to its
+// argument. Any range of a file can then be (re)written at any offset, in
+// any order, and still hold "the generator's bytes".
+
+/// SplitMix64's output function applied to `x`: one step from state `x`.
+pub fn splitmix64(x: u64) -> u64 {
+    SplitMix64::new(x).next_u64()
+}
+
+/// Fills `buf` with the offset-based generator's bytes for file offsets
+/// `offset..offset + buf.len()` under `seed`.
+pub fn fill_at(seed: u64, offset: u64, buf: &mut [u8]) {
+    let mut o = offset;
+    let mut rest = &mut buf[..];
+    while !rest.is_empty() {
+        let word = splitmix64(seed.wrapping_add(o / 8)).to_le_bytes();
+        let from = (o % 8) as usize;
+        let n = (8 - from).min(rest.len());
+        rest[..n].copy_from_slice(&word[from..from + n]);
+        rest = &mut rest[n..];
+        o += n as u64;
+    }
+}
+
+/// The generator's bytes for `offset..offset + len` under `seed`.
+pub fn bytes_at(seed: u64, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    fill_at(seed, offset, &mut buf);
+    buf
+}
+
+/// The seed of the master key named `name` (e.g. `policy/lblk64-dus512`)
+/// under the run's `seed`: `seed XOR fnv1a64(name)`.
+pub fn key_seed(seed: u64, name: &str) -> u64 {
+    seed ^ fnv1a64(name.as_bytes())
+}
+
+/// The seed of the contents of the file `name` (relative to the mount
+/// point) under the run's `seed`: `seed XOR fnv1a64(name)`.
+pub fn content_seed(seed: u64, name: &str) -> u64 {
+    seed ^ fnv1a64(name.as_bytes())
+}
+
+/// Bytes of a generated master key (fscrypt's `FSCRYPT_MAX_KEY_SIZE`).
+pub const MASTER_KEY_SIZE: usize = 64;
+
+/// The master key generated from `key_seed`: the generator's bytes at
+/// offsets 0..64. The host's verifier derives the same key from the
+/// reported seed, so the key itself is never printed. Wiped when dropped.
+pub fn master_key_bytes(key_seed: u64) -> zeroize::Zeroizing<[u8; MASTER_KEY_SIZE]> {
+    let mut key = zeroize::Zeroizing::new([0u8; MASTER_KEY_SIZE]);
+    fill_at(key_seed, 0, key.as_mut());
+    key
 }
 
 /// Lower-case hex of `bytes`.
@@ -126,6 +189,37 @@ mod tests {
         assert_eq!(short[..], a[..13]);
         let word = SplitMix64::new(file_seed(7, "file-4096")).next_u64();
         assert_eq!(a[..8], word.to_le_bytes());
+    }
+
+    #[test]
+    fn offset_generator_is_position_independent() {
+        let whole = bytes_at(0x1234, 0, 100);
+        let word = splitmix64(0x1234 + 2).to_le_bytes();
+        assert_eq!(whole[16..24], word);
+        for (start, len) in [(0, 0), (3, 1), (5, 13), (8, 8), (17, 83)] {
+            assert_eq!(
+                bytes_at(0x1234, start as u64, len),
+                whole[start..start + len]
+            );
+        }
+        // Offsets wrap the seed: the byte at 8 of seed u64::MAX is the
+        // first of seed 0.
+        assert_eq!(bytes_at(u64::MAX, 8, 8), bytes_at(0, 0, 8));
+        assert_eq!(splitmix64(0), 0xe220_a839_7b1d_cdaf);
+    }
+
+    #[test]
+    fn master_key_matches_the_verifiers_definition() {
+        // The same known answer as the verifier's manifest test
+        // (computed independently in Python).
+        let key = master_key_bytes(0x0123_4567_89ab_cdef);
+        assert_eq!(
+            hex(key.as_ref()),
+            "9daa8fa407387a151aca74c37c290498a2caec3b52958daff8ce2d916a5f4ecb\
+             0fa61f53ca6dfc4ec234577f31e6e90e7ed7bc1a010370421a6886a8e2d40f79"
+        );
+        assert_eq!(key_seed(5, "a"), 5 ^ 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(content_seed(5, "a"), key_seed(5, "a"));
     }
 
     #[test]

@@ -281,6 +281,14 @@ impl MasterKey {
     }
 }
 
+impl MasterKey {
+    /// The key generated from `key_seed` ([`crate::data::master_key_bytes`]):
+    /// reproducible from the seed, which is all a report names.
+    pub fn from_seed(key_seed: u64) -> MasterKey {
+        MasterKey(crate::data::master_key_bytes(key_seed))
+    }
+}
+
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("MasterKey(..)")

@@ -75,6 +75,9 @@ pub struct State {
     pub mounted: bool,
     /// The master key added to that filesystem, until it is removed.
     pub key: Option<KeyIdentifier>,
+    /// Further master keys added to that filesystem (the lab suite adds
+    /// one per test), in order; the suite's last test removes them all.
+    pub keys: Vec<KeyIdentifier>,
 }
 
 /// A failed test's reason.

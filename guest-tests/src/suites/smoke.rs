@@ -93,7 +93,7 @@ const ENC_DIR: &str = "enc";
 
 /// `driver-load`: loads the driver (as PID 1, or with an explicit
 /// `icelab.module`) and waits for the disk.
-fn driver_load(ctx: &Ctx, _state: &mut State, facts: &mut Facts) -> Result<String, Failure> {
+pub fn driver_load(ctx: &Ctx, _state: &mut State, facts: &mut Facts) -> Result<String, Failure> {
     let config = &ctx.config;
     let loaded = if ctx.init || config.module_given {
         steps::load_driver(ctx, facts)?
@@ -121,7 +121,7 @@ fn driver_load(ctx: &Ctx, _state: &mut State, facts: &mut Facts) -> Result<Strin
 }
 
 /// `crypto-sysfs`: the disk's blk-crypto capabilities as sysfs shows them.
-fn crypto_sysfs(ctx: &Ctx, _state: &mut State, facts: &mut Facts) -> Result<String, Failure> {
+pub fn crypto_sysfs(ctx: &Ctx, _state: &mut State, facts: &mut Facts) -> Result<String, Failure> {
     let config = &ctx.config;
     let name = config.disk_name();
     let queue = Path::new("/sys/block").join(&name).join("queue");

@@ -397,8 +397,21 @@ const MKFS_TIMEOUT: Duration = Duration::from_secs(90);
 /// Uses `mkfs.ext4` if the initramfs has it, else `mke2fs -t ext4`.
 /// Records `mkfs_command`.
 pub fn mkfs_ext4(ctx: &Ctx, disk: &Path, facts: &mut Facts) -> Result<(), Failure> {
+    mkfs_ext4_features(ctx, disk, "encrypt", facts)
+}
+
+/// Formats `disk` as ext4 with 4 KiB blocks and the comma-separated
+/// `features` (`-O`), e.g. `encrypt,stable_inodes` (which IV_INO_LBLK_*
+/// policies require: their keys depend on inode numbers, so the
+/// filesystem must never renumber inodes). Records `mkfs_command`.
+pub fn mkfs_ext4_features(
+    ctx: &Ctx,
+    disk: &Path,
+    features: &str,
+    facts: &mut Facts,
+) -> Result<(), Failure> {
     let disk = disk.to_string_lossy();
-    let common = ["-F", "-q", "-O", "encrypt", "-b", "4096", &disk];
+    let common = ["-F", "-q", "-O", features, "-b", "4096", &disk];
     let (program, args): (&str, Vec<&str>) = if command::which("mkfs.ext4").is_some() {
         ("mkfs.ext4", common.to_vec())
     } else {
