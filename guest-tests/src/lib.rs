@@ -17,6 +17,7 @@ pub mod data;
 pub mod fscrypt;
 pub mod init;
 pub mod kmsg;
+pub mod marks;
 pub mod report;
 pub mod runner;
 pub mod suites;

@@ -110,8 +110,9 @@ pub fn driver_load(ctx: &Ctx, _state: &mut State, facts: &mut Facts) -> Result<S
     let name = config.disk_name();
     let size = steps::disk_size(&name);
     facts.set("disk_size_bytes", size);
-    if let Ok(serial) = fs::read_to_string(format!("/sys/block/{name}/serial")) {
-        facts.set("disk_serial", serial.trim());
+    // Counted: the host orders the device trace by these GET_IDs.
+    if let Ok((serial, _)) = crate::marks::read_serial(&name) {
+        facts.set("disk_serial", serial);
     }
     Ok(format!(
         "{loaded}; {} present after {waited_ms} ms ({} bytes)",
