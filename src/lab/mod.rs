@@ -4,6 +4,7 @@
 pub mod artifacts;
 pub mod cpio;
 pub mod initramfs;
+pub mod marks;
 pub mod qemu;
 pub mod report;
 pub mod run;

@@ -1,0 +1,880 @@
+//! Host checks of one boot's device trace against the guest's marks.
+//!
+//! The guest marks points in time by reading its disk's serial: each read
+//! is one GET_ID, and the device writes a `get_id` event for each into
+//! its trace (`icelab serve --trace`), before the guest sees the answer.
+//! A guest test records `"marks": [{"label", "serial_reads": n}]` in its
+//! facts; here the n-th `get_id` event is that point of the trace, so the
+//! keyslot events (`program`, `evict`) between two marks are exactly
+//! those the device saw while the guest did what lies between them.
+//!
+//! The checks (each only when its guest test left marks in this boot):
+//! - `trace/path-selection`: which policies reached the engine and with
+//!   how many DUN bytes (eMMC: IV_INO_LBLK_64 never does, IV_INO_LBLK_32
+//!   does; UFS: both do, LBLK_64 with 8 DUN bytes);
+//! - `trace/key-removal`: removing a key evicts its keys at the device,
+//!   not before a busy file is closed, and they never come back;
+//! - `trace/keyslot-pressure`: with 2 keyslots and many keys, keys are
+//!   replaced and programmed again, no slot beyond the device's, and the
+//!   device's counters agree with its trace;
+//! - `trace/fscrypt-tool`: Google's fscrypt's files went through the engine.
+
+// Until src/lab/run.rs calls `check` after each boot (MARKS-CALL-SITE).
+#![cfg_attr(not(test), allow(dead_code))]
+
+use super::report::TestResult;
+use anyhow::{Context, bail};
+use icelab_emulator::engine::ProfileName;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+/// Host checks of one boot's device trace against the guest's marks.
+pub struct TraceCheck<'a> {
+    /// The boot's name (results are named `<boot>/trace/...`).
+    pub boot: &'a str,
+    /// The device's engine profile.
+    pub profile: icelab_emulator::engine::ProfileName,
+    /// The device's keyslots.
+    pub slots: u16,
+    /// The `facts` of every guest test of the boot, in order.
+    pub guest_facts: Vec<&'a serde_json::Value>,
+    /// The device's trace file.
+    pub trace: &'a std::path::Path,
+    /// The device's stats (the `--stats` file's JSON).
+    pub stats: &'a serde_json::Value,
+}
+
+/// Runs the checks whose guest tests left marks in this boot.
+pub fn check(input: &TraceCheck<'_>) -> Vec<TestResult> {
+    let marks = Marks::from_facts(&input.guest_facts);
+    let wanted: Vec<(&str, CheckFn)> = CHECKS
+        .iter()
+        .filter(|(_, prefix, _)| marks.has_prefix(prefix))
+        .map(|(name, _, f)| (*name, *f))
+        .collect();
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let timeline = match Timeline::read(input.trace) {
+        Ok(t) => t,
+        Err(error) => {
+            return wanted
+                .iter()
+                .map(|(name, _)| {
+                    TestResult::host(input.boot, name, false, format!("{error:#}"), Value::Null)
+                })
+                .collect();
+        }
+    };
+    wanted
+        .into_iter()
+        .map(|(name, f)| {
+            let mut facts = serde_json::Map::new();
+            let outcome = f(input, &marks, &timeline, &mut facts);
+            let (passed, message) = match outcome {
+                Ok(message) => (true, message),
+                Err(error) => (false, format!("{error:#}")),
+            };
+            TestResult::host(input.boot, name, passed, message, Value::Object(facts))
+        })
+        .collect()
+}
+
+type Facts = serde_json::Map<String, Value>;
+type CheckFn = fn(&TraceCheck<'_>, &Marks, &Timeline, &mut Facts) -> anyhow::Result<String>;
+
+/// Each check: its result name, the mark prefix that says its guest test
+/// ran, and the check.
+const CHECKS: &[(&str, &str, CheckFn)] = &[
+    ("trace/path-selection", "path/", path_selection),
+    ("trace/key-removal", "removal/", key_removal),
+    ("trace/keyslot-pressure", "pressure/", keyslot_pressure),
+    ("trace/fscrypt-tool", "fscrypt-tool/", fscrypt_tool),
+];
+
+// --- the trace ----------------------------------------------------------------------
+
+/// One trace event that matters here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Event {
+    /// KEYSLOT_PROGRAM; `replaced` is the key it overwrote.
+    Program {
+        slot: u64,
+        fingerprint: String,
+        data_unit_size: u64,
+        dun_bytes: u64,
+        replaced: Option<String>,
+    },
+    /// An explicit KEYSLOT_EVICT (`cause` guest) or a reset.
+    Evict {
+        slot: u64,
+        fingerprint: Option<String>,
+        cause: String,
+    },
+    /// A GET_ID: a guest mark.
+    GetId,
+    /// Anything else (rejections).
+    Other,
+}
+
+/// The trace's events with the positions of the marks.
+#[derive(Debug, Default)]
+struct Timeline {
+    events: Vec<Event>,
+    /// Index in `events` of the n-th `get_id` (0-based n).
+    get_ids: Vec<usize>,
+}
+
+impl Timeline {
+    fn read(path: &Path) -> anyhow::Result<Timeline> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read the device trace {} (was icelab serve started with --trace?)",
+                path.display()
+            )
+        })?;
+        Timeline::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    fn parse(text: &str) -> anyhow::Result<Timeline> {
+        let mut timeline = Timeline::default();
+        for (number, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let value: Value = serde_json::from_str(line)
+                .with_context(|| format!("line {} is not JSON", number + 1))?;
+            let event = parse_event(&value)
+                .with_context(|| format!("line {}: malformed event {line}", number + 1))?;
+            if event == Event::GetId {
+                timeline.get_ids.push(timeline.events.len());
+            }
+            timeline.events.push(event);
+        }
+        Ok(timeline)
+    }
+
+    /// Index of the event of mark `ordinal` (1-based).
+    fn at(&self, label: &str, ordinal: u64) -> anyhow::Result<usize> {
+        let index = usize::try_from(ordinal)
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|n| self.get_ids.get(n).copied());
+        match index {
+            Some(i) => Ok(i),
+            None => bail!(
+                "mark {label:?} is serial read {ordinal}, but the trace has {} get_id events \
+                 (a device without the get_id trace event, or reads the guest did not count)",
+                self.get_ids.len()
+            ),
+        }
+    }
+
+    /// The events strictly between two positions.
+    fn between(&self, from: usize, to: usize) -> &[Event] {
+        self.events.get(from + 1..to).unwrap_or(&[])
+    }
+
+    /// Slot contents after replaying the events before `pos`.
+    fn slots_at(&self, pos: usize) -> HashMap<u64, String> {
+        let mut slots = HashMap::new();
+        for event in &self.events[..pos.min(self.events.len())] {
+            match event {
+                Event::Program {
+                    slot, fingerprint, ..
+                } => {
+                    slots.insert(*slot, fingerprint.clone());
+                }
+                Event::Evict { slot, .. } => {
+                    slots.remove(slot);
+                }
+                Event::GetId | Event::Other => {}
+            }
+        }
+        slots
+    }
+}
+
+fn parse_event(value: &Value) -> Option<Event> {
+    let str_of = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
+    let u64_of = |key: &str| value.get(key).and_then(Value::as_u64);
+    Some(match value.get("event")?.as_str()? {
+        "program" => Event::Program {
+            slot: u64_of("slot")?,
+            fingerprint: str_of("fingerprint")?,
+            data_unit_size: u64_of("data_unit_size")?,
+            dun_bytes: u64_of("dun_bytes")?,
+            replaced: str_of("replaced"),
+        },
+        "evict" => Event::Evict {
+            slot: u64_of("slot")?,
+            fingerprint: str_of("fingerprint"),
+            cause: str_of("cause")?,
+        },
+        "get_id" => Event::GetId,
+        _ => Event::Other,
+    })
+}
+
+fn programs(events: &[Event]) -> impl Iterator<Item = (&String, u64, u64)> {
+    events.iter().filter_map(|e| match e {
+        Event::Program {
+            fingerprint,
+            dun_bytes,
+            data_unit_size,
+            ..
+        } => Some((fingerprint, *dun_bytes, *data_unit_size)),
+        _ => None,
+    })
+}
+
+fn explicit_evicts(events: &[Event]) -> impl Iterator<Item = &String> {
+    events.iter().filter_map(|e| match e {
+        Event::Evict {
+            fingerprint: Some(fp),
+            cause,
+            ..
+        } if cause == "guest" => Some(fp),
+        _ => None,
+    })
+}
+
+// --- the marks ----------------------------------------------------------------------
+
+/// Every mark of the boot's guest tests: label -> serial read ordinal.
+#[derive(Debug, Default)]
+struct Marks(BTreeMap<String, u64>);
+
+impl Marks {
+    fn from_facts(facts: &[&Value]) -> Marks {
+        let mut marks = BTreeMap::new();
+        for f in facts {
+            let Some(list) = f.get("marks").and_then(Value::as_array) else {
+                continue;
+            };
+            for m in list {
+                if let (Some(label), Some(n)) = (
+                    m.get("label").and_then(Value::as_str),
+                    m.get("serial_reads").and_then(Value::as_u64),
+                ) {
+                    marks.insert(label.to_owned(), n);
+                }
+            }
+        }
+        Marks(marks)
+    }
+
+    fn has_prefix(&self, prefix: &str) -> bool {
+        self.0.keys().any(|k| k.starts_with(prefix))
+    }
+
+    /// The trace position of mark `label`.
+    fn pos(&self, timeline: &Timeline, label: &str) -> anyhow::Result<usize> {
+        let Some(&n) = self.0.get(label) else {
+            bail!("the guest left no mark {label:?} (its test stopped before it?)");
+        };
+        timeline.at(label, n)
+    }
+}
+
+// --- the checks ---------------------------------------------------------------------
+
+/// `trace/path-selection`: the windows `path/<policy>/start..end`.
+fn path_selection(
+    input: &TraceCheck<'_>,
+    marks: &Marks,
+    timeline: &Timeline,
+    facts: &mut Facts,
+) -> anyhow::Result<String> {
+    let max_dun_bytes = u64::from(input.profile.capabilities().max_dun_bytes);
+    let all_max = programs(&timeline.events).map(|p| p.1).max();
+    facts.insert("max_dun_bytes_programmed".into(), json!(all_max));
+    facts.insert("profile_max_dun_bytes".into(), json!(max_dun_bytes));
+    if let Some(max) = all_max
+        && max > max_dun_bytes
+    {
+        bail!(
+            "a key was programmed with {max} DUN bytes, beyond the {} profile's {max_dun_bytes}",
+            input.profile
+        );
+    }
+    let mut windows = BTreeMap::new();
+    for policy in ["default", "lblk32", "lblk64"] {
+        let start = marks.pos(timeline, &format!("path/{policy}/start"))?;
+        let end = marks.pos(timeline, &format!("path/{policy}/end"))?;
+        let dun: Vec<u64> = programs(timeline.between(start, end))
+            .map(|p| p.1)
+            .collect();
+        windows.insert(policy, dun);
+    }
+    facts.insert("program_dun_bytes_per_window".into(), json!(windows));
+    let count = |policy: &str, dun: Option<u64>| {
+        windows[policy]
+            .iter()
+            .filter(|&&d| dun.is_none_or(|want| d == want))
+            .count()
+    };
+    if count("default", None) == 0 {
+        bail!("no key was programmed while the guest used the default policy: not native");
+    }
+    if count("lblk32", Some(4)) == 0 {
+        bail!(
+            "no key with 4 DUN bytes was programmed while the guest used IV_INO_LBLK_32 \
+             (programs there: {:?} DUN bytes): it did not use the engine",
+            windows["lblk32"]
+        );
+    }
+    match input.profile {
+        ProfileName::Emmc => {
+            if !windows["lblk64"].is_empty() {
+                bail!(
+                    "under emmc (4 DUN bytes) IV_INO_LBLK_64 must fall back to \
+                     blk-crypto-fallback, but {} keys were programmed in its window ({:?} DUN \
+                     bytes)",
+                    windows["lblk64"].len(),
+                    windows["lblk64"]
+                );
+            }
+            Ok(format!(
+                "emmc: default and IV_INO_LBLK_32 programmed keys ({} and {}), IV_INO_LBLK_64 \
+                 none (fallback); no key ever with more than 4 DUN bytes",
+                windows["default"].len(),
+                windows["lblk32"].len()
+            ))
+        }
+        ProfileName::Ufs => {
+            if count("lblk64", Some(8)) == 0 {
+                bail!(
+                    "under ufs IV_INO_LBLK_64 must be native with 8 DUN bytes, but its window \
+                     programmed {:?} DUN bytes",
+                    windows["lblk64"]
+                );
+            }
+            Ok(format!(
+                "ufs: keys programmed for default ({}), IV_INO_LBLK_32 (4 DUN bytes) and \
+                 IV_INO_LBLK_64 (8 DUN bytes)",
+                windows["default"].len()
+            ))
+        }
+    }
+}
+
+/// The keys a test's window put in slots and that are still there at its
+/// end: programmed in `(start, end)` and present at `end`.
+fn keys_in_use(timeline: &Timeline, start: usize, end: usize) -> BTreeSet<String> {
+    let slots = timeline.slots_at(end);
+    let present: BTreeSet<&String> = slots.values().collect();
+    programs(timeline.between(start, end))
+        .map(|p| p.0)
+        .filter(|fp| present.contains(fp))
+        .cloned()
+        .collect()
+}
+
+/// Checks that `keys` are evicted explicitly in `(from, to)`, absent from
+/// every slot at `to`, and never programmed after `to`.
+fn gone_for_good(
+    timeline: &Timeline,
+    keys: &BTreeSet<String>,
+    from: usize,
+    to: usize,
+    what: &str,
+) -> anyhow::Result<()> {
+    let evicted: BTreeSet<&String> = explicit_evicts(timeline.between(from, to)).collect();
+    let missing: Vec<&String> = keys.iter().filter(|k| !evicted.contains(k)).collect();
+    if !missing.is_empty() {
+        bail!("{what}: keys {missing:?} were not evicted at the device by the removal");
+    }
+    let slots = timeline.slots_at(to);
+    let still: Vec<&String> = slots.values().filter(|fp| keys.contains(*fp)).collect();
+    if !still.is_empty() {
+        bail!("{what}: keys {still:?} are still in a keyslot after the removal");
+    }
+    let again: Vec<&String> = programs(timeline.events.get(to..).unwrap_or(&[]))
+        .map(|p| p.0)
+        .filter(|fp| keys.contains(*fp))
+        .collect();
+    if !again.is_empty() {
+        bail!("{what}: keys {again:?} were programmed again after the removal");
+    }
+    Ok(())
+}
+
+/// `trace/key-removal`: `removal/idle/*` and `removal/busy/*`.
+fn key_removal(
+    _input: &TraceCheck<'_>,
+    marks: &Marks,
+    timeline: &Timeline,
+    facts: &mut Facts,
+) -> anyhow::Result<String> {
+    let pos = |label: &str| marks.pos(timeline, label);
+    // (a) No file open: the removal evicts every key in use.
+    let start = pos("removal/idle/start")?;
+    let in_use = pos("removal/idle/keys-in-use")?;
+    let removed = pos("removal/idle/removed")?;
+    let idle = keys_in_use(timeline, start, in_use);
+    facts.insert("idle_keys".into(), json!(idle));
+    if idle.is_empty() {
+        bail!("idle key: no key of its files was in a keyslot when the guest marked keys-in-use");
+    }
+    gone_for_good(timeline, &idle, in_use, removed, "idle key")?;
+
+    // (b) A file open: nothing evicted until it is closed and the key
+    // removed again.
+    let start = pos("removal/busy/start")?;
+    let open = pos("removal/busy/open")?;
+    let busy = pos("removal/busy/busy")?;
+    let removed = pos("removal/busy/removed")?;
+    let held = keys_in_use(timeline, start, open);
+    facts.insert("busy_keys".into(), json!(held));
+    if held.is_empty() {
+        bail!("busy key: the open file's key was not in a keyslot when the guest marked open");
+    }
+    let early: Vec<&String> = explicit_evicts(timeline.between(open, busy))
+        .filter(|fp| held.contains(*fp))
+        .collect();
+    if !early.is_empty() {
+        bail!("busy key: {early:?} evicted while its file was still open (removal said busy)");
+    }
+    let slots = timeline.slots_at(busy);
+    if let Some(gone) = held.iter().find(|k| !slots.values().any(|v| v == *k)) {
+        bail!("busy key: {gone} left its keyslot while its file was still open");
+    }
+    gone_for_good(timeline, &held, busy, removed, "busy key")?;
+    Ok(format!(
+        "idle key: {} keys evicted by the removal; busy key: {} kept while open, evicted after \
+         close and the second removal; none programmed again",
+        idle.len(),
+        held.len()
+    ))
+}
+
+/// `trace/keyslot-pressure`: `pressure/start..end` on a 2-slot device.
+fn keyslot_pressure(
+    input: &TraceCheck<'_>,
+    marks: &Marks,
+    timeline: &Timeline,
+    facts: &mut Facts,
+) -> anyhow::Result<String> {
+    let start = marks.pos(timeline, "pressure/start")?;
+    let end = marks.pos(timeline, "pressure/end")?;
+    let window = timeline.between(start, end);
+    let mut per_key: BTreeMap<&String, u64> = BTreeMap::new();
+    let mut replacements = 0u64;
+    let mut slots_used = BTreeSet::new();
+    for event in window {
+        if let Event::Program {
+            slot,
+            fingerprint,
+            replaced,
+            ..
+        } = event
+        {
+            *per_key.entry(fingerprint).or_default() += 1;
+            replacements += u64::from(replaced.is_some());
+            slots_used.insert(*slot);
+        }
+    }
+    let evicts = explicit_evicts(window).count() as u64;
+    let reprogrammed = per_key.values().filter(|&&n| n > 1).count();
+    let programs_in_window: u64 = per_key.values().sum();
+    facts.insert("programs".into(), json!(programs_in_window));
+    facts.insert("distinct_keys".into(), json!(per_key.len()));
+    facts.insert("replacements".into(), json!(replacements));
+    facts.insert("explicit_evictions".into(), json!(evicts));
+    facts.insert("keys_programmed_more_than_once".into(), json!(reprogrammed));
+    facts.insert("slots_used".into(), json!(slots_used));
+    if let Some(bad) = slots_used.iter().find(|&&s| s >= u64::from(input.slots)) {
+        bail!(
+            "slot {bad} was programmed on a device with {} keyslots",
+            input.slots
+        );
+    }
+    if per_key.len() <= usize::from(input.slots) {
+        bail!(
+            "only {} distinct keys were programmed on a device with {} keyslots: no pressure",
+            per_key.len(),
+            input.slots
+        );
+    }
+    if replacements == 0 {
+        bail!(
+            "{programs_in_window} programs of {} keys into {} slots and none replaced a key",
+            per_key.len(),
+            input.slots
+        );
+    }
+    if reprogrammed == 0 {
+        bail!("no key was programmed more than once: nothing was reprogrammed after a replacement");
+    }
+    check_stats_agree(input.stats, &timeline.events, input.slots)?;
+    Ok(format!(
+        "{programs_in_window} programs of {} keys into {} slots: {replacements} replacements, \
+         {evicts} evictions, {reprogrammed} keys programmed again; stats agree with the trace",
+        per_key.len(),
+        slots_used.len()
+    ))
+}
+
+/// The device's counters against its whole trace.
+fn check_stats_agree(stats: &Value, events: &[Event], slots: u16) -> anyhow::Result<()> {
+    let get = |path: &str| {
+        path.split('.')
+            .try_fold(stats, |node, key| node.get(key))
+            .and_then(Value::as_u64)
+            .with_context(|| format!("the device stats have no {path}"))
+    };
+    let programmed = events
+        .iter()
+        .filter(|e| matches!(e, Event::Program { .. }))
+        .count() as u64;
+    let by_cause = |want: &str| {
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Evict { cause, .. } if cause == want))
+            .count() as u64
+    };
+    let pairs = [
+        ("stats.keyslots.programmed", programmed),
+        ("stats.keyslots.evicted", by_cause("guest")),
+        ("stats.keyslots.evicted_by_reset", by_cause("reset")),
+    ];
+    for (path, traced) in pairs {
+        let counted = get(path)?;
+        if counted != traced {
+            bail!("{path} is {counted}, but the trace has {traced} such events");
+        }
+    }
+    let per_slot = stats
+        .pointer("/stats/keyslots/uses_per_slot")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    if per_slot != usize::from(slots) {
+        bail!("the stats count uses of {per_slot} slots, the device has {slots}");
+    }
+    Ok(())
+}
+
+/// `trace/fscrypt-tool`: the tool's files used the engine.
+fn fscrypt_tool(
+    _input: &TraceCheck<'_>,
+    marks: &Marks,
+    timeline: &Timeline,
+    facts: &mut Facts,
+) -> anyhow::Result<String> {
+    let start = marks.pos(timeline, "fscrypt-tool/start")?;
+    let end = marks.pos(timeline, "fscrypt-tool/end")?;
+    let n = programs(timeline.between(start, end)).count();
+    facts.insert("programs".into(), json!(n));
+    if n == 0 {
+        bail!("no key was programmed while fscrypt's directory was used: not native");
+    }
+    Ok(format!("{n} keys programmed for fscrypt's directory"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::report::Outcome;
+
+    /// Builds a trace as JSON lines.
+    #[derive(Default)]
+    struct Trace {
+        lines: Vec<Value>,
+        get_ids: u64,
+    }
+
+    impl Trace {
+        fn program(&mut self, slot: u64, fp: &str, dun: u64) -> &mut Self {
+            let replaced = self
+                .slots()
+                .get(&slot)
+                .cloned()
+                .map_or(Value::Null, Value::String);
+            self.lines.push(
+                json!({"t": 0.0, "event": "program", "slot": slot, "queue": 0,
+                "fingerprint": fp, "mode": "AES-256-XTS", "data_unit_size": 4096,
+                "dun_bytes": dun, "replaced": replaced}),
+            );
+            self
+        }
+        fn evict(&mut self, slot: u64) -> &mut Self {
+            let fp = self
+                .slots()
+                .get(&slot)
+                .cloned()
+                .map_or(Value::Null, Value::String);
+            self.lines
+                .push(json!({"t": 0.0, "event": "evict", "slot": slot, "queue": 0,
+                "cause": "guest", "fingerprint": fp}));
+            self
+        }
+        /// A GET_ID; returns its ordinal.
+        fn mark(&mut self) -> u64 {
+            self.lines
+                .push(json!({"t": 0.0, "event": "get_id", "queue": 0}));
+            self.get_ids += 1;
+            self.get_ids
+        }
+        fn slots(&self) -> HashMap<u64, String> {
+            let t = Timeline::parse(&self.text()).expect("parses");
+            t.slots_at(t.events.len())
+        }
+        fn text(&self) -> String {
+            self.lines.iter().map(|l| format!("{l}\n")).collect()
+        }
+        fn stats(&self) -> Value {
+            let t = Timeline::parse(&self.text()).expect("parses");
+            let programmed = programs(&t.events).count();
+            let evicted = explicit_evicts(&t.events).count();
+            json!({"stats": {"keyslots": {"programmed": programmed, "evicted": evicted,
+                "evicted_by_reset": 0, "uses_per_slot": [0, 0]}}})
+        }
+    }
+
+    fn marks(list: &[(&str, u64)]) -> Value {
+        json!({"marks": list.iter().map(|(l, n)| json!({"label": l, "serial_reads": n}))
+            .collect::<Vec<_>>()})
+    }
+
+    fn run(
+        trace: &Trace,
+        profile: ProfileName,
+        slots: u16,
+        facts: &[Value],
+    ) -> Vec<(String, Outcome, String)> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("trace.jsonl");
+        std::fs::write(&path, trace.text()).expect("write");
+        let stats = trace.stats();
+        let input = TraceCheck {
+            boot: "b",
+            profile,
+            slots,
+            guest_facts: facts.iter().collect(),
+            trace: &path,
+            stats: &stats,
+        };
+        check(&input)
+            .into_iter()
+            .map(|r| (r.name, r.outcome, r.message))
+            .collect()
+    }
+
+    /// A path-selection trace: default and LBLK_32 program 4-byte keys,
+    /// LBLK_64 programs `lblk64` (nothing when `None`).
+    fn path_trace(lblk64: Option<u64>) -> (Trace, Value) {
+        let mut t = Trace::default();
+        t.mark(); // driver-load
+        let mut m = Vec::new();
+        let a = t.mark();
+        t.program(0, "d1", 4);
+        let b = t.mark();
+        m.extend([("path/default/start", a), ("path/default/end", b)]);
+        let a = t.mark();
+        t.program(1, "l32", 4);
+        let b = t.mark();
+        m.extend([("path/lblk32/start", a), ("path/lblk32/end", b)]);
+        let a = t.mark();
+        if let Some(dun) = lblk64 {
+            t.program(2, "l64", dun);
+        }
+        let b = t.mark();
+        m.extend([("path/lblk64/start", a), ("path/lblk64/end", b)]);
+        (t, marks(&m))
+    }
+
+    #[test]
+    fn no_marks_no_checks() {
+        let (t, _) = path_trace(None);
+        assert!(run(&t, ProfileName::Ufs, 32, &[json!({"x": 1})]).is_empty());
+    }
+
+    #[test]
+    fn path_selection_both_ways() {
+        let (t, m) = path_trace(None);
+        let r = run(&t, ProfileName::Emmc, 32, std::slice::from_ref(&m));
+        assert_eq!(r[0].0, "trace/path-selection");
+        assert_eq!(r[0].1, Outcome::Pass, "{}", r[0].2);
+        // The same trace under ufs: LBLK_64 did not reach the engine.
+        let r = run(&t, ProfileName::Ufs, 32, std::slice::from_ref(&m));
+        assert_eq!(r[0].1, Outcome::Fail);
+        assert!(
+            r[0].2.contains("IV_INO_LBLK_64 must be native"),
+            "{}",
+            r[0].2
+        );
+
+        let (t, m) = path_trace(Some(8));
+        let r = run(&t, ProfileName::Ufs, 32, std::slice::from_ref(&m));
+        assert_eq!(r[0].1, Outcome::Pass, "{}", r[0].2);
+        let r = run(&t, ProfileName::Emmc, 32, std::slice::from_ref(&m));
+        assert_eq!(r[0].1, Outcome::Fail);
+        assert!(r[0].2.contains("beyond the emmc profile's 4"), "{}", r[0].2);
+
+        // A 4-byte program in the LBLK_64 window under emmc: not fallback.
+        let (t, m) = path_trace(Some(4));
+        let r = run(&t, ProfileName::Emmc, 32, std::slice::from_ref(&m));
+        assert_eq!(r[0].1, Outcome::Fail);
+        assert!(r[0].2.contains("must fall back"), "{}", r[0].2);
+    }
+
+    #[test]
+    fn a_missing_mark_or_get_id_fails_the_check() {
+        let (t, _) = path_trace(None);
+        let r = run(
+            &t,
+            ProfileName::Emmc,
+            32,
+            &[marks(&[("path/default/start", 2)])],
+        );
+        assert_eq!(r[0].1, Outcome::Fail);
+        assert!(
+            r[0].2.contains("no mark \"path/default/end\""),
+            "{}",
+            r[0].2
+        );
+        let r = run(
+            &t,
+            ProfileName::Emmc,
+            32,
+            &[marks(&[
+                ("path/default/start", 2),
+                ("path/default/end", 99),
+            ])],
+        );
+        assert!(
+            r[0].2.contains("the trace has 7 get_id events"),
+            "{}",
+            r[0].2
+        );
+    }
+
+    /// A key-removal trace; `late` evicts the idle keys only after the
+    /// removal mark, `early` evicts the busy key while it is open.
+    fn removal_trace(late: bool, early: bool) -> (Trace, Value) {
+        let mut t = Trace::default();
+        let mut m = Vec::new();
+        m.push(("removal/idle/start", t.mark()));
+        t.program(0, "a1", 4).program(1, "a2", 4);
+        t.evict(0).evict(1); // drop_caches after writing
+        t.program(3, "a1", 4).program(4, "a2", 4);
+        m.push(("removal/idle/keys-in-use", t.mark()));
+        if !late {
+            t.evict(3).evict(4);
+        }
+        m.push(("removal/idle/removed", t.mark()));
+        if late {
+            t.evict(3).evict(4);
+        }
+        m.push(("removal/busy/start", t.mark()));
+        t.program(5, "b1", 4);
+        m.push(("removal/busy/open", t.mark()));
+        if early {
+            t.evict(5);
+        }
+        m.push(("removal/busy/busy", t.mark()));
+        if !early {
+            t.evict(5);
+        }
+        m.push(("removal/busy/removed", t.mark()));
+        (t, marks(&m))
+    }
+
+    #[test]
+    fn key_removal_evictions_are_ordered() {
+        let (t, m) = removal_trace(false, false);
+        let r = run(&t, ProfileName::Ufs, 32, std::slice::from_ref(&m));
+        assert_eq!(r[0].0, "trace/key-removal");
+        assert_eq!(r[0].1, Outcome::Pass, "{}", r[0].2);
+        let (t, m) = removal_trace(true, false);
+        let r = run(&t, ProfileName::Ufs, 32, std::slice::from_ref(&m));
+        assert!(
+            r[0].2
+                .contains("idle key: keys [\"a1\", \"a2\"] were not evicted"),
+            "{}",
+            r[0].2
+        );
+        let (t, m) = removal_trace(false, true);
+        let r = run(&t, ProfileName::Ufs, 32, std::slice::from_ref(&m));
+        assert!(
+            r[0].2.contains("evicted while its file was still open"),
+            "{}",
+            r[0].2
+        );
+        // Programmed again after the removal.
+        let (mut t, m) = removal_trace(false, false);
+        t.program(0, "a2", 4);
+        let r = run(&t, ProfileName::Ufs, 32, std::slice::from_ref(&m));
+        assert!(r[0].2.contains("programmed again"), "{}", r[0].2);
+    }
+
+    #[test]
+    fn keyslot_pressure_needs_replacement_and_reprogramming() {
+        let mut t = Trace::default();
+        let start = t.mark();
+        for round in 0..2 {
+            for k in 0..4u64 {
+                t.program(k % 2, &format!("k{k}"), 8);
+            }
+            if round == 0 {
+                t.evict(0);
+            }
+        }
+        let end = t.mark();
+        let m = marks(&[("pressure/start", start), ("pressure/end", end)]);
+        let r = run(&t, ProfileName::Ufs, 2, std::slice::from_ref(&m));
+        assert_eq!(r[0].0, "trace/keyslot-pressure");
+        assert_eq!(r[0].1, Outcome::Pass, "{}", r[0].2);
+        // The device claims one more program than it traced.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("trace.jsonl");
+        std::fs::write(&path, t.text()).expect("write");
+        let mut stats = t.stats();
+        stats["stats"]["keyslots"]["programmed"] = json!(9);
+        let input = TraceCheck {
+            boot: "b",
+            profile: ProfileName::Ufs,
+            slots: 2,
+            guest_facts: vec![&m],
+            trace: &path,
+            stats: &stats,
+        };
+        let r = check(&input);
+        assert!(
+            r[0].message
+                .contains("stats.keyslots.programmed is 9, but the trace has 8"),
+            "{}",
+            r[0].message
+        );
+        // Two keys only: no pressure.
+        let mut t = Trace::default();
+        let start = t.mark();
+        t.program(0, "k0", 8)
+            .program(1, "k1", 8)
+            .program(0, "k0", 8);
+        let end = t.mark();
+        let m = marks(&[("pressure/start", start), ("pressure/end", end)]);
+        let r = run(&t, ProfileName::Ufs, 2, std::slice::from_ref(&m));
+        assert!(r[0].2.contains("no pressure"), "{}", r[0].2);
+    }
+
+    #[test]
+    fn an_unreadable_trace_fails_every_wanted_check() {
+        let m = marks(&[("fscrypt-tool/start", 1)]);
+        let stats = json!({});
+        let input = TraceCheck {
+            boot: "b",
+            profile: ProfileName::Ufs,
+            slots: 32,
+            guest_facts: vec![&m],
+            trace: Path::new("/nonexistent/trace.jsonl"),
+            stats: &stats,
+        };
+        let r = check(&input);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].name, "trace/fscrypt-tool");
+        assert!(r[0].message.contains("cannot read the device trace"));
+    }
+}
