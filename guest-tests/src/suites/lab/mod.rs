@@ -44,7 +44,6 @@ pub const REBOOT_TESTS: &[TestDef] = &[
     reboot::REREAD_TESTS[2],
     reboot::REREAD_TESTS[3],
     reboot::REREAD_TESTS[4],
-    reboot::REREAD_TESTS[5],
     matrix::UNMOUNT,
 ];
 

@@ -209,7 +209,8 @@ pub struct Case {
     pub log2_dus: u8,
     /// Size of the big file (`big`), several MiB.
     pub big: u64,
-    /// Whether the kernel must refuse the policy (EINVAL) instead.
+    /// Whether the kernel must refuse the policy (EINVAL, with the
+    /// warning [`Case::refusal`] names) instead.
     pub rejected: bool,
 }
 
@@ -218,7 +219,17 @@ const BIG_512: u64 = (3 << 20) + 17;
 /// 2 MiB + 4097 B: a partial last block.
 const BIG: u64 = (2 << 20) + 4097;
 
-/// The matrix, in the order the tests run.
+/// fscrypt's warning for IV_INO_LBLK_* when the filesystem's largest file
+/// has more than 2^32 data units of the policy's size.
+pub const MAX_FILE_SIZE_WARNING: &str = "because its maximum file size is too large";
+
+/// fscrypt's warning for IV_INO_LBLK_32 with data units smaller than the
+/// block.
+pub const SUBBLOCK_LBLK32_WARNING: &str =
+    "Sub-block data units not yet supported with IV_INO_LBLK_32";
+
+/// The matrix, in the order the tests run: the accepted policies first
+/// (the second boot rereads those), then the refused ones.
 pub const CASES: &[Case] = &[
     Case {
         name: "policy/default-dus4096",
@@ -249,22 +260,23 @@ pub const CASES: &[Case] = &[
         rejected: false,
     },
     Case {
-        name: "policy/lblk64-dus512",
-        scheme: Scheme::Lblk64,
-        log2_dus: 9,
-        big: BIG_512,
-        rejected: false,
-    },
-    Case {
         name: "policy/lblk32-dus4096",
         scheme: Scheme::Lblk32,
         log2_dus: 0,
         big: BIG,
         rejected: false,
     },
+    // IV_INO_LBLK_* need data unit indices below 2^32; ext4's largest
+    // file (2^44 B) has 2^35 units of 512 B, so the kernel refuses it.
+    Case {
+        name: "policy/lblk64-dus512-rejected",
+        scheme: Scheme::Lblk64,
+        log2_dus: 9,
+        big: 0,
+        rejected: true,
+    },
     // fscrypt refuses sub-block data units with IV_INO_LBLK_32 (Linux
-    // 6.7+, fs/crypto/policy.c: "Sub-block data units not yet supported
-    // with IV_INO_LBLK_32": the 32-bit DUN could wrap inside a block).
+    // 6.7+: the 32-bit DUN could wrap inside a block).
     Case {
         name: "policy/lblk32-dus1024-rejected",
         scheme: Scheme::Lblk32,
@@ -281,6 +293,23 @@ impl Case {
             BLOCK_SIZE
         } else {
             1 << self.log2_dus
+        }
+    }
+
+    /// The warning fscrypt logs (fs/crypto/policy.c) when it refuses this
+    /// policy on ext4 with 4 KiB blocks, or `None` if it accepts it.
+    /// Checked in the kernel's order: sub-block units with IV_INO_LBLK_32
+    /// first, then the 2^32 data unit limit of both IV_INO_LBLK_* flags.
+    pub fn refusal(&self) -> Option<&'static str> {
+        let sub_block = self.data_unit_size() < BLOCK_SIZE;
+        match self.scheme {
+            Scheme::Lblk32 if sub_block => Some(SUBBLOCK_LBLK32_WARNING),
+            Scheme::Lblk32 | Scheme::Lblk64
+                if EXT4_MAX_FILE_BITS - self.data_unit_size().trailing_zeros() > 32 =>
+            {
+                Some(MAX_FILE_SIZE_WARNING)
+            }
+            _ => None,
         }
     }
 
@@ -360,8 +389,14 @@ mod tests {
         for dus in [512, 1024, 4096] {
             assert!(has(Scheme::PerFile, dus), "default/{dus}");
         }
-        assert!(has(Scheme::Lblk64, 512));
+        assert!(has(Scheme::Lblk64, 4096));
         assert!(has(Scheme::Lblk32, 4096));
+        for c in CASES {
+            assert_eq!(c.rejected, c.refusal().is_some(), "{}", c.name);
+        }
+        // Accepted first, refused last.
+        let first_refused = CASES.iter().position(|c| c.rejected);
+        assert!(first_refused.is_some_and(|i| CASES[i..].iter().all(|c| c.rejected)));
         let total: u64 = CASES.iter().map(Case::data_units).sum();
         assert!(total > 10_000, "{total} data units");
         let names: std::collections::BTreeSet<_> = CASES.iter().map(|c| c.name).collect();
