@@ -2,12 +2,17 @@
 //! guest against the emulator (`icelab run`).
 
 pub mod artifacts;
+pub mod boot;
+pub mod checks;
 pub mod cpio;
 pub mod initramfs;
+pub mod junit;
 pub mod marks;
+pub mod plan;
 pub mod qemu;
 pub mod report;
 pub mod run;
+pub mod verify;
 
 /// Options of `icelab build`.
 #[derive(clap::Args, Debug)]

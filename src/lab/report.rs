@@ -1,5 +1,5 @@
 //! Results of a lab run: the human summary (last line `N passed, N
-//! failed`) and the JSON report.
+//! failed`) and the JSON report (fields in the README, "Reports").
 
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -13,11 +13,32 @@ pub enum Outcome {
     Fail,
 }
 
+/// Who ran a test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The in-guest runner.
+    Guest,
+    /// `icelab run` on the host (device checks, verifier, trace checks).
+    Host,
+}
+
+impl Source {
+    /// `guest` or `host`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Guest => "guest",
+            Source::Host => "host",
+        }
+    }
+}
+
 /// One test result, from the guest or from the host.
 #[derive(Clone, Debug)]
 pub struct TestResult {
     /// Boot it belongs to.
     pub boot: String,
+    /// Who ran it.
+    pub source: Source,
     /// Test name.
     pub name: String,
     /// Pass or fail.
@@ -35,6 +56,7 @@ impl TestResult {
     pub fn host(boot: &str, name: &str, passed: bool, message: String, facts: Value) -> Self {
         Self {
             boot: boot.to_owned(),
+            source: Source::Host,
             name: name.to_owned(),
             outcome: if passed { Outcome::Pass } else { Outcome::Fail },
             duration: Duration::ZERO,
@@ -48,6 +70,7 @@ impl TestResult {
         let passed = line["status"].as_str() == Some("pass");
         Self {
             boot: boot.to_owned(),
+            source: Source::Guest,
             name: line["name"].as_str().unwrap_or("unnamed").to_owned(),
             outcome: if passed { Outcome::Pass } else { Outcome::Fail },
             duration: Duration::from_millis(line["duration_ms"].as_u64().unwrap_or(0)),
@@ -73,6 +96,7 @@ impl TestResult {
         json!({
             "boot": self.boot,
             "name": self.name,
+            "source": self.source.name(),
             "status": if self.outcome == Outcome::Pass { "pass" } else { "fail" },
             "duration_ms": self.duration.as_millis() as u64,
             "message": self.message,
@@ -81,17 +105,29 @@ impl TestResult {
     }
 }
 
-/// One boot's record for the JSON report.
+/// One boot's record for the reports.
 #[derive(Clone, Debug)]
 pub struct BootRecord {
-    /// Boot name (e.g. `native`, `control`).
+    /// Boot name (e.g. `ufs`, `native`, `control`).
     pub name: String,
-    /// Device arguments used.
+    /// The guest runner's suite.
+    pub guest_suite: String,
+    /// Engine profile; `None` for a device without inline encryption.
+    pub profile: Option<String>,
+    /// Seed of the guest's keys and contents.
+    pub seed: u64,
+    /// `icelab serve` arguments (besides image, socket, stats, trace).
     pub device_args: Vec<String>,
+    /// The guest's `icelab.*` kernel parameters.
+    pub cmdline: String,
     /// The runner's hello line.
     pub hello: Value,
     /// The device's final stats.
     pub stats: Value,
+    /// The verifier's report (`Null` when it did not run).
+    pub verifier: Value,
+    /// Files of the boot's merged manifest.
+    pub manifest_files: usize,
     /// Wall time of the boot.
     pub duration: Duration,
 }
@@ -114,15 +150,62 @@ pub fn to_json(header: Value, boots: &[BootRecord], results: &[TestResult]) -> V
         .map(|boot| {
             json!({
                 "name": boot.name,
+                "guest_suite": boot.guest_suite,
+                "profile": boot.profile,
+                "seed": format!("{:016x}", boot.seed),
                 "device_args": boot.device_args,
+                "cmdline": boot.cmdline,
                 "guest": boot.hello,
                 "device_stats": boot.stats,
+                "manifest_files": boot.manifest_files,
+                "verifier": boot.verifier,
                 "duration_ms": boot.duration.as_millis() as u64,
             })
         })
         .collect();
     report["tests"] = results.iter().map(TestResult::to_json).collect();
+    let guest: Vec<TestResult> = results
+        .iter()
+        .filter(|r| r.source == Source::Guest)
+        .cloned()
+        .collect();
+    let (guest_passed, guest_failed) = counts(&guest);
+    report["guest_tests"] = json!({"passed": guest_passed, "failed": guest_failed});
     report["passed"] = passed.into();
     report["failed"] = failed.into();
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_counts_guest_and_host() {
+        let guest = TestResult::from_guest(
+            "ufs",
+            &json!({"type": "test", "name": "policy", "status": "pass", "duration_ms": 1500,
+                    "facts": {"n": 1}}),
+        );
+        let failing = TestResult::from_guest(
+            "ufs",
+            &json!({"type": "test", "name": "keys", "status": "fail", "message": "ENOKEY"}),
+        );
+        let host = TestResult::host("ufs", "verify", false, "mismatch".into(), json!({}));
+        let report = to_json(
+            json!({"suite": "lab"}),
+            &[],
+            &[guest.clone(), failing.clone(), host],
+        );
+        assert_eq!(report["suite"], "lab");
+        assert_eq!(report["passed"], 1);
+        assert_eq!(report["failed"], 2);
+        assert_eq!(report["guest_tests"], json!({"passed": 1, "failed": 1}));
+        assert_eq!(report["tests"][0]["source"], "guest");
+        assert_eq!(report["tests"][0]["duration_ms"], 1500);
+        assert_eq!(report["tests"][2]["source"], "host");
+        assert_eq!(report["tests"][2]["message"], "mismatch");
+        assert_eq!(guest.line(), "PASS ufs/policy (1.5 s)");
+        assert_eq!(failing.line(), "FAIL ufs/keys: ENOKEY");
+    }
 }

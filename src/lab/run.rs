@@ -1,27 +1,46 @@
-//! `icelab run`: boot the lab guest against a fresh `icelab serve`, stream
-//! the in-guest runner's results, check the device's stats on the host,
-//! report.
+//! `icelab run`: make the suite's boots ([`plan`]) against fresh (or, for a
+//! second boot, reused) `icelab serve` devices, stream the in-guest
+//! runner's results, check the device on the host, run the verifier on
+//! each image, report (human summary, `--json`, `--junit`).
 
 use super::artifacts::{self, Artifacts, Overrides};
-use super::qemu::{self, Accel, VmSpec};
-use super::report::{self, BootRecord, TestResult};
+use super::boot::{self, BootSpec};
+use super::checks;
+use super::junit;
+use super::marks;
+use super::plan::{self, BootPlan, Image, PlanInput, Suite};
+use super::qemu::{self, Accel};
+use super::report::{self, BootRecord, Source, TestResult};
+use super::verify::{self as lab_verify, MergeError, MergedManifest, Totals};
 use anyhow::{Context, bail};
-use icelab_emulator::engine::ProfileName;
+use icelab_emulator::engine::{Fault, ProfileName};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Seek};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub use super::boot::tail;
 
 /// Options of `icelab run`.
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Test suite to run in the guest.
+    /// Test suite: smoke (native + control boot), lab (boots ufs, ufs-reboot, emmc,
+    /// pressure), lab-reboot (ufs, ufs-reboot), lab-pressure, matrix (one ufs boot
+    /// of the policy matrix), bench.
     #[arg(long, default_value = "smoke")]
     pub suite: String,
-    /// Engine profile of the device (ufs or emmc).
-    #[arg(long, default_value = "ufs")]
-    pub profile: String,
+    /// Only the boots of this engine profile (ufs or emmc); default: every boot of
+    /// the suite (lab has both), ufs for the single-boot suites.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Seed of the guest's keys and contents, 1 to 16 hex digits (each run prints
+    /// its seed); default: random.
+    #[arg(long, value_name = "HEX")]
+    pub seed: Option<String>,
+    /// Make the engine deliberately wrong in every boot (dun-off-by-one,
+    /// swap-key-halves, plaintext): the guest cannot notice, the verifier must.
+    #[arg(long, value_name = "FAULT")]
+    pub fault: Option<String>,
     /// Skip the negative control boot (device without inline encryption).
     #[arg(long)]
     pub no_control: bool,
@@ -37,43 +56,92 @@ pub struct RunArgs {
     /// Accelerator: auto probes KVM and falls back to TCG.
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: Accel,
-    /// Longest a boot may take, in seconds.
+    /// Longest one boot may take, in seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
     /// Write the JSON report to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Keep each boot's image, logs, stats and trace under DIR.
+    /// Write a JUnit XML report to FILE (one testsuite per boot).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Keep each boot's image, logs, stats, trace and merged manifest under DIR/BOOT.
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
 }
 
-/// One guest boot of a suite.
-struct Boot {
-    name: &'static str,
-    /// True when the device offers inline encryption.
-    native: bool,
+/// The checked options.
+struct RunConfig {
+    suite: Suite,
+    profile: Option<ProfileName>,
+    seed: u64,
+    fault: Option<Fault>,
+    boots: Vec<BootPlan>,
+}
+
+impl TryFrom<&RunArgs> for RunConfig {
+    type Error = anyhow::Error;
+
+    fn try_from(args: &RunArgs) -> anyhow::Result<Self> {
+        let suite = Suite::from_name(&args.suite).with_context(|| {
+            let names: Vec<_> = Suite::ALL.iter().map(|s| s.name()).collect();
+            format!(
+                "unknown --suite {:?}; the suites are: {}",
+                args.suite,
+                names.join(", ")
+            )
+        })?;
+        let profile = args
+            .profile
+            .as_deref()
+            .map(|name| {
+                ProfileName::from_name(name)
+                    .with_context(|| format!("unknown --profile {name:?}; choose ufs or emmc"))
+            })
+            .transpose()?;
+        let fault = args
+            .fault
+            .as_deref()
+            .map(|name| {
+                Fault::from_name(name).with_context(|| {
+                    let names: Vec<_> = Fault::ALL.iter().map(|f| f.name()).collect();
+                    format!(
+                        "unknown --fault {name:?}; choose one of {}",
+                        names.join(", ")
+                    )
+                })
+            })
+            .transpose()?;
+        let seed = match &args.seed {
+            Some(text) => plan::parse_seed(text).map_err(anyhow::Error::msg)?,
+            None => plan::random_seed(),
+        };
+        let boots = plan::plan(&PlanInput {
+            suite,
+            profile,
+            no_control: args.no_control,
+            seed,
+        });
+        if boots.is_empty() {
+            bail!(
+                "--suite {} has no boot with --profile {}; drop --profile",
+                suite.name(),
+                args.profile.as_deref().unwrap_or_default()
+            );
+        }
+        Ok(Self {
+            suite,
+            profile,
+            seed,
+            fault,
+            boots,
+        })
+    }
 }
 
 /// Runs the suite; `Ok(false)` when a test failed.
 pub fn run(args: RunArgs) -> anyhow::Result<bool> {
-    let profile = ProfileName::from_name(&args.profile)
-        .with_context(|| format!("unknown --profile {:?}; choose ufs or emmc", args.profile))?;
-    const SUITES: &[&str] = &[
-        "smoke",
-        "lab",
-        "lab-reboot",
-        "lab-pressure",
-        "matrix",
-        "bench",
-    ];
-    if !SUITES.contains(&args.suite.as_str()) {
-        bail!(
-            "unknown --suite {:?}; the suites are: {}",
-            args.suite,
-            SUITES.join(", ")
-        );
-    }
+    let config = RunConfig::try_from(&args)?;
     let started = Instant::now();
     let artifacts = artifacts::build(&Overrides {
         kernel: args.kernel.clone(),
@@ -89,36 +157,51 @@ pub fn run(args: RunArgs) -> anyhow::Result<bool> {
         );
     }
     let accel = qemu::choose(args.accel, &artifacts);
+    let profiles = profiles(&config.boots);
     println!(
-        "icelab run: suite {}, profile {profile}, {} under {}",
-        args.suite,
+        "icelab run: suite {}, profile {}, {} under {}",
+        config.suite.name(),
+        profiles.join(" and "),
         artifacts.kernel_version,
         accel.name().to_uppercase()
     );
+    println!(
+        "icelab run: seed {:016x} (repeat the run with --seed {:016x})",
+        config.seed, config.seed
+    );
+    if let Some(fault) = config.fault {
+        println!(
+            "icelab run: fault {} in every device: guest tests should pass, the verifier must fail",
+            fault.name()
+        );
+    }
     if accel == Accel::Tcg {
         println!("icelab run: TCG is software emulation; timings are not hardware timings");
     }
-    let mut boots = vec![Boot {
-        name: "native",
-        native: true,
-    }];
-    if !args.no_control && args.suite == "smoke" {
-        boots.push(Boot {
-            name: "control",
-            native: false,
-        });
-    }
+    let temporary;
+    let base = match &args.keep {
+        Some(keep) => keep.clone(),
+        None => {
+            temporary = tempfile::Builder::new().prefix("icelab-run-").tempdir()?;
+            temporary.path().to_owned()
+        }
+    };
     let mut results = Vec::new();
     let mut records = Vec::new();
-    for boot in &boots {
-        let (record, boot_results) = run_boot(&args, &artifacts, accel, profile, boot)?;
-        results.extend(boot_results);
-        records.push(record);
+    let mut totals = Totals::default();
+    let mut manifests: HashMap<&str, MergedManifest> = HashMap::new();
+    for boot in &config.boots {
+        let done = run_one(&args, &config, &artifacts, accel, &base, boot, &manifests);
+        totals.add(done.totals);
+        manifests.insert(boot.name, done.manifest);
+        results.extend(done.results);
+        records.push(done.record);
     }
     let (passed, failed) = report::counts(&results);
     let header = json!({
-        "suite": args.suite,
-        "profile": profile.name(),
+        "suite": config.suite.name(),
+        "profile": config.profile.map(|p| p.name()),
+        "profiles": profiles,
         "kernel": {
             "package": artifacts.kernel_package,
             "version": artifacts.kernel_version,
@@ -126,12 +209,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<bool> {
         },
         "qemu": { "version": artifacts.qemu_version, "patched": artifacts.qemu_patched },
         "accel": accel.name(),
+        "seed": format!("{:016x}", config.seed),
+        "fault": config.fault.map(|f| f.name()),
+        "verifier": if config.suite.verifies() { totals.to_json() } else { Value::Null },
         "duration_ms": started.elapsed().as_millis() as u64,
     });
-    let document = report::to_json(header, &records, &results);
     if let Some(path) = &args.json {
+        let document = report::to_json(header, &records, &results);
         std::fs::write(path, serde_json::to_vec_pretty(&document)?)
             .with_context(|| format!("cannot write the JSON report {}", path.display()))?;
+    }
+    if let Some(path) = &args.junit {
+        let title = format!("icelab run --suite {}", config.suite.name());
+        std::fs::write(path, junit::to_xml(&title, &records, &results))
+            .with_context(|| format!("cannot write the JUnit report {}", path.display()))?;
     }
     println!();
     for result in results
@@ -140,361 +231,191 @@ pub fn run(args: RunArgs) -> anyhow::Result<bool> {
     {
         println!("{}", result.line());
     }
+    if config.suite.verifies() {
+        println!("{}", totals.line());
+    }
+    println!(
+        "icelab run: {:.0} s, seed {:016x}",
+        started.elapsed().as_secs_f64(),
+        config.seed
+    );
     println!("{passed} passed, {failed} failed");
     Ok(failed == 0 && passed > 0)
 }
 
-/// Boots once: device, QEMU, results, host checks.
-fn run_boot(
+/// The engine profiles of a plan's boots, in order, each once (a control
+/// boot without inline encryption has none).
+fn profiles(boots: &[BootPlan]) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    for name in boots.iter().filter_map(|b| b.profile.map(|p| p.name())) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// What one boot left.
+struct BootDone {
+    record: BootRecord,
+    results: Vec<TestResult>,
+    /// The image's merged manifest (for a later boot of the same image).
+    manifest: MergedManifest,
+    totals: Totals,
+}
+
+/// One boot of the plan: device and guest, host checks, verifier, trace
+/// checks. A boot that cannot even start becomes a failing `boot` result;
+/// the run goes on with the next boot.
+fn run_one(
     args: &RunArgs,
+    config: &RunConfig,
     artifacts: &Artifacts,
     accel: Accel,
-    profile: ProfileName,
-    boot: &Boot,
-) -> anyhow::Result<(BootRecord, Vec<TestResult>)> {
-    let started = Instant::now();
-    let temporary;
-    let dir = match &args.keep {
-        Some(keep) => {
-            let dir = keep.join(boot.name);
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            dir
-        }
-        None => {
-            temporary = tempfile::Builder::new().prefix("icelab-run-").tempdir()?;
-            temporary.path().to_owned()
-        }
+    base: &Path,
+    boot: &BootPlan,
+    manifests: &HashMap<&str, MergedManifest>,
+) -> BootDone {
+    let dir = base.join(boot.name);
+    let (image, fresh_image) = match boot.image {
+        Image::Fresh(_) => (dir.join("disk.img"), true),
+        Image::SameAs(earlier) => (base.join(earlier).join("disk.img"), false),
     };
-    let paths = BootPaths::new(&dir);
-    for stale in [
-        &paths.image,
-        &paths.results,
-        &paths.console,
-        &paths.stats,
-        &paths.trace,
-    ] {
-        let _ = std::fs::remove_file(stale);
-    }
-    let caps = profile.capabilities();
-    let mut device_args: Vec<String> = vec![
-        "--size".into(),
-        "512M".into(),
-        "--queues".into(),
-        "2".into(),
-    ];
-    let expect = if boot.native {
-        device_args.extend(["--profile".into(), profile.name().into()]);
-        format!(
-            "icelab.expect=native icelab.slots={} icelab.max_dun_bits={} icelab.modes={:#x}",
-            caps.slots,
-            u32::from(caps.max_dun_bytes) * 8,
-            caps.data_unit_sizes.0
-        )
-    } else {
-        device_args.push("--no-inline-encryption".into());
-        "icelab.expect=fallback".to_owned()
-    };
-    let mut device = spawn_device(&paths, &device_args)?;
-    let spec = VmSpec {
-        artifacts,
-        socket: &paths.socket,
-        append: format!(
-            "icelab.suite={} icelab.profile={} {expect}",
-            args.suite,
-            profile.name()
-        ),
-        console_log: paths.console.clone(),
-        results_log: paths.results.clone(),
-        queues: 2,
-        inline_encryption: boot.native,
-        accel,
-    };
+    let device_args = plan::device_args(boot, config.fault);
+    let cmdline = plan::guest_cmdline(boot);
+    let caps = plan::capabilities(boot);
     println!(
-        "--- boot {} ({})",
+        "--- boot {} ({}; seed {:016x}{})",
         boot.name,
-        if boot.native {
-            "device with inline encryption"
-        } else {
-            "device without inline encryption"
+        match (&boot.profile, &caps) {
+            (Some(p), Some(c)) => format!(
+                "profile {p}, {} keyslots, {} DUN bytes",
+                c.slots, c.max_dun_bytes
+            ),
+            _ => "device without inline encryption".to_owned(),
+        },
+        boot.seed,
+        match boot.image {
+            Image::SameAs(earlier) => format!("; the image of boot {earlier}"),
+            Image::Fresh(_) => String::new(),
         }
     );
-    let qemu_log = std::fs::File::create(dir.join("qemu.log"))?;
-    let mut vm = qemu::command(&spec)
-        .stdout(qemu_log.try_clone()?)
-        .stderr(qemu_log)
-        .spawn()
-        .with_context(|| format!("cannot start {}", artifacts.qemu.display()))?;
-    let guest = stream_results(
-        &mut vm,
-        &paths.results,
+    let mut record = BootRecord {
+        name: boot.name.to_owned(),
+        guest_suite: boot.guest_suite.to_owned(),
+        profile: boot.profile.map(|p| p.name().to_owned()),
+        seed: boot.seed,
+        device_args: device_args.clone(),
+        cmdline: cmdline.clone(),
+        hello: Value::Null,
+        stats: Value::Null,
+        verifier: Value::Null,
+        manifest_files: 0,
+        duration: Duration::ZERO,
+    };
+    let spec = BootSpec {
+        name: boot.name,
+        dir: &dir,
+        image: &image,
+        fresh_image,
+        device_args: &device_args,
+        cmdline: &cmdline,
+        inline_encryption: boot.profile.is_some(),
+        timeout: Duration::from_secs(args.timeout),
+    };
+    let outcome = match boot::run_boot(artifacts, accel, &spec) {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            let result =
+                TestResult::host(boot.name, "boot", false, format!("{error:#}"), Value::Null);
+            println!("{}", result.line());
+            return BootDone {
+                record,
+                results: vec![result],
+                manifest: MergedManifest::default(),
+                totals: Totals::default(),
+            };
+        }
+    };
+    let mut results = outcome.results;
+    let host_start = results.len();
+    results.push(checks::device_exit(
         boot.name,
-        Duration::from_secs(args.timeout),
-    );
-    let _ = vm.kill();
-    let _ = vm.wait();
-    let device_exit = wait_child(&mut device, Duration::from_secs(20));
-    let mut results = guest.results;
-    if let Some(problem) = guest.problem {
-        results.push(TestResult::host(
+        outcome.device_exit,
+        &outcome.paths,
+    ));
+    results.push(checks::device_stats(boot, &outcome.stats));
+
+    // The verifier, on the image the device has let go of.
+    let mut manifest = match boot.image {
+        Image::SameAs(earlier) => manifests.get(earlier).cloned().unwrap_or_default(),
+        Image::Fresh(_) => MergedManifest::default(),
+    };
+    let mut totals = Totals::default();
+    if boot.verify {
+        let mut merge_errors: Vec<MergeError> = Vec::new();
+        for result in results.iter().filter(|r| r.source == Source::Guest) {
+            if let Some(fact) = result.facts.get("manifest")
+                && let Err(error) = manifest.add(&result.name, fact)
+            {
+                merge_errors.push(error);
+            }
+        }
+        record.manifest_files = manifest.len();
+        let manifest_path = dir.join("manifest.json");
+        if let Ok(text) = serde_json::to_vec_pretty(&manifest.to_json()) {
+            let _ = std::fs::write(&manifest_path, text);
+        }
+        println!(
+            "verifying {} files of boot {} on {}",
+            manifest.len(),
             boot.name,
-            "guest-completes",
-            false,
-            format!("{problem}\n--- console tail:\n{}", tail(&paths.console, 30)),
-            Value::Null,
-        ));
+            image.display()
+        );
+        let verification = lab_verify::verify(
+            boot.name,
+            &image,
+            &manifest,
+            &merge_errors,
+            outcome.guest_completed,
+        );
+        if let Some(report) = &verification.report {
+            totals = Totals::of(report);
+            record.verifier = serde_json::to_value(report).unwrap_or(Value::Null);
+        }
+        results.push(verification.result);
     }
-    let stats = std::fs::read(&paths.stats)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .unwrap_or(Value::Null);
-    results.push(device_exit_result(boot.name, device_exit, &paths));
-    results.push(device_stats_result(boot, &stats));
-    for result in results
-        .iter()
-        .filter(|r| r.name == "device-stats" || r.name == "device-exit")
-    {
+
+    // The device trace against the guest's marks (path selection, key
+    // removal, keyslot pressure): only the checks whose marks the guest
+    // reported run.
+    if let (Some(profile), Some(caps)) = (boot.profile, &caps) {
+        let guest_facts: Vec<&Value> = results
+            .iter()
+            .filter(|r| r.source == Source::Guest)
+            .map(|r| &r.facts)
+            .collect();
+        let trace_results = marks::check(&marks::TraceCheck {
+            boot: boot.name,
+            profile,
+            slots: caps.slots,
+            guest_facts,
+            trace: &outcome.paths.trace,
+            stats: &outcome.stats,
+        });
+        results.extend(trace_results);
+    }
+
+    for result in &results[host_start..] {
         println!("{}", result.line());
     }
-    Ok((
-        BootRecord {
-            name: boot.name.to_owned(),
-            device_args,
-            hello: guest.hello,
-            stats,
-            duration: started.elapsed(),
-        },
+    record.hello = outcome.hello;
+    record.stats = outcome.stats;
+    record.duration = outcome.duration;
+    BootDone {
+        record,
         results,
-    ))
-}
-
-struct BootPaths {
-    image: PathBuf,
-    socket: PathBuf,
-    stats: PathBuf,
-    trace: PathBuf,
-    console: PathBuf,
-    results: PathBuf,
-    device_log: PathBuf,
-}
-
-impl BootPaths {
-    fn new(dir: &Path) -> Self {
-        Self {
-            image: dir.join("disk.img"),
-            socket: dir.join("icelab.sock"),
-            stats: dir.join("stats.json"),
-            trace: dir.join("trace.jsonl"),
-            console: dir.join("console.log"),
-            results: dir.join("results.jsonl"),
-            device_log: dir.join("device.log"),
-        }
+        manifest,
+        totals,
     }
-}
-
-/// Starts `icelab serve` (this very binary) and waits for its socket.
-fn spawn_device(paths: &BootPaths, extra: &[String]) -> anyhow::Result<Child> {
-    let exe = crate::self_exe();
-    let log = std::fs::File::create(&paths.device_log)?;
-    let mut child = Command::new(exe)
-        .arg("serve")
-        .arg("--image")
-        .arg(&paths.image)
-        .arg("--socket")
-        .arg(&paths.socket)
-        .arg("--stats")
-        .arg(&paths.stats)
-        .arg("--trace")
-        .arg(&paths.trace)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("cannot start icelab serve")?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !paths.socket.exists() {
-        if let Ok(Some(status)) = child.try_wait() {
-            bail!(
-                "icelab serve exited ({status}) before listening:\n{}",
-                tail(&paths.device_log, 20)
-            );
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!(
-                "icelab serve did not create its socket within 20 s:\n{}",
-                tail(&paths.device_log, 20)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(child)
-}
-
-/// What the guest reported.
-struct GuestOutcome {
-    hello: Value,
-    results: Vec<TestResult>,
-    /// Why the guest did not finish cleanly, if it did not.
-    problem: Option<String>,
-}
-
-/// Follows the results file until the runner's `done` line, QEMU's exit or
-/// the timeout, printing each test as it arrives.
-fn stream_results(vm: &mut Child, path: &Path, boot: &str, timeout: Duration) -> GuestOutcome {
-    let deadline = Instant::now() + timeout;
-    let mut outcome = GuestOutcome {
-        hello: Value::Null,
-        results: Vec::new(),
-        problem: None,
-    };
-    let mut offset = 0u64;
-    let mut pending = String::new();
-    let mut done = false;
-    loop {
-        let exited = matches!(vm.try_wait(), Ok(Some(_)));
-        if let Ok(mut file) = std::fs::File::open(path)
-            && file.seek(std::io::SeekFrom::Start(offset)).is_ok()
-        {
-            let mut reader = BufReader::new(file);
-            let mut chunk = String::new();
-            while let Ok(read) = reader.read_line(&mut chunk) {
-                if read == 0 {
-                    break;
-                }
-                offset += read as u64;
-            }
-            pending.push_str(&chunk);
-        }
-        while let Some(end) = pending.find('\n') {
-            let line: String = pending.drain(..=end).collect();
-            let Ok(value) = serde_json::from_str::<Value>(line.trim().trim_start_matches('\0'))
-            else {
-                continue;
-            };
-            match value["type"].as_str() {
-                Some("hello") => outcome.hello = value,
-                Some("test") => {
-                    let result = TestResult::from_guest(boot, &value);
-                    println!("{}", result.line());
-                    outcome.results.push(result);
-                }
-                Some("done") => done = true,
-                _ => {}
-            }
-        }
-        if done || exited {
-            break;
-        }
-        if Instant::now() > deadline {
-            outcome.problem = Some(format!(
-                "the guest did not finish within {} s (hung?)",
-                timeout.as_secs()
-            ));
-            return outcome;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    if !done {
-        outcome.problem =
-            Some("the guest stopped before reporting `done` (crashed or panicked?)".to_owned());
-    } else if outcome.results.is_empty() {
-        outcome.problem = Some("the guest reported no tests".to_owned());
-    }
-    // Give QEMU a moment to power off by itself.
-    let _ = wait_child(vm, Duration::from_secs(10));
-    outcome
-}
-
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn device_exit_result(
-    boot: &str,
-    status: Option<std::process::ExitStatus>,
-    paths: &BootPaths,
-) -> TestResult {
-    let (passed, message) = match status {
-        Some(status) if status.success() => (true, String::new()),
-        Some(status) => (
-            false,
-            format!(
-                "icelab serve exited with {status}:\n{}",
-                tail(&paths.device_log, 20)
-            ),
-        ),
-        None => (
-            false,
-            format!(
-                "icelab serve did not exit after the guest powered off:\n{}",
-                tail(&paths.device_log, 20)
-            ),
-        ),
-    };
-    TestResult::host(boot, "device-exit", passed, message, Value::Null)
-}
-
-/// The host's own check of the emulator's counters.
-fn device_stats_result(boot: &Boot, stats: &Value) -> TestResult {
-    let get = |path: &str| {
-        path.split('.')
-            .try_fold(stats, |node, key| node.get(key))
-            .and_then(Value::as_u64)
-    };
-    let programmed = get("stats.keyslots.programmed");
-    let crypto_out = get("stats.crypto_out.requests");
-    let crypto_in = get("stats.crypto_in.requests");
-    let rejected = get("stats.rejected.total");
-    let facts = json!({
-        "keyslots_programmed": programmed,
-        "crypto_out_requests": crypto_out,
-        "crypto_in_requests": crypto_in,
-        "rejected_requests": rejected,
-    });
-    let problem = match (programmed, crypto_out, crypto_in, rejected) {
-        (None, ..) | (_, None, ..) | (_, _, None, _) | (.., None) => {
-            Some("the device wrote no stats file".to_owned())
-        }
-        (_, _, _, Some(r)) if r > 0 => Some(format!(
-            "the device rejected {r} requests (see trace.jsonl)"
-        )),
-        (Some(p), Some(o), Some(i), _) if boot.native && (p == 0 || o == 0 || i == 0) => {
-            Some(format!(
-                "expected keyslots programmed >= 1 and CRYPTO_OUT, CRYPTO_IN > 0; got {p}, {o}, {i}"
-            ))
-        }
-        (Some(p), Some(o), Some(i), _) if !boot.native && (p + o + i) > 0 => Some(format!(
-            "a device without inline encryption saw {p} programs, {o} CRYPTO_OUT, {i} CRYPTO_IN"
-        )),
-        _ => None,
-    };
-    TestResult::host(
-        boot.name,
-        "device-stats",
-        problem.is_none(),
-        problem.unwrap_or_default(),
-        facts,
-    )
-}
-
-/// The last `lines` lines of a log file.
-pub fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

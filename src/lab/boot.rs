@@ -1,0 +1,309 @@
+//! One guest boot: start `icelab serve` on an image, boot the lab guest
+//! against it under QEMU, stream the in-guest runner's results until it
+//! powers off, wait for the device to exit.
+//!
+//! Checks nothing itself beyond "the guest finished": `icelab run` adds the
+//! host checks and the verifier, `icelab bench guest` its measurements.
+
+use super::artifacts::Artifacts;
+use super::qemu::{self, Accel, VmSpec};
+use super::report::TestResult;
+use anyhow::{Context, bail};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Seek};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// What to boot.
+pub struct BootSpec<'a> {
+    /// Name of the boot; prefixes its test results.
+    pub name: &'a str,
+    /// Directory for the socket, logs, stats and trace (created).
+    pub dir: &'a Path,
+    /// The disk image the device serves.
+    pub image: &'a Path,
+    /// Delete `image` first (a fresh image; `device_args` then need `--size`).
+    pub fresh_image: bool,
+    /// `icelab serve` arguments besides image, socket, stats and trace.
+    pub device_args: &'a [String],
+    /// The guest's kernel parameters (`icelab.*`).
+    pub cmdline: &'a str,
+    /// Ask QEMU to forward inline encryption to the guest.
+    pub inline_encryption: bool,
+    /// Longest the guest may run.
+    pub timeout: Duration,
+}
+
+/// The files of one boot.
+#[derive(Clone, Debug)]
+pub struct BootPaths {
+    /// The image.
+    pub image: PathBuf,
+    /// vhost-user socket.
+    pub socket: PathBuf,
+    /// The device's stats (`--stats`).
+    pub stats: PathBuf,
+    /// The device's keyslot trace (`--trace`).
+    pub trace: PathBuf,
+    /// The guest's console (ttyS0).
+    pub console: PathBuf,
+    /// The runner's results (ttyS1).
+    pub results: PathBuf,
+    /// The device's log.
+    pub device_log: PathBuf,
+    /// QEMU's own output.
+    pub qemu_log: PathBuf,
+}
+
+impl BootPaths {
+    fn new(dir: &Path, image: &Path) -> Self {
+        Self {
+            image: image.to_owned(),
+            socket: dir.join("icelab.sock"),
+            stats: dir.join("stats.json"),
+            trace: dir.join("trace.jsonl"),
+            console: dir.join("console.log"),
+            results: dir.join("results.jsonl"),
+            device_log: dir.join("device.log"),
+            qemu_log: dir.join("qemu.log"),
+        }
+    }
+}
+
+/// What a boot produced.
+pub struct BootOutcome {
+    /// The runner's `hello` line (`Null` if it never came).
+    pub hello: Value,
+    /// The guest's test results, plus a failing `guest-completes` when the
+    /// guest hung, crashed or reported nothing.
+    pub results: Vec<TestResult>,
+    /// True when the runner reported `done` with at least one test.
+    pub guest_completed: bool,
+    /// The device's exit status; `None` when it had to be killed.
+    pub device_exit: Option<ExitStatus>,
+    /// The device's final stats (`Null` when it wrote none).
+    pub stats: Value,
+    /// Where everything is.
+    pub paths: BootPaths,
+    /// Wall time of the boot.
+    pub duration: Duration,
+}
+
+/// Boots once: device, QEMU, results (printed as they arrive), device exit.
+/// `Err` only when the device or QEMU cannot be started.
+pub fn run_boot(
+    artifacts: &Artifacts,
+    accel: Accel,
+    spec: &BootSpec<'_>,
+) -> anyhow::Result<BootOutcome> {
+    let started = Instant::now();
+    std::fs::create_dir_all(spec.dir)
+        .with_context(|| format!("cannot create {}", spec.dir.display()))?;
+    let paths = BootPaths::new(spec.dir, spec.image);
+    let mut stale = vec![&paths.results, &paths.console, &paths.stats, &paths.trace];
+    if spec.fresh_image {
+        stale.push(&paths.image);
+    }
+    for file in stale {
+        let _ = std::fs::remove_file(file);
+    }
+    let mut device = spawn_device(&paths, spec.device_args)?;
+    let vm_spec = VmSpec {
+        artifacts,
+        socket: &paths.socket,
+        append: spec.cmdline.to_owned(),
+        console_log: paths.console.clone(),
+        results_log: paths.results.clone(),
+        queues: 2,
+        inline_encryption: spec.inline_encryption,
+        accel,
+    };
+    let qemu_log = std::fs::File::create(&paths.qemu_log)?;
+    let mut vm = match qemu::command(&vm_spec)
+        .stdout(qemu_log.try_clone()?)
+        .stderr(qemu_log)
+        .spawn()
+    {
+        Ok(vm) => vm,
+        Err(error) => {
+            let _ = device.kill();
+            let _ = device.wait();
+            return Err(error)
+                .with_context(|| format!("cannot start {}", artifacts.qemu.display()));
+        }
+    };
+    let guest = stream_results(&mut vm, &paths.results, spec.name, spec.timeout);
+    let _ = vm.kill();
+    let _ = vm.wait();
+    let device_exit = wait_child(&mut device, Duration::from_secs(20));
+    let mut results = guest.results;
+    let guest_completed = guest.problem.is_none();
+    if let Some(problem) = guest.problem {
+        results.push(TestResult::host(
+            spec.name,
+            "guest-completes",
+            false,
+            format!("{problem}\n--- console tail:\n{}", tail(&paths.console, 30)),
+            Value::Null,
+        ));
+    }
+    let stats = std::fs::read(&paths.stats)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .unwrap_or(Value::Null);
+    Ok(BootOutcome {
+        hello: guest.hello,
+        results,
+        guest_completed,
+        device_exit,
+        stats,
+        paths,
+        duration: started.elapsed(),
+    })
+}
+
+/// Starts `icelab serve` (this very binary) and waits for its socket.
+fn spawn_device(paths: &BootPaths, extra: &[String]) -> anyhow::Result<Child> {
+    let exe = crate::self_exe();
+    let _ = std::fs::remove_file(&paths.socket);
+    let log = std::fs::File::create(&paths.device_log)?;
+    let mut child = Command::new(exe)
+        .arg("serve")
+        .arg("--image")
+        .arg(&paths.image)
+        .arg("--socket")
+        .arg(&paths.socket)
+        .arg("--stats")
+        .arg(&paths.stats)
+        .arg("--trace")
+        .arg(&paths.trace)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("cannot start icelab serve")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !paths.socket.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!(
+                "icelab serve exited ({status}) before listening:\n{}",
+                tail(&paths.device_log, 20)
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "icelab serve did not create its socket within 20 s:\n{}",
+                tail(&paths.device_log, 20)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
+/// What the guest reported.
+struct GuestOutcome {
+    hello: Value,
+    results: Vec<TestResult>,
+    /// Why the guest did not finish cleanly, if it did not.
+    problem: Option<String>,
+}
+
+/// Follows the results file until the runner's `done` line, QEMU's exit or
+/// the timeout, printing each test as it arrives.
+fn stream_results(vm: &mut Child, path: &Path, boot: &str, timeout: Duration) -> GuestOutcome {
+    let deadline = Instant::now() + timeout;
+    let mut outcome = GuestOutcome {
+        hello: Value::Null,
+        results: Vec::new(),
+        problem: None,
+    };
+    let mut offset = 0u64;
+    let mut pending = String::new();
+    let mut done = false;
+    loop {
+        let exited = matches!(vm.try_wait(), Ok(Some(_)));
+        if let Ok(mut file) = std::fs::File::open(path)
+            && file.seek(std::io::SeekFrom::Start(offset)).is_ok()
+        {
+            let mut reader = BufReader::new(file);
+            let mut chunk = String::new();
+            while let Ok(read) = reader.read_line(&mut chunk) {
+                if read == 0 {
+                    break;
+                }
+                offset += read as u64;
+            }
+            pending.push_str(&chunk);
+        }
+        while let Some(end) = pending.find('\n') {
+            let line: String = pending.drain(..=end).collect();
+            let Ok(value) = serde_json::from_str::<Value>(line.trim().trim_start_matches('\0'))
+            else {
+                continue;
+            };
+            match value["type"].as_str() {
+                Some("hello") => outcome.hello = value,
+                Some("test") => {
+                    let result = TestResult::from_guest(boot, &value);
+                    println!("{}", result.line());
+                    outcome.results.push(result);
+                }
+                Some("done") => done = true,
+                _ => {}
+            }
+        }
+        if done || exited {
+            break;
+        }
+        if Instant::now() > deadline {
+            outcome.problem = Some(format!(
+                "the guest did not finish within {} s (hung? raise --timeout if it is only slow)",
+                timeout.as_secs()
+            ));
+            return outcome;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !done {
+        outcome.problem =
+            Some("the guest stopped before reporting `done` (crashed or panicked?)".to_owned());
+    } else if outcome.results.is_empty() {
+        outcome.problem = Some(
+            "the guest reported no tests (does this initramfs's runner have tests for the suite?)"
+                .to_owned(),
+        );
+    }
+    // Give QEMU a moment to power off by itself.
+    let _ = wait_child(vm, Duration::from_secs(10));
+    outcome
+}
+
+/// Waits up to `timeout` for `child`; kills it after that (`None`).
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last `lines` lines of a log file.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

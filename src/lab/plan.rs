@@ -1,0 +1,417 @@
+//! The boot plan of a suite: which boots `icelab run` makes, in which
+//! order, each with its device, image and guest command line.
+//!
+//! Pure (no processes, no files), so the plan is unit-tested. The lab
+//! suite's plan is the contract of issue 4 between the host and the guest
+//! runner (guest-tests/README.md): the `ufs` boot writes a fresh image,
+//! `ufs-reboot` boots the SAME image again, `emmc` runs the same tests on
+//! a device with 4 DUN bytes, `pressure` gives the device 2 keyslots.
+
+use icelab_emulator::engine::{Capabilities, Fault, ProfileName};
+
+/// A suite the host knows how to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Suite {
+    /// One native boot and the negative control (no inline encryption).
+    Smoke,
+    /// The lab plan: `ufs`, `ufs-reboot`, `emmc`, `pressure`.
+    Lab,
+    /// The `ufs` and `ufs-reboot` boots of the lab plan (the second boot
+    /// needs the first one's image).
+    LabReboot,
+    /// The `pressure` boot of the lab plan alone.
+    LabPressure,
+    /// One `ufs` boot of the policy matrix (the fault runs use it).
+    Matrix,
+    /// One native boot of the guest's bench suite.
+    Bench,
+}
+
+impl Suite {
+    /// Every suite, in the order the help lists them.
+    pub const ALL: [Suite; 6] = [
+        Suite::Smoke,
+        Suite::Lab,
+        Suite::LabReboot,
+        Suite::LabPressure,
+        Suite::Matrix,
+        Suite::Bench,
+    ];
+
+    /// The name on the command line (`--suite`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Suite::Smoke => "smoke",
+            Suite::Lab => "lab",
+            Suite::LabReboot => "lab-reboot",
+            Suite::LabPressure => "lab-pressure",
+            Suite::Matrix => "matrix",
+            Suite::Bench => "bench",
+        }
+    }
+
+    /// The suite named `name`, if any.
+    pub fn from_name(name: &str) -> Option<Suite> {
+        Suite::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// True for the suites whose boots leave a manifest for the verifier.
+    pub fn verifies(self) -> bool {
+        matches!(
+            self,
+            Suite::Lab | Suite::LabReboot | Suite::LabPressure | Suite::Matrix
+        )
+    }
+}
+
+/// Where a boot's image comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Image {
+    /// A new sparse image of this many bytes.
+    Fresh(u64),
+    /// The image an earlier boot of the plan (by name) left behind, as it
+    /// is: a second boot of the same file system.
+    SameAs(&'static str),
+}
+
+/// What the host expects of the device's counters after a boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Traffic {
+    /// Keyslots programmed, CRYPTO_OUT and CRYPTO_IN requests: the boot
+    /// writes and reads encrypted data.
+    ReadWrite,
+    /// Keyslots programmed and CRYPTO_IN requests; writes are allowed but
+    /// not required (a second boot that reads what the first wrote).
+    Read,
+    /// No keyslot and no crypto request at all (a device without inline
+    /// encryption).
+    None,
+}
+
+/// One boot of a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootPlan {
+    /// Name in reports (`ufs`, `control`, ...) and directory under `--keep`.
+    pub name: &'static str,
+    /// The guest runner's suite (`icelab.suite=`).
+    pub guest_suite: &'static str,
+    /// Engine profile; `None` for a device without inline encryption.
+    pub profile: Option<ProfileName>,
+    /// Keyslots, overriding the profile's (`icelab serve --slots`).
+    pub slots: Option<u16>,
+    /// The image.
+    pub image: Image,
+    /// The seed of the guest's keys and contents (`icelab.seed=`).
+    pub seed: u64,
+    /// The device's counters this boot must show.
+    pub traffic: Traffic,
+    /// Run the verifier on the image after the boot.
+    pub verify: bool,
+}
+
+/// Everything the plan depends on.
+#[derive(Clone, Debug)]
+pub struct PlanInput {
+    /// The suite.
+    pub suite: Suite,
+    /// `--profile`: only the boots of this profile; `None` = the suite's
+    /// default (both for lab, ufs for the rest).
+    pub profile: Option<ProfileName>,
+    /// `--no-control`: leave out smoke's negative control.
+    pub no_control: bool,
+    /// The run's seed (`--seed`); each boot's seed is derived from it.
+    pub seed: u64,
+}
+
+/// Size of the smoke suite's images.
+pub const SMOKE_IMAGE_SIZE: u64 = 512 << 20;
+/// Size of the lab suite's images (the contract: 1 GiB).
+pub const LAB_IMAGE_SIZE: u64 = 1 << 30;
+/// Keyslots of the pressure boot.
+pub const PRESSURE_SLOTS: u16 = 2;
+
+/// The boots of `input.suite`, in order. Empty when `--profile` leaves no
+/// boot of the suite (lab-pressure with `--profile emmc`): the caller
+/// reports that as a usage error.
+pub fn plan(input: &PlanInput) -> Vec<BootPlan> {
+    let wanted = |p: ProfileName| input.profile.is_none_or(|only| only == p);
+    let single = |name, guest_suite, traffic, verify| BootPlan {
+        name,
+        guest_suite,
+        profile: Some(input.profile.unwrap_or(ProfileName::Ufs)),
+        slots: None,
+        image: Image::Fresh(if verify {
+            LAB_IMAGE_SIZE
+        } else {
+            SMOKE_IMAGE_SIZE
+        }),
+        seed: boot_seed(input.seed, 1),
+        traffic,
+        verify,
+    };
+    let ufs = BootPlan {
+        name: "ufs",
+        guest_suite: "lab",
+        profile: Some(ProfileName::Ufs),
+        slots: None,
+        image: Image::Fresh(LAB_IMAGE_SIZE),
+        seed: boot_seed(input.seed, 1),
+        traffic: Traffic::ReadWrite,
+        verify: true,
+    };
+    let ufs_reboot = BootPlan {
+        name: "ufs-reboot",
+        guest_suite: "lab-reboot",
+        image: Image::SameAs("ufs"),
+        traffic: Traffic::Read,
+        ..ufs.clone()
+    };
+    let emmc = BootPlan {
+        name: "emmc",
+        profile: Some(ProfileName::Emmc),
+        seed: boot_seed(input.seed, 2),
+        ..ufs.clone()
+    };
+    let pressure = BootPlan {
+        name: "pressure",
+        guest_suite: "lab-pressure",
+        slots: Some(PRESSURE_SLOTS),
+        seed: boot_seed(input.seed, 3),
+        ..ufs.clone()
+    };
+    match input.suite {
+        Suite::Smoke => {
+            let mut boots = vec![single("native", "smoke", Traffic::ReadWrite, false)];
+            if !input.no_control {
+                boots.push(BootPlan {
+                    name: "control",
+                    profile: None,
+                    traffic: Traffic::None,
+                    ..boots[0].clone()
+                });
+            }
+            boots
+        }
+        Suite::Matrix => vec![BootPlan {
+            guest_suite: "matrix",
+            profile: Some(input.profile.unwrap_or(ProfileName::Ufs)),
+            ..ufs
+        }],
+        Suite::Bench => vec![single("native", "bench", Traffic::ReadWrite, false)],
+        Suite::Lab | Suite::LabReboot | Suite::LabPressure => {
+            let boots = match input.suite {
+                Suite::Lab => vec![ufs, ufs_reboot, emmc, pressure],
+                Suite::LabReboot => vec![ufs, ufs_reboot],
+                _ => vec![pressure],
+            };
+            boots
+                .into_iter()
+                .filter(|b| b.profile.is_some_and(wanted))
+                .collect()
+        }
+    }
+}
+
+/// The seed of the plan's `n`-th seed slot: SplitMix64 of the run's seed
+/// plus `n`, so one `--seed` repeats every boot and boots differ.
+pub fn boot_seed(run_seed: u64, n: u64) -> u64 {
+    icelab_verifier::manifest::splitmix64(run_seed.wrapping_add(n))
+}
+
+/// The engine capabilities a boot's device offers (`None` without inline
+/// encryption).
+pub fn capabilities(boot: &BootPlan) -> Option<Capabilities> {
+    let mut caps = boot.profile?.capabilities();
+    if let Some(slots) = boot.slots {
+        caps.slots = slots;
+    }
+    Some(caps)
+}
+
+/// `icelab serve` arguments of a boot, besides image, socket, stats and
+/// trace (which the boot runner adds).
+pub fn device_args(boot: &BootPlan, fault: Option<Fault>) -> Vec<String> {
+    let mut args: Vec<String> = vec!["--queues".into(), "2".into()];
+    if let Image::Fresh(size) = boot.image {
+        args.extend(["--size".into(), format!("{}M", size >> 20)]);
+    }
+    match boot.profile {
+        Some(profile) => {
+            args.extend(["--profile".into(), profile.name().into()]);
+            if let Some(slots) = boot.slots {
+                args.extend(["--slots".into(), slots.to_string()]);
+            }
+            if let Some(fault) = fault {
+                args.extend(["--fault".into(), fault.name().into()]);
+            }
+        }
+        None => args.push("--no-inline-encryption".into()),
+    }
+    args
+}
+
+/// The guest's `icelab.*` kernel parameters for a boot.
+pub fn guest_cmdline(boot: &BootPlan) -> String {
+    let mut words = vec![format!("icelab.suite={}", boot.guest_suite)];
+    match (boot.profile, capabilities(boot)) {
+        (Some(profile), Some(caps)) => {
+            words.push(format!("icelab.profile={}", profile.name()));
+            words.push("icelab.expect=native".into());
+            words.push(format!("icelab.slots={}", caps.slots));
+            words.push(format!(
+                "icelab.max_dun_bits={}",
+                u32::from(caps.max_dun_bytes) * 8
+            ));
+            words.push(format!("icelab.modes={:#x}", caps.data_unit_sizes.0));
+        }
+        _ => words.push("icelab.expect=fallback".into()),
+    }
+    words.push(format!("icelab.seed={:016x}", boot.seed));
+    words.join(" ")
+}
+
+/// A random run seed (from the OS), for when `--seed` is not given.
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is keyed from the OS's random source once per process;
+    // mixing in the time makes two RandomStates of one process differ too.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    hasher.finish()
+}
+
+/// Parses `--seed`: 1 to 16 hex digits, with or without `0x`.
+pub fn parse_seed(text: &str) -> Result<u64, String> {
+    let hex = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))
+        .unwrap_or(text);
+    if hex.is_empty() || hex.len() > 16 {
+        return Err(format!(
+            "--seed {text:?} is not a seed; write 1 to 16 hex digits (as printed by a run)"
+        ));
+    }
+    u64::from_str_radix(hex, 16).map_err(|_| {
+        format!("--seed {text:?} is not a seed; write 1 to 16 hex digits (as printed by a run)")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(suite: Suite, profile: Option<ProfileName>) -> PlanInput {
+        PlanInput {
+            suite,
+            profile,
+            no_control: false,
+            seed: 0x1234,
+        }
+    }
+
+    fn names(boots: &[BootPlan]) -> Vec<&'static str> {
+        boots.iter().map(|b| b.name).collect()
+    }
+
+    #[test]
+    fn lab_plan_is_the_contract() {
+        let boots = plan(&input(Suite::Lab, None));
+        assert_eq!(names(&boots), ["ufs", "ufs-reboot", "emmc", "pressure"]);
+        let [ufs, reboot, emmc, pressure] = &boots[..] else {
+            panic!("four boots");
+        };
+        assert_eq!(ufs.image, Image::Fresh(1 << 30));
+        assert_eq!(reboot.image, Image::SameAs("ufs"));
+        assert_eq!(reboot.seed, ufs.seed, "the reboot recreates boot 1's keys");
+        assert_ne!(emmc.seed, ufs.seed);
+        assert_ne!(pressure.seed, emmc.seed);
+        assert_eq!(reboot.traffic, Traffic::Read);
+        assert!(boots.iter().all(|b| b.verify));
+        assert_eq!(
+            guest_cmdline(ufs),
+            format!(
+                "icelab.suite=lab icelab.profile=ufs icelab.expect=native icelab.slots=32 \
+                 icelab.max_dun_bits=64 icelab.modes=0x1e00 icelab.seed={:016x}",
+                ufs.seed
+            )
+        );
+        assert!(guest_cmdline(reboot).starts_with("icelab.suite=lab-reboot icelab.profile=ufs"));
+        assert!(guest_cmdline(emmc).contains("icelab.profile=emmc"));
+        assert!(guest_cmdline(emmc).contains("icelab.max_dun_bits=32"));
+        assert!(guest_cmdline(pressure).starts_with("icelab.suite=lab-pressure"));
+        assert!(guest_cmdline(pressure).contains("icelab.slots=2 "));
+    }
+
+    #[test]
+    fn device_args_per_boot() {
+        let boots = plan(&input(Suite::Lab, None));
+        assert_eq!(
+            device_args(&boots[0], None),
+            ["--queues", "2", "--size", "1024M", "--profile", "ufs"]
+        );
+        // The second boot must not name a size: the image is reused as is.
+        assert_eq!(
+            device_args(&boots[1], Some(Fault::Plaintext)),
+            ["--queues", "2", "--profile", "ufs", "--fault", "plaintext"]
+        );
+        assert_eq!(
+            device_args(&boots[3], None),
+            [
+                "--queues",
+                "2",
+                "--size",
+                "1024M",
+                "--profile",
+                "ufs",
+                "--slots",
+                "2"
+            ]
+        );
+    }
+
+    #[test]
+    fn profile_selects_boots() {
+        let ufs = plan(&input(Suite::Lab, Some(ProfileName::Ufs)));
+        assert_eq!(names(&ufs), ["ufs", "ufs-reboot", "pressure"]);
+        let emmc = plan(&input(Suite::Lab, Some(ProfileName::Emmc)));
+        assert_eq!(names(&emmc), ["emmc"]);
+        assert!(plan(&input(Suite::LabPressure, Some(ProfileName::Emmc))).is_empty());
+        let matrix = plan(&input(Suite::Matrix, Some(ProfileName::Emmc)));
+        assert_eq!(matrix[0].profile, Some(ProfileName::Emmc));
+        assert_eq!(matrix[0].guest_suite, "matrix");
+    }
+
+    #[test]
+    fn smoke_is_unchanged() {
+        let boots = plan(&input(Suite::Smoke, None));
+        assert_eq!(names(&boots), ["native", "control"]);
+        assert!(boots.iter().all(|b| !b.verify));
+        assert_eq!(
+            device_args(&boots[1], Some(Fault::Plaintext)),
+            ["--queues", "2", "--size", "512M", "--no-inline-encryption"]
+        );
+        assert!(guest_cmdline(&boots[1]).contains("icelab.expect=fallback"));
+        let mut no_control = input(Suite::Smoke, None);
+        no_control.no_control = true;
+        assert_eq!(names(&plan(&no_control)), ["native"]);
+    }
+
+    #[test]
+    fn seeds() {
+        assert_eq!(parse_seed("0xff"), Ok(255));
+        assert_eq!(parse_seed("00c0ffee12345678"), Ok(0x00c0_ffee_1234_5678));
+        assert!(parse_seed("").is_err());
+        assert!(parse_seed("12345678123456781").is_err());
+        assert!(parse_seed("xyz").is_err());
+        assert_ne!(boot_seed(1, 1), boot_seed(1, 2));
+        assert_ne!(random_seed(), random_seed());
+        for suite in Suite::ALL {
+            assert_eq!(Suite::from_name(suite.name()), Some(suite));
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! The verifier step of a lab boot: merge the manifests the guest's tests
+//! reported, run the independent verifier (`icelab-verifier`) on the image
+//! after the device exited, and turn its report into the boot's `verify`
+//! result.
+//!
+//! Merging follows the contract (guest-tests/README.md): every test may put
+//! a `"manifest"` object into its facts; all `fs_uuid`s of a boot must be
+//! equal; for the same inode the last entry wins (a test that rewrote a
+//! file lists it again in its final state). A boot on the same image as an
+//! earlier boot (`ufs-reboot`) starts from that boot's merged manifest, so
+//! the files of the first boot are checked again after the second.
+
+use super::report::TestResult;
+use icelab_verifier::{Manifest, Report};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The manifests of one image, merged.
+#[derive(Clone, Debug, Default)]
+pub struct MergedManifest {
+    /// The file system's UUID as the guest saw it, once any test said.
+    fs_uuid: Option<String>,
+    /// By inode: the last entry listed and the test that listed it.
+    files: BTreeMap<u64, (Value, String)>,
+}
+
+/// A manifest that cannot be merged.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MergeError {
+    /// The `manifest` fact is not a JSON object with a `files` array.
+    Shape {
+        /// The test that reported it.
+        test: String,
+    },
+    /// A listed file has no inode number.
+    NoInode {
+        /// The test that reported it.
+        test: String,
+        /// Index in its `files`.
+        index: usize,
+    },
+    /// Two tests saw different file systems.
+    Uuid {
+        /// The test that reported it.
+        test: String,
+        /// Its UUID.
+        theirs: String,
+        /// The UUID seen before.
+        ours: String,
+    },
+}
+
+impl std::fmt::Display for MergeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Shape { test } => write!(
+                f,
+                "test {test}: the `manifest` fact is not an object with a `files` array"
+            ),
+            Self::NoInode { test, index } => {
+                write!(f, "test {test}: files[{index}] has no numeric `inode`")
+            }
+            Self::Uuid { test, theirs, ours } => write!(
+                f,
+                "test {test}: fs_uuid {theirs} differs from {ours} of earlier tests on the same image"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for MergeError {}
+
+impl MergedManifest {
+    /// Adds the manifest `test` reported; later entries for an inode
+    /// replace earlier ones.
+    pub fn add(&mut self, test: &str, manifest: &Value) -> Result<(), MergeError> {
+        let files = manifest
+            .get("files")
+            .and_then(Value::as_array)
+            .ok_or_else(|| MergeError::Shape {
+                test: test.to_owned(),
+            })?;
+        if let Some(uuid) = manifest.get("fs_uuid").and_then(Value::as_str) {
+            match &self.fs_uuid {
+                Some(ours) if !ours.eq_ignore_ascii_case(uuid) => {
+                    return Err(MergeError::Uuid {
+                        test: test.to_owned(),
+                        theirs: uuid.to_owned(),
+                        ours: ours.clone(),
+                    });
+                }
+                Some(_) => {}
+                None => self.fs_uuid = Some(uuid.to_owned()),
+            }
+        }
+        for (index, file) in files.iter().enumerate() {
+            let inode =
+                file.get("inode")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| MergeError::NoInode {
+                        test: test.to_owned(),
+                        index,
+                    })?;
+            self.files.insert(inode, (file.clone(), test.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Number of distinct files listed.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// True when no test listed a file.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// The merged manifest as JSON (the schema of verifier/README.md).
+    pub fn to_json(&self) -> Value {
+        let mut document = Map::new();
+        if let Some(uuid) = &self.fs_uuid {
+            document.insert("fs_uuid".into(), uuid.clone().into());
+        }
+        document.insert(
+            "files".into(),
+            self.files.values().map(|(file, _)| file.clone()).collect(),
+        );
+        Value::Object(document)
+    }
+
+    /// The merged manifest as the verifier's type; `Err` names what does
+    /// not fit the verifier's schema.
+    pub fn to_manifest(&self) -> Result<Manifest, serde_json::Error> {
+        serde_json::from_value(self.to_json())
+    }
+}
+
+/// The verifier's totals, per boot and summed over a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Files checked.
+    pub files: u64,
+    /// Data units checked.
+    pub data_units: u64,
+    /// Data units that were not the expected ciphertext.
+    pub mismatches: u64,
+    /// Plaintext data units found on the image.
+    pub plaintext_hits: u64,
+    /// Files that could not be checked as stated.
+    pub problems: u64,
+}
+
+impl Totals {
+    /// The totals of one report.
+    pub fn of(report: &Report) -> Self {
+        Self {
+            files: report.files,
+            data_units: report.data_units_checked,
+            mismatches: report.mismatch_count,
+            plaintext_hits: report.plaintext_hit_count,
+            problems: report.problems.len() as u64,
+        }
+    }
+
+    /// Adds `other` to these totals.
+    pub fn add(&mut self, other: Totals) {
+        self.files += other.files;
+        self.data_units += other.data_units;
+        self.mismatches += other.mismatches;
+        self.plaintext_hits += other.plaintext_hits;
+        self.problems += other.problems;
+    }
+
+    /// As a JSON object (also the `verify` result's facts).
+    pub fn to_json(self) -> Value {
+        json!({
+            "files": self.files,
+            "data_units": self.data_units,
+            "mismatches": self.mismatches,
+            "plaintext_hits": self.plaintext_hits,
+            "problems": self.problems,
+        })
+    }
+
+    /// `verifier: 12 files, 3456 data units, 0 mismatches, 0 plaintext hits`
+    /// (and the problems, when there are any).
+    pub fn line(self) -> String {
+        let mut line = format!(
+            "verifier: {} files, {} data units, {} mismatches, {} plaintext hits",
+            self.files, self.data_units, self.mismatches, self.plaintext_hits
+        );
+        if self.problems > 0 {
+            line.push_str(&format!(", {} problems", self.problems));
+        }
+        line
+    }
+}
+
+/// Lines of the verifier's itemised findings a failing `verify` result
+/// quotes; the JSON report has them all.
+const QUOTED_FINDINGS: usize = 20;
+
+/// The outcome of the verifier step of one boot.
+pub struct Verification {
+    /// The `verify` result.
+    pub result: TestResult,
+    /// The verifier's report, when it ran.
+    pub report: Option<Report>,
+}
+
+/// Runs the verifier on `image` against `merged` and makes the `verify`
+/// result of `boot`. `guest_completed` false: the files may not be in
+/// their final state, so the verifier does not run (the boot already has
+/// a failing `guest-completes`).
+pub fn verify(
+    boot: &str,
+    image: &Path,
+    merged: &MergedManifest,
+    merge_errors: &[MergeError],
+    guest_completed: bool,
+) -> Verification {
+    let fail = |message: String| Verification {
+        result: TestResult::host(boot, "verify", false, message, Value::Null),
+        report: None,
+    };
+    if !merge_errors.is_empty() {
+        let errors: Vec<String> = merge_errors.iter().map(ToString::to_string).collect();
+        return fail(format!(
+            "the guest's manifests do not merge: {}",
+            errors.join("; ")
+        ));
+    }
+    if !guest_completed {
+        return fail(
+            "not run: the guest did not finish cleanly (see guest-completes), so its files may \
+             not be in their final state"
+                .to_owned(),
+        );
+    }
+    if merged.is_empty() {
+        return fail(
+            "the guest listed no files (no test's facts had a `manifest`); nothing to verify"
+                .to_owned(),
+        );
+    }
+    let manifest = match merged.to_manifest() {
+        Ok(manifest) => manifest,
+        Err(error) => {
+            return fail(format!(
+                "the merged manifest does not fit the verifier's schema \
+                 (verifier/README.md): {error}"
+            ));
+        }
+    };
+    let report = match icelab_verifier::verify(image, &manifest) {
+        Ok(report) => report,
+        Err(error) => {
+            let chain = anyhow::Error::from(error);
+            return fail(format!("cannot verify {}: {chain:#}", image.display()));
+        }
+    };
+    let totals = Totals::of(&report);
+    let message = if report.passed() {
+        String::new()
+    } else {
+        quote(&report)
+    };
+    Verification {
+        result: TestResult::host(boot, "verify", report.passed(), message, totals.to_json()),
+        report: Some(report),
+    }
+}
+
+/// The report's text (problems, mismatches with inode, data unit, image
+/// offset and digests, plaintext hits), cut to [`QUOTED_FINDINGS`] lines
+/// plus its totals line.
+fn quote(report: &Report) -> String {
+    let text = report.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    let (findings, totals) = lines.split_at(lines.len().saturating_sub(1));
+    let mut quoted: Vec<String> = findings
+        .iter()
+        .take(QUOTED_FINDINGS)
+        .map(|l| (*l).to_owned())
+        .collect();
+    if findings.len() > QUOTED_FINDINGS {
+        quoted.push(format!(
+            "... {} more findings in the JSON report",
+            findings.len() - QUOTED_FINDINGS
+        ));
+    }
+    quoted.extend(totals.iter().map(|l| (*l).to_owned()));
+    quoted.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(inode: u64, size: u64, seed: u64) -> Value {
+        json!({
+            "name": format!("f{inode}"),
+            "inode": inode,
+            "size": size,
+            "master_key_hex": "00".repeat(64),
+            "plaintext": {"generator": "splitmix64", "seed": seed},
+        })
+    }
+
+    #[test]
+    fn last_entry_per_inode_wins() {
+        let mut merged = MergedManifest::default();
+        merged
+            .add(
+                "a",
+                &json!({"fs_uuid": "U", "files": [file(12, 1, 1), file(13, 2, 2)]}),
+            )
+            .expect("merges");
+        merged
+            .add("b", &json!({"fs_uuid": "u", "files": [file(12, 4097, 3)]}))
+            .expect("same uuid, other case");
+        merged
+            .add("c", &json!({"files": [file(14, 0, 4)]}))
+            .expect("no uuid is fine");
+        assert_eq!(merged.len(), 3);
+        let manifest = merged.to_manifest().expect("fits the schema");
+        assert_eq!(manifest.fs_uuid.as_deref(), Some("U"));
+        let twelve = manifest
+            .files
+            .iter()
+            .find(|f| f.inode == 12)
+            .expect("listed");
+        assert_eq!(twelve.size, Some(4097));
+    }
+
+    #[test]
+    fn bad_manifests_are_named() {
+        let mut merged = MergedManifest::default();
+        merged
+            .add("a", &json!({"fs_uuid": "U1", "files": []}))
+            .expect("merges");
+        assert_eq!(
+            merged.add("b", &json!({"fs_uuid": "U2", "files": []})),
+            Err(MergeError::Uuid {
+                test: "b".into(),
+                theirs: "U2".into(),
+                ours: "U1".into()
+            })
+        );
+        assert_eq!(
+            merged.add("c", &json!({"files": {}})),
+            Err(MergeError::Shape { test: "c".into() })
+        );
+        assert_eq!(
+            merged.add("d", &json!({"files": [{"name": "x"}]})),
+            Err(MergeError::NoInode {
+                test: "d".into(),
+                index: 0
+            })
+        );
+        let mut bad = MergedManifest::default();
+        bad.add("e", &json!({"files": [{"inode": 5, "bogus": 1}]}))
+            .expect("merging does not check the schema");
+        assert!(bad.to_manifest().is_err());
+    }
+
+    #[test]
+    fn verify_refuses_what_it_cannot_check() {
+        let image = Path::new("/nonexistent/disk.img");
+        let empty = MergedManifest::default();
+        let v = verify("ufs", image, &empty, &[], true);
+        assert!(v.result.message.contains("listed no files"));
+        assert!(v.report.is_none());
+        let mut one = MergedManifest::default();
+        one.add("a", &json!({"files": [file(12, 1, 1)]}))
+            .expect("merges");
+        let v = verify("ufs", image, &one, &[], false);
+        assert!(v.result.message.contains("not run"));
+        let v = verify("ufs", image, &one, &[], true);
+        assert_eq!(v.result.outcome, crate::lab::report::Outcome::Fail);
+        assert!(v.result.message.contains("/nonexistent/disk.img"));
+    }
+
+    #[test]
+    fn totals_line() {
+        let mut t = Totals::default();
+        t.add(Totals {
+            files: 2,
+            data_units: 10,
+            mismatches: 1,
+            plaintext_hits: 0,
+            problems: 0,
+        });
+        t.add(Totals {
+            files: 1,
+            data_units: 5,
+            ..Totals::default()
+        });
+        assert_eq!(
+            t.line(),
+            "verifier: 3 files, 15 data units, 1 mismatches, 0 plaintext hits"
+        );
+        t.problems = 2;
+        assert!(t.line().ends_with(", 2 problems"));
+    }
+
+    #[test]
+    fn quote_keeps_the_totals_line() {
+        let report = Report {
+            files: 1,
+            data_units_checked: 30,
+            mismatch_count: 30,
+            mismatches: (0..30)
+                .map(|i| icelab_verifier::Mismatch {
+                    inode: 12,
+                    data_unit: i,
+                    image_offset: Some(4096 * i),
+                    expected: "aa".into(),
+                    actual: "bb".into(),
+                })
+                .collect(),
+            ..Report::default()
+        };
+        let q = quote(&report);
+        assert_eq!(q.lines().count(), QUOTED_FINDINGS + 2);
+        assert!(q.contains("inode 12 data unit 0 at image offset 0"));
+        assert!(q.contains("10 more findings"));
+        assert!(
+            q.lines()
+                .last()
+                .is_some_and(|l| l.contains("30 mismatches"))
+        );
+    }
+}
