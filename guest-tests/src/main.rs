@@ -50,7 +50,12 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Args {
 }
 
 fn main() {
-    let args = parse_args(std::env::args().skip(1));
+    // Hidden: a worker process of a suite (keyslot-pressure).
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some("--worker") {
+        std::process::exit(icelab_guest::suites::lab::pressure::worker_main(&raw[1..]));
+    }
+    let args = parse_args(raw);
     if args.help {
         println!("{USAGE}");
         return;

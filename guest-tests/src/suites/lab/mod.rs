@@ -12,8 +12,13 @@
 //! suite's `unmount`), [`reboot`] (the second boot).
 
 pub mod files;
+pub mod fscrypt_tool;
+pub mod keys;
 pub mod matrix;
+pub mod path;
 pub mod plan;
+pub mod pressure;
+pub mod provisioning;
 pub mod reboot;
 
 use crate::runner::TestDef;
@@ -31,6 +36,10 @@ pub const TESTS: &[TestDef] = &[
     matrix::POLICY_TESTS[4],
     matrix::POLICY_TESTS[5],
     matrix::POLICY_TESTS[6],
+    path::PATH_SELECTION,
+    keys::KEY_REMOVAL,
+    provisioning::KEYRING_PROVISIONING,
+    fscrypt_tool::FSCRYPT_TOOL,
     matrix::UNMOUNT,
 ];
 
@@ -48,7 +57,13 @@ pub const REBOOT_TESTS: &[TestDef] = &[
 ];
 
 /// `icelab.suite=lab-pressure`.
-pub const PRESSURE_TESTS: &[TestDef] = &[];
+pub const PRESSURE_TESTS: &[TestDef] = &[
+    matrix::DRIVER_LOAD,
+    matrix::CRYPTO_SYSFS,
+    matrix::MKFS_MOUNT,
+    pressure::KEYSLOT_PRESSURE,
+    matrix::UNMOUNT,
+];
 
 /// `icelab.suite=matrix`: the policy matrix alone (the fault runs).
 pub const MATRIX_TESTS: &[TestDef] = &[
