@@ -24,6 +24,10 @@ pub const DEFAULT_DISK: &str = "/dev/vda";
 pub const DEFAULT_MOUNTPOINT: &str = "/mnt";
 /// Default ext4 mount data.
 pub const DEFAULT_MOUNT_DATA: &str = "inlinecrypt";
+/// Default seconds per fio measurement of the bench suite.
+pub const DEFAULT_FIO_SECONDS: u32 = 5;
+/// Default size of the bench suite's fio file (64 MiB).
+pub const DEFAULT_FIO_SIZE: u64 = 64 << 20;
 /// Default modules loaded (best effort, with modprobe) before the driver:
 /// the virtio PCI transport, which the driver needs but does not link
 /// against, and ext4.
@@ -152,6 +156,8 @@ const KNOWN_KEYS: &[&str] = &[
     "timeout_factor",
     "fault",
     "profile",
+    "fio_seconds",
+    "fio_size",
 ];
 
 /// The suites the runner knows.
@@ -290,6 +296,11 @@ pub struct Config {
     pub timeout_factor: u32,
     /// `icelab.fault`: a fault injected into the runner itself.
     pub fault: Option<Fault>,
+    /// `icelab.fio_seconds`: seconds per fio measurement (bench suite).
+    pub fio_seconds: u32,
+    /// `icelab.fio_size`: size of the bench suite's fio file in bytes
+    /// (written `64M`, `1G`, `65536`).
+    pub fio_size: u64,
 }
 
 impl Config {
@@ -318,6 +329,8 @@ impl Config {
             preload: DEFAULT_PRELOAD.iter().map(|s| (*s).to_owned()).collect(),
             timeout_factor: 1,
             fault: None,
+            fio_seconds: DEFAULT_FIO_SECONDS,
+            fio_size: DEFAULT_FIO_SIZE,
         }
     }
 
@@ -398,6 +411,23 @@ impl Config {
             };
         }
         config.fault = params.get("fault").map(parse_fault).transpose()?;
+        if let Some(v) = params.get("fio_seconds") {
+            config.fio_seconds = match parse_u32("fio_seconds", v)? {
+                n @ 1..=3600 => n,
+                _ => return Err(bad("fio_seconds", v, "expected 1 to 3600")),
+            };
+        }
+        if let Some(v) = params.get("fio_size") {
+            config.fio_size = parse_size(v)
+                .filter(|n| n.is_multiple_of(4096) && (1 << 20..=1 << 40).contains(n))
+                .ok_or_else(|| {
+                    bad(
+                        "fio_size",
+                        v,
+                        "expected a multiple of 4 KiB from 1M to 1T, like 64M",
+                    )
+                })?;
+        }
         Ok(config)
     }
 
@@ -461,6 +491,18 @@ fn parse_fault(v: &str) -> Result<Fault> {
         kind,
         test: test.to_owned(),
     })
+}
+
+/// Parses a byte count with an optional binary suffix (K, M, G, T).
+fn parse_size(v: &str) -> Option<u64> {
+    let (digits, shift) = match v.chars().last()? {
+        'K' | 'k' => (&v[..v.len() - 1], 10),
+        'M' | 'm' => (&v[..v.len() - 1], 20),
+        'G' | 'g' => (&v[..v.len() - 1], 30),
+        'T' | 't' => (&v[..v.len() - 1], 40),
+        _ => (v, 0),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
 /// Parses a 64-bit seed written in hex, with or without `0x`.
@@ -613,6 +655,39 @@ mod tests {
         extra.add_word("--no-init");
         p.merge(extra);
         assert_eq!(p.get("expect"), Some("fallback"));
+    }
+
+    #[test]
+    fn fio_keys_parse_and_are_checked() {
+        let d = config("").expect("defaults");
+        assert_eq!((d.fio_seconds, d.fio_size), (5, 64 << 20));
+        let c = config("icelab.fio_seconds=2 icelab.fio_size=16M").expect("valid");
+        assert_eq!((c.fio_seconds, c.fio_size), (2, 16 << 20));
+        assert_eq!(
+            config("icelab.fio_size=1g").expect("valid").fio_size,
+            1 << 30
+        );
+        assert_eq!(
+            config("icelab.fio_size=8388608").expect("valid").fio_size,
+            8 << 20
+        );
+        for bad in [
+            "icelab.fio_seconds=0",
+            "icelab.fio_seconds=x",
+            "icelab.fio_size=64X",
+            "icelab.fio_size=512K",
+            "icelab.fio_size=1048577",
+            "icelab.fio_size=",
+            "icelab.fio_size=99999999999T",
+        ] {
+            assert!(config(bad).is_err(), "{bad}");
+        }
+        assert!(
+            Params::parse("icelab.fio_size=4M")
+                .expect("parses")
+                .unknown_keys()
+                .is_empty()
+        );
     }
 
     #[test]

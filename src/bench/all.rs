@@ -6,7 +6,7 @@
 //! and an SVG plot; `--baseline` turns it into a regression check.
 
 use super::device::{self, Load, Measurement, Pattern, Target};
-use super::{crypto, plot};
+use super::{crypto, guest, plot};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
@@ -38,6 +38,10 @@ pub struct AllArgs {
     /// Leave out the engine bench (`icelab bench crypto`).
     #[arg(long)]
     pub no_engine: bool,
+    /// Leave out the guest bench (`icelab bench guest`: two TCG boots
+    /// running fio; about 60 s with --quick, 3 minutes without).
+    #[arg(long)]
+    pub no_guest: bool,
     /// Write every figure as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -68,6 +72,8 @@ struct Config {
     /// Block sizes of the sequential-read sweep plotted.
     sweep: Vec<u64>,
     engine: bool,
+    /// The guest part, unless --no-guest.
+    guest: Option<guest::Plan>,
     args: AllArgs,
 }
 
@@ -92,6 +98,23 @@ impl TryFrom<AllArgs> for Config {
         } else {
             vec![4 << 10, 16 << 10, 64 << 10, 128 << 10, 512 << 10, 1 << 20]
         };
+        let guest = if args.no_guest {
+            None
+        } else if args.quick {
+            Some(guest::Plan::new(
+                1,
+                16 << 20,
+                crate::lab::qemu::Accel::Auto,
+                600,
+            )?)
+        } else {
+            Some(guest::Plan::new(
+                5,
+                64 << 20,
+                crate::lab::qemu::Accel::Auto,
+                600,
+            )?)
+        };
         Ok(Self {
             seconds,
             repeats,
@@ -101,6 +124,7 @@ impl TryFrom<AllArgs> for Config {
             size,
             sweep,
             engine: !args.no_engine,
+            guest,
             args,
         })
     }
@@ -148,6 +172,9 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    // The guest part first: it fails early (a lab build, a boot) where
+    // the device loads cannot.
+    let guest = config.guest.as_ref().map(guest::measure).transpose()?;
     let mut loads: Vec<(String, Pattern, u64)> = KEY_LOADS
         .iter()
         .map(|&(name, pattern, bs)| (name.to_owned(), pattern, bs))
@@ -205,7 +232,10 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
             });
         }
     }
-    let ratios = ratios(&points);
+    let mut ratios = ratios(&points);
+    if let Some(part) = &guest {
+        ratios.extend(part["ratios"].as_array().into_iter().flatten().cloned());
+    }
     let document = json!({
         "cpu": super::cpu_model(),
         "cpus": std::thread::available_parallelism().map_or(1, usize::from),
@@ -227,8 +257,13 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
             v
         }).collect::<Vec<_>>(),
         "ratios": ratios,
+        "guest": guest,
     });
-    let markdown = markdown(&document);
+    let mut markdown = markdown(&document);
+    if let Some(part) = &guest {
+        markdown.push('\n');
+        markdown.push_str(&guest::markdown(part));
+    }
     println!("{markdown}");
     if let Some(path) = &config.args.markdown {
         std::fs::write(path, &markdown)
@@ -326,7 +361,11 @@ fn ratios(points: &[Point]) -> Vec<Value> {
 
 /// Every tracked ratio of `run` more than `threshold` percent below the
 /// same ratio in `baseline`, described.
-fn regressions(run: &Value, baseline: &Value, threshold: f64) -> anyhow::Result<Vec<String>> {
+pub(super) fn regressions(
+    run: &Value,
+    baseline: &Value,
+    threshold: f64,
+) -> anyhow::Result<Vec<String>> {
     let Some(base) = baseline["ratios"].as_array() else {
         bail!("the baseline has no \"ratios\" array: is it `icelab bench all --json` output?");
     };
@@ -412,7 +451,13 @@ fn markdown(doc: &Value) -> String {
             );
         }
     }
-    for r in doc["ratios"].as_array().into_iter().flatten() {
+    // The guest's ratios have no goal; its own table shows them.
+    for r in doc["ratios"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| !r["goal"].is_null())
+    {
         let _ = writeln!(
             s,
             "| {} | {:.2}× | {}× | {} |",

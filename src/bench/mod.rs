@@ -3,6 +3,7 @@
 pub mod all;
 pub mod crypto;
 pub mod device;
+pub mod guest;
 pub mod peers;
 mod plot;
 
@@ -15,6 +16,8 @@ pub enum BenchCommand {
     Crypto(crypto::CryptoArgs),
     /// The device through the native vhost-user frontend: IOPS, MB/s, latency, CPU per GB.
     Device(device::DeviceArgs),
+    /// fio inside the lab guest on an inlinecrypt ext4 file: native ICE, blk-crypto-fallback, no encryption (ratios; TCG is not hardware).
+    Guest(guest::GuestArgs),
     /// Every part in one run: icelab ICE on/off and qemu-storage-daemon raw/LUKS under the same loads, the engine; JSON, markdown, SVG plot, baseline check.
     All(all::AllArgs),
 }
@@ -24,6 +27,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Crypto(args) => crypto::run(args),
         BenchCommand::Device(args) => device::run(args),
+        BenchCommand::Guest(args) => guest::run(args),
         BenchCommand::All(args) => all::run(args),
     }
 }

@@ -1,0 +1,903 @@
+//! `icelab bench guest`: fio inside the lab guest on an inlinecrypt ext4
+//! filesystem (the guest runner's `bench` suite), in two boots: a device
+//! with inline encryption (fscrypt's I/O is encrypted by the emulated
+//! engine, "native ICE") and a device without (the guest kernel encrypts
+//! with blk-crypto-fallback). Each boot also measures an unencrypted
+//! directory ("none"), so every ratio compares figures from one boot,
+//! except native/fallback, which spans the two (the two "none" figures
+//! show how far the boots drifted apart).
+//!
+//! Under TCG the guest's CPU is emulated: absolute figures say nothing
+//! about hardware, and the output says so. The encrypted figures are
+//! attributed to a path only when the guest's kernel log named it
+//! (`blk-crypto-path`) and the device's counters agree.
+
+use super::all::regressions;
+use crate::lab::artifacts::{self, Artifacts, Overrides};
+use crate::lab::qemu::{self, Accel, VmSpec};
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Options of `icelab bench guest`.
+#[derive(clap::Args, Debug)]
+pub struct GuestArgs {
+    /// Seconds per fio run (default 5, or 1 with --quick).
+    #[arg(long)]
+    pub seconds: Option<u32>,
+    /// Size of each fio file (default 64M, or 16M with --quick).
+    #[arg(long)]
+    pub size: Option<String>,
+    /// A short run: 1-second points on a 16 MiB file.
+    #[arg(long)]
+    pub quick: bool,
+    /// Accelerator: auto probes KVM and falls back to TCG.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: Accel,
+    /// Longest a boot may take, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Keep each boot's image, logs and stats under DIR.
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+    /// Write every figure as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write the markdown table to FILE (it is printed in any case).
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<PathBuf>,
+    /// Compare the run's ratios with a stored run's JSON (`bench guest` or
+    /// `bench all`); exit non-zero when one fell by more than --threshold.
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
+    /// Allowed fall of a ratio below the baseline, in percent.
+    #[arg(long, default_value_t = 10.0)]
+    pub threshold: f64,
+}
+
+/// The checked parameters of a guest measurement.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Seconds per fio run.
+    pub seconds: u32,
+    /// Bytes per fio file.
+    pub size: u64,
+    /// Accelerator asked for.
+    pub accel: Accel,
+    /// Longest a boot may take.
+    pub timeout: Duration,
+    /// Where to keep each boot's files.
+    pub keep: Option<PathBuf>,
+}
+
+impl Plan {
+    /// Checks the values (the guest runner refuses the same ranges, but
+    /// only after a boot).
+    pub fn new(seconds: u32, size: u64, accel: Accel, timeout: u64) -> anyhow::Result<Self> {
+        if !(1..=3600).contains(&seconds) {
+            bail!("--seconds {seconds}: use 1 to 3600");
+        }
+        if !size.is_multiple_of(4096) || !(1 << 20..=16 << 30).contains(&size) {
+            bail!("--size {size}: use a multiple of 4K from 1M to 16G");
+        }
+        if timeout < 30 {
+            bail!("--timeout {timeout}: a boot needs at least 30 s");
+        }
+        Ok(Self {
+            seconds,
+            size,
+            accel,
+            timeout: Duration::from_secs(timeout),
+            keep: None,
+        })
+    }
+}
+
+/// The loads, as the guest suite names them (test `fio-<load>`).
+pub const LOADS: [&str; 3] = ["seqwrite-128k", "seqread-128k", "randread-4k"];
+
+/// What the output says about the figures under TCG.
+pub const TCG_NOTE: &str = "TCG: software emulation; ratios only, not hardware numbers";
+
+/// One boot of the bench suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boot {
+    /// Device with inline encryption; QEMU forwards it.
+    Native,
+    /// Device without; the guest kernel uses blk-crypto-fallback.
+    Fallback,
+}
+
+impl Boot {
+    /// The name in the output and as `icelab.expect`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Fallback => "fallback",
+        }
+    }
+
+    /// The configuration the encrypted directory measures in this boot.
+    pub fn encrypted_label(self) -> &'static str {
+        match self {
+            Self::Native => "native ICE",
+            Self::Fallback => "blk-crypto-fallback",
+        }
+    }
+}
+
+/// One guest test's verdict, from its `{"type":"test",...}` line (kept
+/// apart from `icelab run`'s report types: the bench needs only these).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuestTest {
+    /// Test name.
+    pub name: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// Its message.
+    pub message: String,
+    /// What it observed.
+    pub facts: Value,
+    /// Wall time in the guest.
+    pub duration_ms: u64,
+}
+
+impl GuestTest {
+    /// Parses a results line; `None` for other lines (hello, done, noise).
+    pub fn from_line(line: &Value) -> Option<Self> {
+        (line["type"] == "test").then(|| Self {
+            name: line["name"].as_str().unwrap_or("unnamed").to_owned(),
+            passed: line["status"] == "pass",
+            message: line["message"].as_str().unwrap_or_default().to_owned(),
+            facts: line.get("facts").cloned().unwrap_or(Value::Null),
+            duration_ms: line["duration_ms"].as_u64().unwrap_or(0),
+        })
+    }
+
+    /// `PASS boot/name (1.2 s)` or `FAIL boot/name: message`.
+    fn line(&self, boot: Boot) -> String {
+        if self.passed {
+            format!(
+                "PASS {}/{} ({:.1} s)",
+                boot.name(),
+                self.name,
+                self.duration_ms as f64 / 1000.0
+            )
+        } else {
+            format!("FAIL {}/{}: {}", boot.name(), self.name, self.message)
+        }
+    }
+}
+
+/// One figure: a load in a directory of a boot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// The boot.
+    pub boot: Boot,
+    /// `plain` (no encryption) or `encrypted`.
+    pub dir: &'static str,
+    /// The load.
+    pub load: String,
+    /// The guest's facts for it (mb_per_s, iops, clat_us).
+    pub figures: Value,
+}
+
+impl Point {
+    fn mb_per_s(&self) -> Option<f64> {
+        self.figures["mb_per_s"].as_f64()
+    }
+
+    fn label(&self) -> String {
+        match self.dir {
+            "encrypted" => self.boot.encrypted_label().to_owned(),
+            _ => format!("none ({} boot)", self.boot.name()),
+        }
+    }
+}
+
+/// Runs `icelab bench guest`.
+pub fn run(args: GuestArgs) -> anyhow::Result<()> {
+    let seconds = args.seconds.unwrap_or(if args.quick { 1 } else { 5 });
+    let size = crate::serve::parse_size(args.size.as_deref().unwrap_or(if args.quick {
+        "16M"
+    } else {
+        "64M"
+    }))?;
+    let mut plan = Plan::new(seconds, size, args.accel, args.timeout)?;
+    plan.keep.clone_from(&args.keep);
+    let document = measure(&plan)?;
+    let markdown = markdown(&document);
+    println!("{markdown}");
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &markdown)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&document)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.baseline {
+        let text = std::fs::read(path)
+            .with_context(|| format!("cannot read the baseline {}", path.display()))?;
+        let baseline: Value = serde_json::from_slice(&text)
+            .with_context(|| format!("the baseline {} is not JSON", path.display()))?;
+        let fallen = regressions(&document, &baseline, args.threshold)?;
+        if !fallen.is_empty() {
+            bail!(
+                "regressed past {}% against {}:\n  {}",
+                args.threshold,
+                path.display(),
+                fallen.join("\n  ")
+            );
+        }
+        println!(
+            "no ratio fell more than {}% below the baseline {}",
+            args.threshold,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Builds (or finds) the lab, boots the suite natively and with the
+/// fallback, and returns every figure and ratio as JSON. Fails, naming
+/// the test, when a boot did not measure everything or the path the
+/// encrypted figures took is not the one the boot was for.
+pub fn measure(plan: &Plan) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let mut artifacts = artifacts::build(&Overrides::default())?;
+    // The initramfs is one file in the shared cache that every `icelab
+    // run` rebuilds: boot from a private copy so a concurrent build cannot
+    // swap the runner between the two boots.
+    let private = tempfile::Builder::new()
+        .prefix("icelab-bench-guest-")
+        .tempdir()?;
+    let initramfs = private.path().join("initramfs.cpio");
+    std::fs::copy(&artifacts.initramfs, &initramfs).with_context(|| {
+        format!(
+            "cannot copy {} to {}",
+            artifacts.initramfs.display(),
+            initramfs.display()
+        )
+    })?;
+    artifacts.initramfs = initramfs;
+    if !artifacts.qemu_patched {
+        bail!(
+            "{} does not forward inline encryption (no `inline-encryption` property); \
+             delete its cache directory so `icelab build` builds the patched QEMU",
+            artifacts.qemu.display()
+        );
+    }
+    let accel = qemu::choose(plan.accel, &artifacts);
+    eprintln!(
+        "icelab bench guest: {} under {}, {} s per fio run, {} MiB files",
+        artifacts.kernel_version,
+        accel.name().to_uppercase(),
+        plan.seconds,
+        plan.size >> 20
+    );
+    let mut points = Vec::new();
+    let mut boots = Vec::new();
+    for boot in [Boot::Native, Boot::Fallback] {
+        let outcome = run_boot(plan, &artifacts, accel, boot)?;
+        points.extend(points_of(boot, &outcome.results)?);
+        check_attribution(boot, &outcome)?;
+        boots.push(json!({
+            "name": boot.name(),
+            "encrypted": boot.encrypted_label(),
+            "wall_seconds": outcome.wall.as_secs_f64(),
+            "kernel_log": outcome.path_line,
+            "device_stats": outcome.stats["stats"],
+        }));
+    }
+    let (ratios, drift) = ratios(&points);
+    Ok(json!({
+        "cpu": super::cpu_model(),
+        "cpus": std::thread::available_parallelism().map_or(1, usize::from),
+        "accel": accel.name(),
+        "note": if accel == Accel::Tcg {
+            TCG_NOTE.to_owned()
+        } else {
+            "KVM: the guest CPU is the host's; ratios still compare best".to_owned()
+        },
+        "kernel": artifacts.kernel_version,
+        "qemu": artifacts.qemu_version,
+        "seconds_per_point": plan.seconds,
+        "size": plan.size,
+        "fio": "O_DIRECT, libaio, iodepth 16, one job, time based",
+        "wall_seconds": started.elapsed().as_secs_f64(),
+        "boots": boots,
+        "points": points.iter().map(|p| {
+            let mut v = p.figures.clone();
+            v["boot"] = json!(p.boot.name());
+            v["dir"] = json!(p.dir);
+            v["load"] = json!(p.load);
+            v["configuration"] = json!(p.label());
+            v
+        }).collect::<Vec<_>>(),
+        "ratios": ratios,
+        "drift": drift,
+    }))
+}
+
+/// The figures of a boot's fio tests; fails naming a test that did not
+/// pass or reported no figure.
+fn points_of(boot: Boot, results: &[GuestTest]) -> anyhow::Result<Vec<Point>> {
+    let mut out = Vec::new();
+    for load in LOADS {
+        let name = format!("fio-{load}");
+        let Some(result) = results.iter().find(|r| r.name == name) else {
+            bail!(
+                "the {} boot reported no {name} (see the lines above)",
+                boot.name()
+            );
+        };
+        if !result.passed {
+            bail!("{} boot: {name} failed: {}", boot.name(), result.message);
+        }
+        for dir in ["plain", "encrypted"] {
+            let figures = result.facts[dir].clone();
+            if figures["mb_per_s"].as_f64().is_none() {
+                bail!(
+                    "{} boot: {name} reported no MB/s for {dir}: {}",
+                    boot.name(),
+                    result.facts
+                );
+            }
+            out.push(Point {
+                boot,
+                dir,
+                load: load.to_owned(),
+                figures,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The guest's kernel log must name the boot's path, and the device's
+/// counters must agree: crypto requests in the native boot, none in the
+/// fallback boot.
+fn check_attribution(boot: Boot, outcome: &BootOutcome) -> anyhow::Result<()> {
+    let path = outcome
+        .results
+        .iter()
+        .find(|r| r.name == "blk-crypto-path")
+        .with_context(|| format!("the {} boot reported no blk-crypto-path", boot.name()))?;
+    if !path.passed {
+        bail!(
+            "{} boot: blk-crypto-path failed, so its encrypted figures cannot be attributed: {}",
+            boot.name(),
+            path.message
+        );
+    }
+    let count = |key: &str| outcome.stats["stats"][key]["requests"].as_u64();
+    match (boot, count("crypto_out"), count("crypto_in")) {
+        (_, None, _) | (_, _, None) => bail!(
+            "the {} boot's device wrote no stats (see its device.log with --keep)",
+            boot.name()
+        ),
+        (Boot::Native, Some(o), Some(i)) if o == 0 || i == 0 => bail!(
+            "native boot: the device saw {o} CRYPTO_OUT and {i} CRYPTO_IN requests; \
+             the engine did not do the encryption"
+        ),
+        (Boot::Fallback, Some(o), Some(i)) if o + i > 0 => bail!(
+            "fallback boot: a device without inline encryption saw {o} CRYPTO_OUT and {i} \
+             CRYPTO_IN requests"
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The tracked ratios (MB/s over MB/s, per load: native/none,
+/// fallback/none, native/fallback) in `bench all`'s format, and the boot
+/// drift (none in the native boot over none in the fallback boot), which
+/// is shown but not tracked.
+pub fn ratios(points: &[Point]) -> (Vec<Value>, Vec<Value>) {
+    let figure = |boot: Boot, dir: &str, load: &str| {
+        points
+            .iter()
+            .find(|p| p.boot == boot && p.dir == dir && p.load == load)
+            .and_then(Point::mb_per_s)
+    };
+    let mut tracked = Vec::new();
+    let mut drift = Vec::new();
+    for load in LOADS {
+        let native = figure(Boot::Native, "encrypted", load);
+        let native_none = figure(Boot::Native, "plain", load);
+        let fallback = figure(Boot::Fallback, "encrypted", load);
+        let fallback_none = figure(Boot::Fallback, "plain", load);
+        for (ratio, numerator, denominator) in [
+            ("native/none", native, native_none),
+            ("fallback/none", fallback, fallback_none),
+            ("native/fallback", native, fallback),
+        ] {
+            if let (Some(n), Some(d)) = (numerator, denominator)
+                && d > 0.0
+            {
+                tracked.push(json!({
+                    "name": format!("guest {load} {ratio}"),
+                    "load": load,
+                    "ratio": ratio,
+                    "value": n / d,
+                    "goal": Value::Null,
+                    "met": Value::Null,
+                }));
+            }
+        }
+        if let (Some(n), Some(d)) = (native_none, fallback_none)
+            && d > 0.0
+        {
+            drift.push(json!({
+                "name": format!("guest {load} none: native boot / fallback boot"),
+                "load": load,
+                "value": n / d,
+            }));
+        }
+    }
+    (tracked, drift)
+}
+
+/// The guest part as markdown: the TCG note, the figures, the ratios.
+pub fn markdown(doc: &Value) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "icelab bench guest: fio in the guest ({}, {}), {}, {} s per point, {} MiB file per directory, on {}\n",
+        doc["kernel"].as_str().unwrap_or("?"),
+        doc["accel"].as_str().unwrap_or("?").to_uppercase(),
+        doc["fio"].as_str().unwrap_or("?"),
+        doc["seconds_per_point"],
+        doc["size"].as_u64().unwrap_or(0) >> 20,
+        doc["cpu"].as_str().unwrap_or("?"),
+    );
+    let _ = writeln!(s, "**{}.**\n", doc["note"].as_str().unwrap_or(TCG_NOTE));
+    let _ = writeln!(
+        s,
+        "| load | configuration | MB/s | IOPS | p50 µs | p99 µs | p99.9 µs |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
+    let f = |v: &Value, d: usize| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.d$}"));
+    for load in LOADS {
+        for p in doc["points"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["load"] == load)
+        {
+            let _ = writeln!(
+                s,
+                "| {load} | {} | {} | {} | {} | {} | {} |",
+                p["configuration"].as_str().unwrap_or("?"),
+                f(&p["mb_per_s"], 1),
+                f(&p["iops"], 0),
+                f(&p["clat_us"]["p50"], 0),
+                f(&p["clat_us"]["p99"], 0),
+                f(&p["clat_us"]["p99.9"], 0),
+            );
+        }
+    }
+    let _ = writeln!(s, "\n| ratio (MB/s, same run) | measured |");
+    let _ = writeln!(s, "|---|---:|");
+    for r in doc["ratios"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(doc["drift"].as_array().into_iter().flatten())
+    {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2}× |",
+            r["name"].as_str().unwrap_or("?"),
+            r["value"].as_f64().unwrap_or(0.0)
+        );
+    }
+    s
+}
+
+/// What a boot produced.
+struct BootOutcome {
+    results: Vec<GuestTest>,
+    stats: Value,
+    path_line: Value,
+    wall: Duration,
+}
+
+/// Boots the bench suite once: `icelab serve`, QEMU, the results stream,
+/// the device's stats.
+fn run_boot(
+    plan: &Plan,
+    artifacts: &Artifacts,
+    accel: Accel,
+    boot: Boot,
+) -> anyhow::Result<BootOutcome> {
+    let started = Instant::now();
+    let temporary;
+    let dir = match &plan.keep {
+        Some(keep) => {
+            let dir = keep.join(boot.name());
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            dir
+        }
+        None => {
+            temporary = tempfile::Builder::new()
+                .prefix("icelab-bench-guest-")
+                .tempdir()?;
+            temporary.path().to_owned()
+        }
+    };
+    let file = |name: &str| dir.join(name);
+    for stale in ["disk.img", "results.jsonl", "console.log", "stats.json"] {
+        let _ = std::fs::remove_file(file(stale));
+    }
+    // Two fio files, the filesystem's own blocks, room to spare.
+    let disk = (2 * plan.size + (256 << 20)).max(512 << 20);
+    let mut device_args = vec![
+        "--size".to_owned(),
+        disk.to_string(),
+        "--queues".to_owned(),
+        "2".to_owned(),
+    ];
+    device_args.push(match boot {
+        Boot::Native => "--profile=ufs".to_owned(),
+        Boot::Fallback => "--no-inline-encryption".to_owned(),
+    });
+    let mut device = spawn_device(&dir, &device_args)?;
+    // The guest's fio tests allow 600 s each before this factor.
+    let factor = 1 + u64::from(plan.seconds) * 2 / 400;
+    let spec = VmSpec {
+        artifacts,
+        socket: &file("icelab.sock"),
+        append: format!(
+            "icelab.suite=bench icelab.expect={} icelab.fio_seconds={} icelab.fio_size={} \
+             icelab.timeout_factor={factor}",
+            boot.name(),
+            plan.seconds,
+            plan.size
+        ),
+        console_log: file("console.log"),
+        results_log: file("results.jsonl"),
+        queues: 2,
+        inline_encryption: boot == Boot::Native,
+        accel,
+    };
+    eprintln!(
+        "--- boot {} (encrypted directory: {})",
+        boot.name(),
+        boot.encrypted_label()
+    );
+    let qemu_log = std::fs::File::create(file("qemu.log"))?;
+    let mut vm = qemu::command(&spec)
+        .stdout(qemu_log.try_clone()?)
+        .stderr(qemu_log)
+        .spawn()
+        .with_context(|| format!("cannot start {}", artifacts.qemu.display()))?;
+    let streamed = stream(&mut vm, &file("results.jsonl"), boot, plan.timeout);
+    let _ = vm.kill();
+    let _ = vm.wait();
+    let device_status = wait_child(&mut device, Duration::from_secs(20));
+    let results = match streamed {
+        Ok(results) => results,
+        Err(problem) => bail!(
+            "{} boot: {problem}\n--- console tail:\n{}",
+            boot.name(),
+            tail(&file("console.log"), 30)
+        ),
+    };
+    if !device_status.is_some_and(|s| s.success()) {
+        bail!(
+            "{} boot: icelab serve did not exit cleanly ({device_status:?}):\n{}",
+            boot.name(),
+            tail(&file("device.log"), 20)
+        );
+    }
+    let stats = std::fs::read(file("stats.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .unwrap_or(Value::Null);
+    let path_line = results
+        .iter()
+        .find(|r| r.name == "blk-crypto-path")
+        .map_or(Value::Null, |r| r.facts["matched_line"].clone());
+    Ok(BootOutcome {
+        results,
+        stats,
+        path_line,
+        wall: started.elapsed(),
+    })
+}
+
+/// Starts `icelab serve` (this binary) in `dir` and waits for its socket.
+fn spawn_device(dir: &Path, extra: &[String]) -> anyhow::Result<Child> {
+    let socket = dir.join("icelab.sock");
+    let log_path = dir.join("device.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = Command::new(crate::self_exe())
+        .arg("serve")
+        .arg("--image")
+        .arg(dir.join("disk.img"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--stats")
+        .arg(dir.join("stats.json"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("cannot start icelab serve")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!(
+                "icelab serve exited ({status}) before listening:\n{}",
+                tail(&log_path, 20)
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "icelab serve did not create its socket within 20 s:\n{}",
+                tail(&log_path, 20)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
+/// Follows the guest's results until its `done` line; each test is
+/// printed as it arrives. Errs when QEMU exits first or the timeout passes.
+fn stream(
+    vm: &mut Child,
+    path: &Path,
+    boot: Boot,
+    timeout: Duration,
+) -> Result<Vec<GuestTest>, String> {
+    let deadline = Instant::now() + timeout;
+    let mut offset = 0u64;
+    let mut pending = String::new();
+    let mut results = Vec::new();
+    loop {
+        let exited = matches!(vm.try_wait(), Ok(Some(_)));
+        if let Ok(mut file) = std::fs::File::open(path)
+            && file.seek(SeekFrom::Start(offset)).is_ok()
+        {
+            let mut bytes = Vec::new();
+            if let Ok(read) = file.read_to_end(&mut bytes) {
+                offset += read as u64;
+                pending.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+        while let Some(end) = pending.find('\n') {
+            let line: String = pending.drain(..=end).collect();
+            let Ok(value) = serde_json::from_str::<Value>(line.trim().trim_start_matches('\0'))
+            else {
+                continue;
+            };
+            if let Some(test) = GuestTest::from_line(&value) {
+                eprintln!("{}", test.line(boot));
+                results.push(test);
+            } else if value["type"] == "done" {
+                let _ = wait_child(vm, Duration::from_secs(10));
+                return Ok(results);
+            }
+        }
+        if exited {
+            return Err("the guest stopped before reporting `done` (crashed?)".to_owned());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the guest did not finish within {} s (hung? raise --timeout)",
+                timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last `lines` lines of a log file.
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(boot: Boot, dir: &'static str, load: &str, mb: f64) -> Point {
+        Point {
+            boot,
+            dir,
+            load: load.to_owned(),
+            figures: json!({"mb_per_s": mb, "iops": mb * 10.0}),
+        }
+    }
+
+    fn find<'a>(values: &'a [Value], name: &str) -> &'a Value {
+        values
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {values:?}"))
+    }
+
+    #[test]
+    fn ratios_divide_the_right_figures() {
+        let points = vec![
+            point(Boot::Native, "plain", "seqread-128k", 200.0),
+            point(Boot::Native, "encrypted", "seqread-128k", 180.0),
+            point(Boot::Fallback, "plain", "seqread-128k", 250.0),
+            point(Boot::Fallback, "encrypted", "seqread-128k", 50.0),
+        ];
+        let (tracked, drift) = ratios(&points);
+        assert_eq!(tracked.len(), 3, "{tracked:?}");
+        let v = |name| find(&tracked, name)["value"].as_f64().unwrap();
+        assert!((v("guest seqread-128k native/none") - 0.9).abs() < 1e-12);
+        assert!((v("guest seqread-128k fallback/none") - 0.2).abs() < 1e-12);
+        assert!((v("guest seqread-128k native/fallback") - 3.6).abs() < 1e-12);
+        assert_eq!(drift.len(), 1);
+        assert!((drift[0]["value"].as_f64().unwrap() - 0.8).abs() < 1e-12);
+        assert_eq!(
+            find(&tracked, "guest seqread-128k native/none")["goal"],
+            Value::Null
+        );
+    }
+
+    #[test]
+    fn missing_or_zero_figures_give_no_ratio() {
+        let points = vec![
+            point(Boot::Native, "plain", "randread-4k", 0.0),
+            point(Boot::Native, "encrypted", "randread-4k", 10.0),
+            point(Boot::Fallback, "encrypted", "randread-4k", 5.0),
+        ];
+        let (tracked, drift) = ratios(&points);
+        let names: Vec<&str> = tracked.iter().filter_map(|v| v["name"].as_str()).collect();
+        assert_eq!(names, ["guest randread-4k native/fallback"]);
+        assert!(drift.is_empty());
+    }
+
+    #[test]
+    fn the_baseline_check_covers_guest_ratios() {
+        let points = vec![
+            point(Boot::Native, "plain", "seqwrite-128k", 100.0),
+            point(Boot::Native, "encrypted", "seqwrite-128k", 90.0),
+            point(Boot::Fallback, "plain", "seqwrite-128k", 100.0),
+            point(Boot::Fallback, "encrypted", "seqwrite-128k", 30.0),
+        ];
+        let base = json!({ "ratios": ratios(&points).0 });
+        let mut slower = points.clone();
+        slower[1] = point(Boot::Native, "encrypted", "seqwrite-128k", 60.0);
+        let run = json!({ "ratios": ratios(&slower).0 });
+        let fallen = regressions(&run, &base, 10.0).unwrap();
+        assert_eq!(fallen.len(), 2, "{fallen:?}");
+        assert!(fallen[0].starts_with("guest seqwrite-128k native/none:"));
+        assert!(fallen[1].starts_with("guest seqwrite-128k native/fallback:"));
+    }
+
+    fn result(name: &str, passed: bool, facts: Value) -> GuestTest {
+        let line = json!({
+            "type": "test",
+            "name": name,
+            "status": if passed { "pass" } else { "fail" },
+            "message": "why",
+            "facts": facts,
+            "duration_ms": 1500,
+        });
+        GuestTest::from_line(&line).expect("a test line")
+    }
+
+    #[test]
+    fn guest_lines_parse() {
+        let t = result("fio-randread-4k", true, json!({"plain": {}}));
+        assert!(t.passed);
+        assert_eq!(
+            t.line(Boot::Fallback),
+            "PASS fallback/fio-randread-4k (1.5 s)"
+        );
+        let f = result("x", false, Value::Null);
+        assert_eq!(f.line(Boot::Native), "FAIL native/x: why");
+        assert_eq!(GuestTest::from_line(&json!({"type": "done"})), None);
+    }
+
+    #[test]
+    fn a_failed_or_empty_fio_test_is_refused() {
+        let good = json!({"plain": {"mb_per_s": 1.0}, "encrypted": {"mb_per_s": 2.0}});
+        let mut results: Vec<GuestTest> = LOADS
+            .iter()
+            .map(|l| result(&format!("fio-{l}"), true, good.clone()))
+            .collect();
+        assert_eq!(points_of(Boot::Native, &results).unwrap().len(), 6);
+        results[1] = result("fio-seqread-128k", false, good.clone());
+        let e = points_of(Boot::Native, &results).unwrap_err().to_string();
+        assert!(e.contains("fio-seqread-128k failed: why"), "{e}");
+        results[1] = result("fio-seqread-128k", true, json!({"plain": {}}));
+        assert!(points_of(Boot::Native, &results).is_err());
+        results.remove(1);
+        let e = points_of(Boot::Native, &results).unwrap_err().to_string();
+        assert!(e.contains("no fio-seqread-128k"), "{e}");
+    }
+
+    fn outcome(path_passed: bool, out: u64, r#in: u64) -> BootOutcome {
+        BootOutcome {
+            results: vec![result("blk-crypto-path", path_passed, Value::Null)],
+            stats: json!({"stats": {"crypto_out": {"requests": out}, "crypto_in": {"requests": r#in}}}),
+            path_line: Value::Null,
+            wall: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn figures_are_attributed_only_to_the_checked_path() {
+        assert!(check_attribution(Boot::Native, &outcome(true, 5, 7)).is_ok());
+        assert!(check_attribution(Boot::Fallback, &outcome(true, 0, 0)).is_ok());
+        assert!(check_attribution(Boot::Native, &outcome(false, 5, 7)).is_err());
+        assert!(check_attribution(Boot::Native, &outcome(true, 0, 7)).is_err());
+        assert!(check_attribution(Boot::Fallback, &outcome(true, 1, 0)).is_err());
+        let mut no_stats = outcome(true, 1, 1);
+        no_stats.stats = Value::Null;
+        assert!(check_attribution(Boot::Native, &no_stats).is_err());
+    }
+
+    #[test]
+    fn markdown_carries_the_tcg_note_and_every_row() {
+        let points = vec![
+            point(Boot::Native, "plain", "seqread-128k", 200.0),
+            point(Boot::Native, "encrypted", "seqread-128k", 180.0),
+        ];
+        let doc = json!({
+            "note": TCG_NOTE,
+            "accel": "tcg",
+            "points": points.iter().map(|p| {
+                let mut v = p.figures.clone();
+                v["load"] = json!(p.load);
+                v["configuration"] = json!(p.label());
+                v
+            }).collect::<Vec<_>>(),
+            "ratios": ratios(&points).0,
+        });
+        let md = markdown(&doc);
+        assert!(md.contains(TCG_NOTE), "{md}");
+        assert!(
+            md.contains("| seqread-128k | none (native boot) | 200.0 |"),
+            "{md}"
+        );
+        assert!(md.contains("| seqread-128k | native ICE | 180.0 |"), "{md}");
+        assert!(
+            md.contains("| guest seqread-128k native/none | 0.90× |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn plans_are_checked() {
+        assert!(Plan::new(5, 64 << 20, Accel::Auto, 600).is_ok());
+        assert!(Plan::new(0, 64 << 20, Accel::Auto, 600).is_err());
+        assert!(Plan::new(5, 1000, Accel::Auto, 600).is_err());
+        assert!(Plan::new(5, 64 << 20, Accel::Auto, 5).is_err());
+    }
+}
