@@ -19,9 +19,6 @@
 //!   device's counters agree with its trace;
 //! - `trace/fscrypt-tool`: Google's fscrypt's files went through the engine.
 
-// Until src/lab/run.rs calls `check` after each boot (MARKS-CALL-SITE).
-#![cfg_attr(not(test), allow(dead_code))]
-
 use super::report::TestResult;
 use anyhow::{Context, bail};
 use icelab_emulator::engine::ProfileName;

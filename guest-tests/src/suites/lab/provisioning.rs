@@ -40,6 +40,9 @@ pub const KEYRING_PROVISIONING: TestDef = TestDef {
 const CASE: Case = case("provisioning", Scheme::PerFile);
 const FILES: [FileSpec; 2] = [whole("one", 4096 + 1), whole("two", 64 * 1024)];
 
+/// Possessor: all; owner (user): view, read, search.
+const KEY_PERM: &str = "0x3f0b0000";
+
 /// The keyring key's description.
 const DESCRIPTION: &str = "icelab:provisioning";
 
@@ -138,6 +141,15 @@ fn keyring_provisioning(
         keyctl_padd(&payload(key.as_ref()))?
     };
     facts.set("keyring_key_id", key_id);
+    // keyctl possesses the key (it is in its session keyring), the runner
+    // does not, and a new key grants search only to possessors:
+    // FS_IOC_ADD_ENCRYPTION_KEY's lookup (KEY_NEED_SEARCH) would fail with
+    // EACCES. keyctl grants its owner view, read and search.
+    command::run(
+        "keyctl",
+        &["setperm", &key_id.to_string(), KEY_PERM],
+        ctx.scaled(Duration::from_secs(10)),
+    )?;
     let dir_path = mnt.join(CASE.name);
     std::fs::create_dir(&dir_path)
         .map_err(|e| Failure(format!("cannot create {}: {e}", dir_path.display())))?;
