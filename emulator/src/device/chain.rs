@@ -168,6 +168,23 @@ impl<'a> Cursor<'a> {
         })
     }
 
+    /// The guest-contiguous piece at the cursor: the rest of the current
+    /// segment, at most `max` bytes. `None` when nothing is left or `max`
+    /// is 0. The cursor does not move.
+    pub fn piece(&self, max: u64) -> Option<(GuestAddress, u64)> {
+        if self.remaining == 0 || max == 0 {
+            return None;
+        }
+        let segment = self.segments[self.index];
+        let len = u64::from(segment.len - self.offset).min(max);
+        Some((GuestAddress(segment.addr.0 + u64::from(self.offset)), len))
+    }
+
+    /// Moves the cursor `len` bytes forward.
+    pub fn advance(&mut self, len: usize) -> Result<(), vm_memory::GuestMemoryError> {
+        self.walk(len, |_, _, _| Ok(()))
+    }
+
     fn walk(
         &mut self,
         total: usize,

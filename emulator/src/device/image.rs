@@ -121,6 +121,89 @@ impl Image {
         self.file.write_all_at(buf, offset)
     }
 
+    /// Reads exactly the total length of `iov` at `offset`, scattered over
+    /// the buffers in order (`preadv`, repeated after a short read or an
+    /// interrupt). `iov` is consumed: on return its entries are advanced.
+    ///
+    /// # Safety
+    /// Every entry must point to memory that is valid for writes of its
+    /// length for the whole call, and that no Rust reference covers.
+    pub unsafe fn read_vectored_at(&self, iov: &mut [libc::iovec], offset: u64) -> io::Result<()> {
+        // SAFETY: the caller guarantees the buffers; preadv writes at most
+        // `iov_len` bytes into each.
+        unsafe {
+            self.vectored(iov, offset, |fd, iov, count, at| {
+                libc::preadv(fd, iov, count, at)
+            })
+        }
+    }
+
+    /// Writes the whole of `iov` at `offset`, gathered from the buffers in
+    /// order (`pwritev`, repeated after a short write or an interrupt).
+    ///
+    /// # Safety
+    /// Every entry must point to memory that is valid for reads of its
+    /// length for the whole call.
+    pub unsafe fn write_vectored_at(&self, iov: &mut [libc::iovec], offset: u64) -> io::Result<()> {
+        // SAFETY: the caller guarantees the buffers; pwritev only reads them.
+        unsafe {
+            self.vectored(iov, offset, |fd, iov, count, at| {
+                libc::pwritev(fd, iov, count, at)
+            })
+        }
+    }
+
+    /// The loop around `preadv`/`pwritev`: skips what was transferred,
+    /// retries on EINTR, fails on end of file (the image shrank under us).
+    unsafe fn vectored(
+        &self,
+        mut iov: &mut [libc::iovec],
+        mut offset: u64,
+        call: impl Fn(i32, *const libc::iovec, i32, libc::off_t) -> isize,
+    ) -> io::Result<()> {
+        loop {
+            while let Some(first) = iov.first()
+                && first.iov_len == 0
+            {
+                iov = &mut std::mem::take(&mut iov)[1..];
+            }
+            if iov.is_empty() {
+                return Ok(());
+            }
+            let count = iov.len().min(libc::UIO_MAXIOV as usize) as i32;
+            let at = libc::off_t::try_from(offset)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            let done = call(self.file.as_raw_fd(), iov.as_ptr(), count, at);
+            if done < 0 {
+                let error = io::Error::last_os_error();
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(error);
+            }
+            if done == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the image file ended inside the device's capacity (was it truncated?)",
+                ));
+            }
+            offset += done as u64;
+            let mut done = done as usize;
+            while done > 0 {
+                let first = &mut iov[0];
+                let step = done.min(first.iov_len);
+                // SAFETY: `step <= iov_len`, so the pointer stays within
+                // (or one past the end of) the caller's buffer.
+                first.iov_base = unsafe { first.iov_base.cast::<u8>().add(step) }.cast();
+                first.iov_len -= step;
+                done -= step;
+                if first.iov_len == 0 {
+                    iov = &mut std::mem::take(&mut iov)[1..];
+                }
+            }
+        }
+    }
+
     /// Makes written data durable (FLUSH).
     pub fn flush(&self) -> io::Result<()> {
         self.file.sync_data()

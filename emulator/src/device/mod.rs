@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod chain;
 pub mod error;
+pub mod guest_io;
 pub mod image;
 pub mod request;
 

@@ -7,9 +7,9 @@
 
 use super::chain::{Cursor, Segments};
 use super::error::RequestError;
+use super::guest_io;
 use super::image::Image;
 use crate::engine::Engine;
-use crate::engine::xts::Direction;
 use crate::protocol::{
     CryptoMsg, DEVICE_ID_BYTES, DiscardSegment, KeyDesc, OutHeader, RequestType, SECTOR_SIZE,
     Status,
@@ -33,19 +33,14 @@ pub struct Limits {
 }
 
 /// Per-thread buffers, reused for every request so that the request path
-/// does not allocate once warm.
+/// does not allocate once warm. `buffer` holds CRYPTO_OUT's ciphertext on
+/// its way to the image, or a CRYPTO_IN data unit that straddles two runs
+/// of guest memory; all other data moves straight between the image and
+/// guest memory ([`guest_io`]).
 #[derive(Debug, Default)]
 pub struct Scratch {
     segments: Segments,
     buffer: Vec<u8>,
-}
-
-/// The first `len` bytes of the reusable buffer, grown if needed.
-fn bounce(buffer: &mut Vec<u8>, len: usize) -> &mut [u8] {
-    if buffer.len() < len {
-        buffer.resize(len, 0);
-    }
-    &mut buffer[..len]
 }
 
 /// What serving a request needs from the device.
@@ -187,24 +182,28 @@ fn execute<M: GuestMemory>(
     match request {
         RequestType::In => {
             let range = checked_range(ctx, request, header.sector, answer_room, false)?;
-            let buffer = bounce(buffer, range.len as usize);
-            ctx.image
-                .read_at(buffer, range.offset)
-                .map_err(|source| io(request, source))?;
-            segments
-                .writer()
-                .write(mem, buffer)
-                .map_err(RequestError::Memory)?;
+            let mut writer = segments.writer();
+            guest_io::read_into_guest(
+                ctx.image,
+                mem,
+                request,
+                &mut writer,
+                range.len,
+                range.offset,
+            )?;
             stats.plain_reads.add(range.len);
             Ok(range.len as u32)
         }
         RequestType::Out => {
             let range = checked_range(ctx, request, header.sector, reader.remaining(), true)?;
-            let buffer = bounce(buffer, range.len as usize);
-            reader.read(mem, buffer).map_err(RequestError::Memory)?;
-            ctx.image
-                .write_at(buffer, range.offset)
-                .map_err(|source| io(request, source))?;
+            guest_io::write_from_guest(
+                ctx.image,
+                mem,
+                request,
+                &mut reader,
+                range.len,
+                range.offset,
+            )?;
             stats.plain_writes.add(range.len);
             Ok(0)
         }
@@ -212,9 +211,10 @@ fn execute<M: GuestMemory>(
             let msg = read_crypto_msg(mem, &mut reader, request)?;
             let range = checked_range(ctx, request, header.sector, reader.remaining(), true)?;
             let key = ctx.engine.key_for(&msg, range.offset, range.len)?;
-            let buffer = bounce(buffer, range.len as usize);
-            reader.read(mem, buffer).map_err(RequestError::Memory)?;
-            key.crypt(Direction::Encrypt, buffer, &msg.dun);
+            // Out of place into the write buffer: the guest's plaintext is
+            // read once and stays as the guest left it.
+            let buffer = guest_io::unit_sized(buffer, range.len as usize);
+            guest_io::encrypt_from_guest(mem, &mut reader, &key, &msg.dun, buffer)?;
             ctx.image
                 .write_at(buffer, range.offset)
                 .map_err(|source| io(request, source))?;
@@ -225,15 +225,18 @@ fn execute<M: GuestMemory>(
             let msg = read_crypto_msg(mem, &mut reader, request)?;
             let range = checked_range(ctx, request, header.sector, answer_room, false)?;
             let key = ctx.engine.key_for(&msg, range.offset, range.len)?;
-            let buffer = bounce(buffer, range.len as usize);
-            ctx.image
-                .read_at(buffer, range.offset)
-                .map_err(|source| io(request, source))?;
-            key.crypt(Direction::Decrypt, buffer, &msg.dun);
-            segments
-                .writer()
-                .write(mem, buffer)
-                .map_err(RequestError::Memory)?;
+            let data = segments.writer();
+            let mut writer = data.clone();
+            guest_io::read_into_guest(
+                ctx.image,
+                mem,
+                request,
+                &mut writer,
+                range.len,
+                range.offset,
+            )?;
+            let mut writer = data;
+            guest_io::decrypt_in_guest(mem, &mut writer, range.len, &key, &msg.dun, buffer)?;
             stats.crypto_reads.add(range.len);
             Ok(range.len as u32)
         }

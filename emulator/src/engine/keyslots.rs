@@ -37,13 +37,53 @@ pub struct ProgrammedKey {
 impl ProgrammedKey {
     /// Encrypts or decrypts whole data units in place, the first with `dun`.
     pub fn crypt(&self, direction: Direction, data: &mut [u8], dun: &Dun) {
-        let first_dun = match self.fault {
-            None | Some(Fault::SwapKeyHalves) => dun.low_u128(),
-            Some(Fault::DunOffByOne) => dun.low_u128().wrapping_add(1),
-            Some(Fault::Plaintext) => return,
+        self.crypt_at(direction, data, dun, 0);
+    }
+
+    /// Like [`ProgrammedKey::crypt`] for the data units of a request that
+    /// start `skip` units after its first (DUN `dun`): the device crypts a
+    /// request piece by piece where guest memory is not contiguous.
+    pub fn crypt_at(&self, direction: Direction, data: &mut [u8], dun: &Dun, skip: u64) {
+        let Some(first_dun) = self.first_dun(dun, skip) else {
+            return;
         };
         self.key
             .crypt(direction, data, self.data_unit_size as usize, first_dun);
+    }
+
+    /// Out of place: `dest` gets the result for `source` (same length),
+    /// reading each `source` byte once (see [`XtsKey::crypt_from`]).
+    pub fn crypt_from(
+        &self,
+        direction: Direction,
+        source: &[u8],
+        dest: &mut [u8],
+        dun: &Dun,
+        skip: u64,
+    ) {
+        let Some(first_dun) = self.first_dun(dun, skip) else {
+            dest.copy_from_slice(source);
+            return;
+        };
+        self.key.crypt_from(
+            direction,
+            source,
+            dest,
+            self.data_unit_size as usize,
+            first_dun,
+        );
+    }
+
+    /// The DUN of the data unit `skip` units into a request starting at
+    /// `dun` (the engine checked the range fits), as the fault (if any)
+    /// bends it; `None` when the fault leaves data as it is.
+    fn first_dun(&self, dun: &Dun, skip: u64) -> Option<u128> {
+        let dun = dun.low_u128().wrapping_add(u128::from(skip));
+        match self.fault {
+            None | Some(Fault::SwapKeyHalves) => Some(dun),
+            Some(Fault::DunOffByOne) => Some(dun.wrapping_add(1)),
+            Some(Fault::Plaintext) => None,
+        }
     }
 }
 
