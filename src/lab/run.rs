@@ -372,7 +372,8 @@ fn run_one(
             boot.name,
             image.display()
         );
-        let verification = lab_verify::verify(
+        let verify_started = Instant::now();
+        let mut verification = lab_verify::verify(
             boot.name,
             &image,
             &manifest,
@@ -383,6 +384,7 @@ fn run_one(
             totals = Totals::of(report);
             record.verifier = serde_json::to_value(report).unwrap_or(Value::Null);
         }
+        verification.result.duration = verify_started.elapsed();
         results.push(verification.result);
     }
 

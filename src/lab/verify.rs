@@ -107,6 +107,11 @@ impl MergedManifest {
         Ok(())
     }
 
+    /// The name the manifest gives `inode`, if any.
+    pub fn name(&self, inode: u64) -> Option<&str> {
+        self.files.get(&inode)?.0.get("name")?.as_str()
+    }
+
     /// Number of distinct files listed.
     pub fn len(&self) -> usize {
         self.files.len()
@@ -265,7 +270,7 @@ pub fn verify(
     let message = if report.passed() {
         String::new()
     } else {
-        quote(&report)
+        quote(&report, merged)
     };
     Verification {
         result: TestResult::host(boot, "verify", report.passed(), message, totals.to_json()),
@@ -275,15 +280,16 @@ pub fn verify(
 
 /// The report's text (problems, mismatches with inode, data unit, image
 /// offset and digests, plaintext hits), cut to [`QUOTED_FINDINGS`] lines
-/// plus its totals line.
-fn quote(report: &Report) -> String {
+/// plus its totals line; each inode is followed by the file's name from
+/// the manifest, e.g. `inode 16 (policy/default-dus512/4097)`.
+fn quote(report: &Report, merged: &MergedManifest) -> String {
     let text = report.to_string();
     let lines: Vec<&str> = text.lines().collect();
     let (findings, totals) = lines.split_at(lines.len().saturating_sub(1));
     let mut quoted: Vec<String> = findings
         .iter()
         .take(QUOTED_FINDINGS)
-        .map(|l| (*l).to_owned())
+        .map(|line| name_inode(line, merged))
         .collect();
     if findings.len() > QUOTED_FINDINGS {
         quoted.push(format!(
@@ -293,6 +299,25 @@ fn quote(report: &Report) -> String {
     }
     quoted.extend(totals.iter().map(|l| (*l).to_owned()));
     quoted.join("\n")
+}
+
+/// `line` with its first `inode N` followed by the file's name, if the
+/// manifest names it.
+fn name_inode(line: &str, merged: &MergedManifest) -> String {
+    let Some(at) = line.find("inode ") else {
+        return line.to_owned();
+    };
+    let digits_at = at + "inode ".len();
+    let digits = line[digits_at..]
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or(&line[digits_at..], |end| &line[digits_at..digits_at + end]);
+    match digits.parse::<u64>().ok().and_then(|ino| merged.name(ino)) {
+        Some(name) => {
+            let end = digits_at + digits.len();
+            format!("{} ({name}){}", &line[..end], &line[end..])
+        }
+        None => line.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -423,9 +448,21 @@ mod tests {
                 .collect(),
             ..Report::default()
         };
-        let q = quote(&report);
+        let mut merged = MergedManifest::default();
+        merged
+            .add("t", &json!({"files": [file(12, 1, 1)]}))
+            .expect("merges");
+        let q = quote(&report, &merged);
         assert_eq!(q.lines().count(), QUOTED_FINDINGS + 2);
-        assert!(q.contains("inode 12 data unit 0 at image offset 0"));
+        assert!(q.contains("inode 12 (f12) data unit 0 at image offset 0"));
+        assert_eq!(
+            name_inode("inode 7: wrong key", &merged),
+            "inode 7: wrong key"
+        );
+        assert_eq!(
+            name_inode("inode 12: wrong key", &merged),
+            "inode 12 (f12): wrong key"
+        );
         assert!(q.contains("10 more findings"));
         assert!(
             q.lines()
