@@ -134,8 +134,7 @@ pub fn build(overrides: &Overrides) -> anyhow::Result<Artifacts> {
             );
         }
     }
-    let initramfs = cache_dir()?.join("initramfs.cpio");
-    initramfs::build(&root.join("rootfs"), &runner, &module, &initramfs)?;
+    let initramfs = initramfs::build(&root.join("rootfs"), &runner, &module, &cache_dir()?)?;
     eprintln!("icelab: initramfs {}", initramfs.display());
     Ok(Artifacts {
         kernel,

@@ -4,7 +4,8 @@
 
 use super::cpio::Archive;
 use anyhow::{Context, bail};
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// File name of the driver module.
@@ -59,8 +60,14 @@ const APPLETS: &[&str] = &[
     "wc",
 ];
 
-/// Builds the initramfs at `out` from the build root `rootfs`.
-pub fn build(rootfs: &Path, runner: &Path, module: &Path, out: &Path) -> anyhow::Result<()> {
+/// Builds the initramfs from the build root `rootfs` into `dir` and
+/// returns its path, `initramfs-<content hash>.cpio`.
+///
+/// Named by content so that concurrent runs with different runners (two
+/// checkouts, or a rebuild in between) each boot their own archive; an
+/// identical archive is reused. Archives of other contents untouched for a
+/// day are deleted.
+pub fn build(rootfs: &Path, runner: &Path, module: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
     let mut archive = Archive::new();
     for dir in [
         "/dev", "/proc", "/sys", "/tmp", "/mnt", "/run", "/etc", "/root",
@@ -99,19 +106,64 @@ pub fn build(rootfs: &Path, runner: &Path, module: &Path, out: &Path) -> anyhow:
         b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
     );
     archive.file("/etc/group", 0o644, b"root:x:0:\n".to_vec());
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let temporary = out.with_extension("tmp");
-    let mut file = std::io::BufWriter::new(
-        std::fs::File::create(&temporary)
-            .with_context(|| format!("cannot create {}", temporary.display()))?,
-    );
+    let mut bytes = Vec::new();
     archive
-        .write_to(&mut file)
+        .write_to(&mut bytes)
         .context("cannot write the initramfs")?;
-    drop(file);
-    std::fs::rename(&temporary, out).with_context(|| format!("cannot write {}", out.display()))
+    let out = dir.join(format!("initramfs-{:016x}.cpio", content_hash(&bytes)));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let unchanged = std::fs::metadata(&out).is_ok_and(|meta| meta.len() == bytes.len() as u64);
+    if unchanged {
+        // Fresh again, so that a concurrent run's prune leaves it alone.
+        let _ = std::fs::File::options()
+            .append(true)
+            .open(&out)
+            .and_then(|file| file.set_modified(std::time::SystemTime::now()));
+    } else {
+        let mut temporary = tempfile::NamedTempFile::new_in(dir)
+            .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+        temporary
+            .write_all(&bytes)
+            .context("cannot write the initramfs")?;
+        temporary
+            .persist(&out)
+            .with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    prune(dir, &out);
+    Ok(out)
+}
+
+/// A name for `bytes` (SipHash; a cache key, not a security property).
+fn content_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Deletes initramfs archives other than `keep` not modified for a day
+/// (and the single fixed-name archive of earlier versions).
+fn prune(dir: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let day = std::time::Duration::from_secs(24 * 3600);
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours =
+            name == "initramfs.cpio" || (name.starts_with("initramfs-") && name.ends_with(".cpio"));
+        let stale = entry
+            .metadata()
+            .and_then(|meta| meta.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age > day);
+        if ours && path != keep && (stale || name == "initramfs.cpio") {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
