@@ -158,6 +158,7 @@ const KNOWN_KEYS: &[&str] = &[
     "profile",
     "fio_seconds",
     "fio_size",
+    "fio_loads",
 ];
 
 /// The suites the runner knows.
@@ -301,6 +302,10 @@ pub struct Config {
     /// `icelab.fio_size`: size of the bench suite's fio file in bytes
     /// (written `64M`, `1G`, `65536`).
     pub fio_size: u64,
+    /// `icelab.fio_loads`: comma-separated fio loads the bench suite runs
+    /// (names as in its table); empty means all. The suite refuses names
+    /// it does not know.
+    pub fio_loads: Vec<String>,
 }
 
 impl Config {
@@ -331,6 +336,7 @@ impl Config {
             fault: None,
             fio_seconds: DEFAULT_FIO_SECONDS,
             fio_size: DEFAULT_FIO_SIZE,
+            fio_loads: Vec::new(),
         }
     }
 
@@ -427,6 +433,13 @@ impl Config {
                         "expected a multiple of 4 KiB from 1M to 1T, like 64M",
                     )
                 })?;
+        }
+        if let Some(v) = params.get("fio_loads") {
+            config.fio_loads = v
+                .split(',')
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect();
         }
         Ok(config)
     }
@@ -682,6 +695,13 @@ mod tests {
         ] {
             assert!(config(bad).is_err(), "{bad}");
         }
+        assert!(d.fio_loads.is_empty());
+        assert_eq!(
+            config("icelab.fio_loads=seqread-128k,randread-4k")
+                .expect("valid")
+                .fio_loads,
+            ["seqread-128k", "randread-4k"]
+        );
         assert!(
             Params::parse("icelab.fio_size=4M")
                 .expect("parses")

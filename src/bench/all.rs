@@ -39,7 +39,7 @@ pub struct AllArgs {
     #[arg(long)]
     pub no_engine: bool,
     /// Leave out the guest bench (`icelab bench guest`: two TCG boots
-    /// running fio; about 60 s with --quick, 3 minutes without).
+    /// running fio; about 40 s with --quick, 2-3 minutes without).
     #[arg(long)]
     pub no_guest: bool,
     /// Write every figure as JSON to FILE.
@@ -101,12 +101,7 @@ impl TryFrom<AllArgs> for Config {
         let guest = if args.no_guest {
             None
         } else if args.quick {
-            Some(guest::Plan::new(
-                1,
-                16 << 20,
-                crate::lab::qemu::Accel::Auto,
-                600,
-            )?)
+            Some(guest::Plan::quick()?)
         } else {
             Some(guest::Plan::new(
                 5,

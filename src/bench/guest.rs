@@ -32,7 +32,8 @@ pub struct GuestArgs {
     /// Size of each fio file (default 64M, or 16M with --quick).
     #[arg(long)]
     pub size: Option<String>,
-    /// A short run: 1-second points on a 16 MiB file.
+    /// A short run for CI: 1-second points on a 16 MiB file, the
+    /// sequential read only.
     #[arg(long)]
     pub quick: bool,
     /// Accelerator: auto probes KVM and falls back to TCG.
@@ -72,9 +73,20 @@ pub struct Plan {
     pub timeout: Duration,
     /// Where to keep each boot's files.
     pub keep: Option<PathBuf>,
+    /// The loads measured (a subset of [`LOADS`], in its order).
+    pub loads: Vec<&'static str>,
 }
 
 impl Plan {
+    /// The plan of `--quick`: one load (the sequential read: the
+    /// decryption path), 1-second points, 16 MiB files; two boots of about
+    /// 20 s each on an idle 2-core machine.
+    pub fn quick() -> anyhow::Result<Self> {
+        let mut plan = Self::new(1, 16 << 20, Accel::Auto, 600)?;
+        plan.loads = vec!["seqread-128k"];
+        Ok(plan)
+    }
+
     /// Checks the values (the guest runner refuses the same ranges, but
     /// only after a boot).
     pub fn new(seconds: u32, size: u64, accel: Accel, timeout: u64) -> anyhow::Result<Self> {
@@ -93,6 +105,7 @@ impl Plan {
             accel,
             timeout: Duration::from_secs(timeout),
             keep: None,
+            loads: LOADS.to_vec(),
         })
     }
 }
@@ -208,6 +221,9 @@ pub fn run(args: GuestArgs) -> anyhow::Result<()> {
         "64M"
     }))?;
     let mut plan = Plan::new(seconds, size, args.accel, args.timeout)?;
+    if args.quick {
+        plan.loads = Plan::quick()?.loads;
+    }
     plan.keep.clone_from(&args.keep);
     let document = measure(&plan)?;
     let markdown = markdown(&document);
@@ -284,7 +300,7 @@ pub fn measure(plan: &Plan) -> anyhow::Result<Value> {
     let mut boots = Vec::new();
     for boot in [Boot::Native, Boot::Fallback] {
         let outcome = run_boot(plan, &artifacts, accel, boot)?;
-        points.extend(points_of(boot, &outcome.results)?);
+        points.extend(points_of(boot, &plan.loads, &outcome.results)?);
         check_attribution(boot, &outcome)?;
         boots.push(json!({
             "name": boot.name(),
@@ -308,7 +324,8 @@ pub fn measure(plan: &Plan) -> anyhow::Result<Value> {
         "qemu": artifacts.qemu_version,
         "seconds_per_point": plan.seconds,
         "size": plan.size,
-        "fio": "O_DIRECT, libaio, iodepth 16, one job, time based",
+        "fio": "O_DIRECT, libaio, iodepth 16, one job, 1 s ramp, time based",
+        "loads": plan.loads,
         "wall_seconds": started.elapsed().as_secs_f64(),
         "boots": boots,
         "points": points.iter().map(|p| {
@@ -326,9 +343,9 @@ pub fn measure(plan: &Plan) -> anyhow::Result<Value> {
 
 /// The figures of a boot's fio tests; fails naming a test that did not
 /// pass or reported no figure.
-fn points_of(boot: Boot, results: &[GuestTest]) -> anyhow::Result<Vec<Point>> {
+fn points_of(boot: Boot, loads: &[&str], results: &[GuestTest]) -> anyhow::Result<Vec<Point>> {
     let mut out = Vec::new();
-    for load in LOADS {
+    for &load in loads {
         let name = format!("fio-{load}");
         let Some(result) = results.iter().find(|r| r.name == name) else {
             bail!(
@@ -555,10 +572,11 @@ fn run_boot(
         socket: &file("icelab.sock"),
         append: format!(
             "icelab.suite=bench icelab.expect={} icelab.fio_seconds={} icelab.fio_size={} \
-             icelab.timeout_factor={factor}",
+             icelab.fio_loads={} icelab.timeout_factor={factor}",
             boot.name(),
             plan.seconds,
-            plan.size
+            plan.size,
+            plan.loads.join(",")
         ),
         console_log: file("console.log"),
         results_log: file("results.jsonl"),
@@ -831,14 +849,22 @@ mod tests {
             .iter()
             .map(|l| result(&format!("fio-{l}"), true, good.clone()))
             .collect();
-        assert_eq!(points_of(Boot::Native, &results).unwrap().len(), 6);
+        assert_eq!(points_of(Boot::Native, &LOADS, &results).unwrap().len(), 6);
+        // A plan with fewer loads needs only those.
+        let one = points_of(Boot::Native, &["randread-4k"], &results[2..]).unwrap();
+        assert_eq!(one.len(), 2);
+        assert!(one.iter().all(|p| p.load == "randread-4k"));
         results[1] = result("fio-seqread-128k", false, good.clone());
-        let e = points_of(Boot::Native, &results).unwrap_err().to_string();
+        let e = points_of(Boot::Native, &LOADS, &results)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("fio-seqread-128k failed: why"), "{e}");
         results[1] = result("fio-seqread-128k", true, json!({"plain": {}}));
-        assert!(points_of(Boot::Native, &results).is_err());
+        assert!(points_of(Boot::Native, &LOADS, &results).is_err());
         results.remove(1);
-        let e = points_of(Boot::Native, &results).unwrap_err().to_string();
+        let e = points_of(Boot::Native, &LOADS, &results)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no fio-seqread-128k"), "{e}");
     }
 
@@ -899,5 +925,8 @@ mod tests {
         assert!(Plan::new(0, 64 << 20, Accel::Auto, 600).is_err());
         assert!(Plan::new(5, 1000, Accel::Auto, 600).is_err());
         assert!(Plan::new(5, 64 << 20, Accel::Auto, 5).is_err());
+        let quick = Plan::quick().unwrap();
+        assert!(quick.loads.iter().all(|l| LOADS.contains(l)));
+        assert_eq!((quick.seconds, quick.size), (1, 16 << 20));
     }
 }

@@ -65,14 +65,14 @@ pub const TESTS: &[TestDef] = &[
     TestDef {
         name: "fio-seqread-128k",
         timeout: FIO_TIMEOUT,
-        needs: &["fio-seqwrite-128k"],
+        needs: &[],
         fatal: false,
         run: |ctx, _, facts| run_load(ctx, &LOADS[1], facts),
     },
     TestDef {
         name: "fio-randread-4k",
         timeout: FIO_TIMEOUT,
-        needs: &["fio-seqwrite-128k"],
+        needs: &[],
         fatal: false,
         run: |ctx, _, facts| run_load(ctx, &LOADS[2], facts),
     },
@@ -109,7 +109,8 @@ pub struct Load {
 }
 
 /// The loads, in the order they run: the write lays the file out for the
-/// reads. The same loads as `icelab bench all` runs against the device.
+/// reads (a read run alone has fio lay it out first). The same loads as
+/// `icelab bench all` runs against the device.
 pub const LOADS: [Load; 3] = [
     Load {
         name: "seqwrite-128k",
@@ -326,6 +327,24 @@ fn direction(load: &Load) -> &'static str {
 /// each), and reports both as facts keyed by [`DIRS`].
 fn run_load(ctx: &Ctx, load: &Load, facts: &mut Facts) -> Result<String, Failure> {
     let config = &ctx.config;
+    if let Some(unknown) = config
+        .fio_loads
+        .iter()
+        .find(|l| !LOADS.iter().any(|k| k.name == l.as_str()))
+    {
+        return fail(format!(
+            "icelab.fio_loads names {unknown:?}; the loads are {}",
+            LOADS.map(|l| l.name).join(", ")
+        ));
+    }
+    let selected = config.fio_loads.is_empty() || config.fio_loads.iter().any(|l| l == load.name);
+    facts.set("selected", selected);
+    if !selected {
+        return Ok(format!(
+            "not run: not in icelab.fio_loads={}",
+            config.fio_loads.join(",")
+        ));
+    }
     facts
         .set("load", load.name)
         .set("rw", load.rw)
