@@ -266,9 +266,8 @@ pub fn run(args: GuestArgs) -> anyhow::Result<()> {
 pub fn measure(plan: &Plan) -> anyhow::Result<Value> {
     let started = Instant::now();
     let mut artifacts = artifacts::build(&Overrides::default())?;
-    // The initramfs is one file in the shared cache that every `icelab
-    // run` rebuilds: boot from a private copy so a concurrent build cannot
-    // swap the runner between the two boots.
+    // Both boots use a private copy of the initramfs: the cache's archives
+    // are shared with concurrent runs, which prune old ones.
     let private = tempfile::Builder::new()
         .prefix("icelab-bench-guest-")
         .tempdir()?;
