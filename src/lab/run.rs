@@ -421,3 +421,54 @@ fn run_one(
         totals,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: RunArgs,
+    }
+
+    fn config(words: &[&str]) -> anyhow::Result<RunConfig> {
+        let cli = Cli::try_parse_from(std::iter::once("run").chain(words.iter().copied()))?;
+        RunConfig::try_from(&cli.args)
+    }
+
+    fn error(words: &[&str]) -> String {
+        match config(words) {
+            Ok(_) => panic!("{words:?} should be refused"),
+            Err(error) => format!("{error:#}"),
+        }
+    }
+
+    #[test]
+    fn options_become_a_plan() {
+        let c =
+            config(&["--suite", "lab", "--seed", "c0ffee", "--fault", "plaintext"]).expect("valid");
+        assert_eq!(c.suite, Suite::Lab);
+        assert_eq!(c.seed, 0xc0ffee);
+        assert_eq!(c.fault, Some(Fault::Plaintext));
+        assert_eq!(c.boots.len(), 4);
+        assert_eq!(c.boots[0].seed, plan::boot_seed(0xc0ffee, 1));
+        assert_eq!(profiles(&c.boots), ["ufs", "emmc"]);
+        let smoke = config(&[]).expect("defaults are valid");
+        assert_eq!(smoke.suite, Suite::Smoke);
+        assert_eq!(profiles(&smoke.boots), ["ufs"]);
+        assert_eq!(smoke.fault, None);
+    }
+
+    #[test]
+    fn errors_name_the_fix() {
+        assert!(error(&["--suite", "nope"]).contains("the suites are: smoke, lab"));
+        assert!(error(&["--profile", "nvme"]).contains("choose ufs or emmc"));
+        assert!(error(&["--fault", "nope"]).contains("dun-off-by-one"));
+        assert!(error(&["--seed", "zz"]).contains("1 to 16 hex digits"));
+        assert!(
+            error(&["--suite", "lab-pressure", "--profile", "emmc"]).contains("drop --profile")
+        );
+    }
+}
