@@ -1,7 +1,7 @@
 //! `keyring-provisioning`: a master key handed to fscrypt through the
 //! kernel keyring instead of the ioctl's argument.
 //!
-//! `keyctl padd fscrypt-provisioning <desc> @s` reads the payload
+//! `keyctl padd fscrypt-provisioning <desc> @u` reads the payload
 //! `struct fscrypt_provisioning_key_payload { __u32 type; __u32
 //! __reserved; __u8 raw[]; }` (little-endian on x86) from its standard
 //! input, so the key never appears on a command line or in a file; then
@@ -46,6 +46,11 @@ const KEY_PERM: &str = "0x3f0b0000";
 /// The keyring key's description.
 const DESCRIPTION: &str = "icelab:provisioning";
 
+/// The user keyring (`@u`): it outlives keyctl. `@s` would not: PID 1 has
+/// no session keyring, so keyctl creates an anonymous one for itself, and
+/// the key is gone with it when keyctl exits (ENOKEY at the next step).
+const KEYRING: &str = "@u";
+
 /// `struct fscrypt_provisioning_key_payload` for a v2 (IDENTIFIER) key.
 pub fn payload(key: &[u8]) -> Zeroizing<Vec<u8>> {
     let mut p = Zeroizing::new(Vec::with_capacity(8 + key.len()));
@@ -55,14 +60,14 @@ pub fn payload(key: &[u8]) -> Zeroizing<Vec<u8>> {
     p
 }
 
-/// `keyctl padd fscrypt-provisioning DESC @s` with the payload on
+/// `keyctl padd fscrypt-provisioning DESC @u` with the payload on
 /// standard input; returns the new key's serial number.
 fn keyctl_padd(payload: &[u8]) -> Result<i32, Failure> {
     let exe = command::which("keyctl").ok_or_else(|| {
         Failure("keyctl is not in PATH: the initramfs needs keyutils' /bin/keyctl".to_owned())
     })?;
     let mut child = Command::new(exe)
-        .args(["padd", "fscrypt-provisioning", DESCRIPTION, "@s"])
+        .args(["padd", "fscrypt-provisioning", DESCRIPTION, KEYRING])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -79,7 +84,7 @@ fn keyctl_padd(payload: &[u8]) -> Result<i32, Failure> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return fail(format!(
-            "keyctl padd fscrypt-provisioning {DESCRIPTION} @s: {}: {}",
+            "keyctl padd fscrypt-provisioning {DESCRIPTION} {KEYRING}: {}: {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ));
@@ -141,10 +146,11 @@ fn keyring_provisioning(
         keyctl_padd(&payload(key.as_ref()))?
     };
     facts.set("keyring_key_id", key_id);
-    // keyctl possesses the key (it is in its session keyring), the runner
-    // does not, and a new key grants search only to possessors:
-    // FS_IOC_ADD_ENCRYPTION_KEY's lookup (KEY_NEED_SEARCH) would fail with
-    // EACCES. keyctl grants its owner view, read and search.
+    // A new key grants search only to possessors. The runner possesses it
+    // through the user session keyring, which links the user keyring;
+    // granting the owner view, read and search as well keeps
+    // FS_IOC_ADD_ENCRYPTION_KEY's lookup (KEY_NEED_SEARCH) from depending
+    // on that.
     command::run(
         "keyctl",
         &["setperm", &key_id.to_string(), KEY_PERM],
