@@ -14,13 +14,13 @@
 
 use super::all::regressions;
 use crate::lab::artifacts::{self, Artifacts, Overrides};
-use crate::lab::qemu::{self, Accel, VmSpec};
+use crate::lab::boot::{self as lab_boot, BootSpec};
+use crate::lab::qemu::{self, Accel};
+use crate::lab::report::{Outcome, Source, TestResult};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Options of `icelab bench guest`.
@@ -160,28 +160,14 @@ pub struct GuestTest {
 }
 
 impl GuestTest {
-    /// Parses a results line; `None` for other lines (hello, done, noise).
-    pub fn from_line(line: &Value) -> Option<Self> {
-        (line["type"] == "test").then(|| Self {
-            name: line["name"].as_str().unwrap_or("unnamed").to_owned(),
-            passed: line["status"] == "pass",
-            message: line["message"].as_str().unwrap_or_default().to_owned(),
-            facts: line.get("facts").cloned().unwrap_or(Value::Null),
-            duration_ms: line["duration_ms"].as_u64().unwrap_or(0),
-        })
-    }
-
-    /// `PASS boot/name (1.2 s)` or `FAIL boot/name: message`.
-    fn line(&self, boot: Boot) -> String {
-        if self.passed {
-            format!(
-                "PASS {}/{} ({:.1} s)",
-                boot.name(),
-                self.name,
-                self.duration_ms as f64 / 1000.0
-            )
-        } else {
-            format!("FAIL {}/{}: {}", boot.name(), self.name, self.message)
+    /// The bench's view of a guest test's result.
+    pub fn from_result(result: &TestResult) -> Self {
+        Self {
+            name: result.name.clone(),
+            passed: result.outcome == Outcome::Pass,
+            message: result.message.clone(),
+            facts: result.facts.clone(),
+            duration_ms: u64::try_from(result.duration.as_millis()).unwrap_or(u64::MAX),
         }
     }
 }
@@ -523,8 +509,8 @@ struct BootOutcome {
     wall: Duration,
 }
 
-/// Boots the bench suite once: `icelab serve`, QEMU, the results stream,
-/// the device's stats.
+/// Boots the bench suite once (through `icelab run`'s boot code) and
+/// keeps what the bench needs: the guest's tests, the device's stats.
 fn run_boot(
     plan: &Plan,
     artifacts: &Artifacts,
@@ -534,12 +520,7 @@ fn run_boot(
     let started = Instant::now();
     let temporary;
     let dir = match &plan.keep {
-        Some(keep) => {
-            let dir = keep.join(boot.name());
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            dir
-        }
+        Some(keep) => keep.join(boot.name()),
         None => {
             temporary = tempfile::Builder::new()
                 .prefix("icelab-bench-guest-")
@@ -547,10 +528,6 @@ fn run_boot(
             temporary.path().to_owned()
         }
     };
-    let file = |name: &str| dir.join(name);
-    for stale in ["disk.img", "results.jsonl", "console.log", "stats.json"] {
-        let _ = std::fs::remove_file(file(stale));
-    }
     // Two fio files, the filesystem's own blocks, room to spare.
     let disk = (2 * plan.size + (256 << 20)).max(512 << 20);
     let mut device_args = vec![
@@ -563,184 +540,70 @@ fn run_boot(
         Boot::Native => "--profile=ufs".to_owned(),
         Boot::Fallback => "--no-inline-encryption".to_owned(),
     });
-    let mut device = spawn_device(&dir, &device_args)?;
     // The guest's fio tests allow 600 s each before this factor.
     let factor = 1 + u64::from(plan.seconds) * 2 / 400;
-    let spec = VmSpec {
-        artifacts,
-        socket: &file("icelab.sock"),
-        append: format!(
-            "icelab.suite=bench icelab.expect={} icelab.fio_seconds={} icelab.fio_size={} \
-             icelab.fio_loads={} icelab.timeout_factor={factor}",
-            boot.name(),
-            plan.seconds,
-            plan.size,
-            plan.loads.join(",")
-        ),
-        console_log: file("console.log"),
-        results_log: file("results.jsonl"),
-        queues: 2,
-        inline_encryption: boot == Boot::Native,
-        accel,
-    };
+    let cmdline = format!(
+        "icelab.suite=bench icelab.expect={} icelab.fio_seconds={} icelab.fio_size={} \
+         icelab.fio_loads={} icelab.timeout_factor={factor}",
+        boot.name(),
+        plan.seconds,
+        plan.size,
+        plan.loads.join(",")
+    );
     eprintln!(
         "--- boot {} (encrypted directory: {})",
         boot.name(),
         boot.encrypted_label()
     );
-    let qemu_log = std::fs::File::create(file("qemu.log"))?;
-    let mut vm = qemu::command(&spec)
-        .stdout(qemu_log.try_clone()?)
-        .stderr(qemu_log)
-        .spawn()
-        .with_context(|| format!("cannot start {}", artifacts.qemu.display()))?;
-    let streamed = stream(&mut vm, &file("results.jsonl"), boot, plan.timeout);
-    let _ = vm.kill();
-    let _ = vm.wait();
-    let device_status = wait_child(&mut device, Duration::from_secs(20));
-    let results = match streamed {
-        Ok(results) => results,
-        Err(problem) => bail!(
-            "{} boot: {problem}\n--- console tail:\n{}",
-            boot.name(),
-            tail(&file("console.log"), 30)
-        ),
-    };
-    if !device_status.is_some_and(|s| s.success()) {
+    let image = dir.join("disk.img");
+    let outcome = lab_boot::run_boot(
+        artifacts,
+        accel,
+        &BootSpec {
+            name: boot.name(),
+            dir: &dir,
+            image: &image,
+            fresh_image: true,
+            device_args: &device_args,
+            cmdline: &cmdline,
+            inline_encryption: boot == Boot::Native,
+            timeout: plan.timeout,
+        },
+    )?;
+    if !outcome.guest_completed {
+        let problem = outcome
+            .results
+            .iter()
+            .filter(|r| r.source == Source::Host)
+            .map(|r| r.message.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        bail!("{} boot: {problem}", boot.name());
+    }
+    if !outcome.device_exit.is_some_and(|s| s.success()) {
         bail!(
-            "{} boot: icelab serve did not exit cleanly ({device_status:?}):\n{}",
+            "{} boot: icelab serve did not exit cleanly ({:?}):\n{}",
             boot.name(),
-            tail(&file("device.log"), 20)
+            outcome.device_exit,
+            lab_boot::tail(&outcome.paths.device_log, 20)
         );
     }
-    let stats = std::fs::read(file("stats.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .unwrap_or(Value::Null);
+    let results: Vec<GuestTest> = outcome
+        .results
+        .iter()
+        .filter(|r| r.source == Source::Guest)
+        .map(GuestTest::from_result)
+        .collect();
     let path_line = results
         .iter()
         .find(|r| r.name == "blk-crypto-path")
         .map_or(Value::Null, |r| r.facts["matched_line"].clone());
     Ok(BootOutcome {
         results,
-        stats,
+        stats: outcome.stats,
         path_line,
         wall: started.elapsed(),
     })
-}
-
-/// Starts `icelab serve` (this binary) in `dir` and waits for its socket.
-fn spawn_device(dir: &Path, extra: &[String]) -> anyhow::Result<Child> {
-    let socket = dir.join("icelab.sock");
-    let log_path = dir.join("device.log");
-    let log = std::fs::File::create(&log_path)?;
-    let mut child = Command::new(crate::self_exe())
-        .arg("serve")
-        .arg("--image")
-        .arg(dir.join("disk.img"))
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--stats")
-        .arg(dir.join("stats.json"))
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("cannot start icelab serve")?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        if let Ok(Some(status)) = child.try_wait() {
-            bail!(
-                "icelab serve exited ({status}) before listening:\n{}",
-                tail(&log_path, 20)
-            );
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "icelab serve did not create its socket within 20 s:\n{}",
-                tail(&log_path, 20)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(child)
-}
-
-/// Follows the guest's results until its `done` line; each test is
-/// printed as it arrives. Errs when QEMU exits first or the timeout passes.
-fn stream(
-    vm: &mut Child,
-    path: &Path,
-    boot: Boot,
-    timeout: Duration,
-) -> Result<Vec<GuestTest>, String> {
-    let deadline = Instant::now() + timeout;
-    let mut offset = 0u64;
-    let mut pending = String::new();
-    let mut results = Vec::new();
-    loop {
-        let exited = matches!(vm.try_wait(), Ok(Some(_)));
-        if let Ok(mut file) = std::fs::File::open(path)
-            && file.seek(SeekFrom::Start(offset)).is_ok()
-        {
-            let mut bytes = Vec::new();
-            if let Ok(read) = file.read_to_end(&mut bytes) {
-                offset += read as u64;
-                pending.push_str(&String::from_utf8_lossy(&bytes));
-            }
-        }
-        while let Some(end) = pending.find('\n') {
-            let line: String = pending.drain(..=end).collect();
-            let Ok(value) = serde_json::from_str::<Value>(line.trim().trim_start_matches('\0'))
-            else {
-                continue;
-            };
-            if let Some(test) = GuestTest::from_line(&value) {
-                eprintln!("{}", test.line(boot));
-                results.push(test);
-            } else if value["type"] == "done" {
-                let _ = wait_child(vm, Duration::from_secs(10));
-                return Ok(results);
-            }
-        }
-        if exited {
-            return Err("the guest stopped before reporting `done` (crashed?)".to_owned());
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "the guest did not finish within {} s (hung? raise --timeout)",
-                timeout.as_secs()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The last `lines` lines of a log file.
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 #[cfg(test)]
@@ -825,20 +688,19 @@ mod tests {
             "facts": facts,
             "duration_ms": 1500,
         });
-        GuestTest::from_line(&line).expect("a test line")
+        GuestTest::from_result(&TestResult::from_guest("native", &line))
     }
 
     #[test]
-    fn guest_lines_parse() {
+    fn guest_results_convert() {
         let t = result("fio-randread-4k", true, json!({"plain": {}}));
         assert!(t.passed);
-        assert_eq!(
-            t.line(Boot::Fallback),
-            "PASS fallback/fio-randread-4k (1.5 s)"
-        );
+        assert_eq!(t.name, "fio-randread-4k");
+        assert_eq!(t.duration_ms, 1500);
+        assert_eq!(t.facts, json!({"plain": {}}));
         let f = result("x", false, Value::Null);
-        assert_eq!(f.line(Boot::Native), "FAIL native/x: why");
-        assert_eq!(GuestTest::from_line(&json!({"type": "done"})), None);
+        assert!(!f.passed);
+        assert_eq!(f.message, "why");
     }
 
     #[test]

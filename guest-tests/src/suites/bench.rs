@@ -161,16 +161,7 @@ fn driver_load(ctx: &Ctx, _state: &mut State, facts: &mut Facts) -> Result<Strin
 fn mkfs_mount(ctx: &Ctx, state: &mut State, facts: &mut Facts) -> Result<String, Failure> {
     let config = &ctx.config;
     steps::mkfs_ext4(ctx, &config.disk, facts)?;
-    steps::mount_ext4(ctx, &config.disk, &config.mountpoint, &config.mount_data)?;
-    state.mounted = true;
-    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let options = steps::mount_options(&mounts, &config.mountpoint).ok_or_else(|| {
-        Failure(format!(
-            "{} is not in /proc/mounts after mount",
-            config.mountpoint.display()
-        ))
-    })?;
-    facts.set("mount_options", options.clone());
+    let options = steps::mount_configured(ctx, state, facts)?;
     if !steps::has_option(&options, "inlinecrypt") {
         return fail(format!(
             "mounted with {options:?}, without inlinecrypt: fscrypt would encrypt in the \

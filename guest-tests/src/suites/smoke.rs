@@ -190,23 +190,7 @@ fn mkfs_mount(ctx: &Ctx, state: &mut State, facts: &mut Facts) -> Result<String,
     facts.set("block_size", 4096);
     facts.set("mountpoint", config.mountpoint.display().to_string());
     facts.set("mount_data", config.mount_data.clone());
-    steps::mount_ext4(ctx, &config.disk, &config.mountpoint, &config.mount_data)?;
-    state.mounted = true;
-    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let options = steps::mount_options(&mounts, &config.mountpoint).ok_or_else(|| {
-        Failure(format!(
-            "{} is not in /proc/mounts after mount",
-            config.mountpoint.display()
-        ))
-    })?;
-    facts.set("mount_options", options.clone());
-    for wanted in config.mount_data.split(',').filter(|o| !o.is_empty()) {
-        if !steps::has_option(&options, wanted) {
-            return fail(format!(
-                "mounted, but /proc/mounts shows options {options:?} without {wanted:?}"
-            ));
-        }
-    }
+    let options = steps::mount_configured(ctx, state, facts)?;
     Ok(format!(
         "ext4 (uuid {uuid}) on {} mounted at {} with {options}",
         config.disk.display(),

@@ -20,7 +20,7 @@ use crate::cmdline::Expect;
 use crate::command;
 use crate::kmsg;
 use crate::report::Facts;
-use crate::runner::{Ctx, Failure, fail};
+use crate::runner::{Ctx, Failure, State, fail};
 use crate::sys::{self, Errno, SysError};
 
 // --- kernel modules ---------------------------------------------------------------
@@ -447,6 +447,36 @@ pub fn mount_ext4(ctx: &Ctx, disk: &Path, mountpoint: &Path, data: &str) -> Resu
         }
         other => Ok(other.map_err(mount_failure)?),
     }
+}
+
+/// Mounts `icelab.disk` on `icelab.mountpoint` with `icelab.mount_data`
+/// and checks that /proc/mounts shows every requested option (a kernel
+/// that ignores `inlinecrypt` fails here). Returns the options as mounted,
+/// also recorded as the fact `mount_options`.
+pub fn mount_configured(
+    ctx: &Ctx,
+    state: &mut State,
+    facts: &mut Facts,
+) -> Result<String, Failure> {
+    let config = &ctx.config;
+    mount_ext4(ctx, &config.disk, &config.mountpoint, &config.mount_data)?;
+    state.mounted = true;
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let options = mount_options(&mounts, &config.mountpoint).ok_or_else(|| {
+        Failure(format!(
+            "{} is not in /proc/mounts after mount",
+            config.mountpoint.display()
+        ))
+    })?;
+    facts.set("mount_options", options.clone());
+    for wanted in config.mount_data.split(',').filter(|o| !o.is_empty()) {
+        if !has_option(&options, wanted) {
+            return fail(format!(
+                "mounted, but /proc/mounts shows options {options:?} without {wanted:?}"
+            ));
+        }
+    }
+    Ok(options)
 }
 
 fn mount_failure(e: SysError) -> Failure {

@@ -111,23 +111,7 @@ pub fn mount_checked(ctx: &Ctx, state: &mut State, facts: &mut Facts) -> Result<
     facts.set("fs_uuid", uuid.clone());
     files::check_features(&config.disk)?;
     facts.set("features", MKFS_FEATURES);
-    steps::mount_ext4(ctx, &config.disk, &config.mountpoint, &config.mount_data)?;
-    state.mounted = true;
-    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let options = steps::mount_options(&mounts, &config.mountpoint).ok_or_else(|| {
-        Failure(format!(
-            "{} is not in /proc/mounts after mount",
-            config.mountpoint.display()
-        ))
-    })?;
-    facts.set("mount_options", options.clone());
-    for wanted in config.mount_data.split(',').filter(|o| !o.is_empty()) {
-        if !steps::has_option(&options, wanted) {
-            return fail(format!(
-                "mounted, but /proc/mounts shows {options:?} without {wanted:?}"
-            ));
-        }
-    }
+    let options = steps::mount_configured(ctx, state, facts)?;
     Ok(format!("ext4 {uuid} mounted with {options}"))
 }
 
