@@ -99,19 +99,7 @@ impl TryFrom<&RunArgs> for RunConfig {
                     .with_context(|| format!("unknown --profile {name:?}; choose ufs or emmc"))
             })
             .transpose()?;
-        let fault = args
-            .fault
-            .as_deref()
-            .map(|name| {
-                Fault::from_name(name).with_context(|| {
-                    let names: Vec<_> = Fault::ALL.iter().map(|f| f.name()).collect();
-                    format!(
-                        "unknown --fault {name:?}; choose one of {}",
-                        names.join(", ")
-                    )
-                })
-            })
-            .transpose()?;
+        let fault = args.fault.as_deref().map(str::parse::<Fault>).transpose()?;
         let seed = match &args.seed {
             Some(text) => plan::parse_seed(text).map_err(anyhow::Error::msg)?,
             None => plan::random_seed(),

@@ -133,19 +133,7 @@ impl TryFrom<ServeArgs> for ServeConfig {
             );
         }
         let create_size = args.size.as_deref().map(parse_size).transpose()?;
-        let fault = args
-            .fault
-            .as_deref()
-            .map(|name| {
-                Fault::from_name(name).with_context(|| {
-                    let names: Vec<_> = Fault::ALL.iter().map(|f| f.name()).collect();
-                    format!(
-                        "unknown --fault {name:?}; choose one of {}",
-                        names.join(", ")
-                    )
-                })
-            })
-            .transpose()?;
+        let fault = args.fault.as_deref().map(str::parse::<Fault>).transpose()?;
         if fault.is_some() && args.no_inline_encryption {
             bail!("--fault needs an engine; drop --no-inline-encryption");
         }

@@ -37,8 +37,39 @@ impl Fault {
     }
 }
 
+/// A `--fault` name that is none of [`Fault::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown --fault {0:?}; choose one of dun-off-by-one, swap-key-halves, plaintext")]
+pub struct UnknownFault(pub String);
+
+impl std::str::FromStr for Fault {
+    type Err = UnknownFault;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::from_name(name).ok_or_else(|| UnknownFault(name.to_owned()))
+    }
+}
+
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_names_every_fault_and_rejects_others_with_the_choices() {
+        for fault in Fault::ALL {
+            assert_eq!(fault.name().parse::<Fault>(), Ok(fault));
+        }
+        let error = "dun-off-by-two".parse::<Fault>().unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("\"dun-off-by-two\""), "{text}");
+        for fault in Fault::ALL {
+            assert!(text.contains(fault.name()), "{text}");
+        }
     }
 }

@@ -16,7 +16,7 @@ pub mod xts;
 
 pub use capabilities::{Capabilities, KeyTypes, ProfileName};
 pub use error::EngineError;
-pub use fault::Fault;
+pub use fault::{Fault, UnknownFault};
 pub use fingerprint::{Fingerprint, Fingerprinter};
 pub use keyslots::{Engine, ProgrammedKey};
 pub use stats::Stats;
