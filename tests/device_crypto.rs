@@ -194,10 +194,7 @@ fn evict_empties_the_slot_and_reprogramming_replaces_the_key() {
     );
 
     let trace = std::fs::read_to_string(&session.trace).expect("trace file");
-    let events: Vec<serde_json::Value> = trace
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    let events = session.trace_events();
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
     assert_eq!(kinds, ["program", "evict", "reject", "program", "program"]);
     assert_eq!(

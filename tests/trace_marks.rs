@@ -25,11 +25,7 @@ fn each_get_id_writes_one_get_id_event_in_order_with_keyslot_events() {
     session.expect(0, &Request::keyslot_evict_slot(1), Status::Ok);
     session.expect(0, &Request::get_id(), Status::Ok);
 
-    let trace = std::fs::read_to_string(&session.trace).expect("trace file");
-    let events: Vec<serde_json::Value> = trace
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    let events = session.trace_events();
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
     assert_eq!(kinds, ["get_id", "program", "get_id", "evict", "get_id"]);
     let queues: Vec<u64> = events

@@ -107,6 +107,15 @@ impl Session {
         completion
     }
 
+    /// The device's trace so far, one JSON value per event.
+    pub fn trace_events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.trace)
+            .expect("trace file")
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("JSON line"))
+            .collect()
+    }
+
     /// The whole image file.
     pub fn image_bytes(&self) -> Vec<u8> {
         std::fs::read(&self.image).expect("read the image")

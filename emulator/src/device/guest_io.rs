@@ -189,7 +189,7 @@ pub fn decrypt_in_guest<M: GuestMemory>(
                 .map_err(RequestError::Memory)?;
             done += whole;
         } else {
-            let buffer = unit_sized(unit_buffer, unit as usize);
+            let buffer = reusable_prefix(unit_buffer, unit as usize);
             cursor
                 .clone()
                 .read(mem, buffer)
@@ -248,14 +248,14 @@ fn short_chain(len: u64, done: u64) -> Result<(), RequestError> {
 }
 
 /// The first `len` bytes of a reusable buffer, grown if needed.
-pub fn unit_sized(buffer: &mut Vec<u8>, len: usize) -> &mut [u8] {
+pub fn reusable_prefix(buffer: &mut Vec<u8>, len: usize) -> &mut [u8] {
     if buffer.len() < len {
         buffer.resize(len, 0);
     }
     &mut buffer[..len]
 }
 
-fn io_error(request: RequestType, source: io::Error) -> RequestError {
+pub(super) fn io_error(request: RequestType, source: io::Error) -> RequestError {
     RequestError::Io { request, source }
 }
 

@@ -213,11 +213,11 @@ fn execute<M: GuestMemory>(
             let key = ctx.engine.key_for(&msg, range.offset, range.len)?;
             // Out of place into the write buffer: the guest's plaintext is
             // read once and stays as the guest left it.
-            let buffer = guest_io::unit_sized(buffer, range.len as usize);
+            let buffer = guest_io::reusable_prefix(buffer, range.len as usize);
             guest_io::encrypt_from_guest(mem, &mut reader, &key, &msg.dun, buffer)?;
             ctx.image
                 .write_at(buffer, range.offset)
-                .map_err(|source| io(request, source))?;
+                .map_err(|source| guest_io::io_error(request, source))?;
             stats.crypto_writes.add(range.len);
             Ok(0)
         }
@@ -241,7 +241,9 @@ fn execute<M: GuestMemory>(
             Ok(range.len as u32)
         }
         RequestType::Flush => {
-            ctx.image.flush().map_err(|source| io(request, source))?;
+            ctx.image
+                .flush()
+                .map_err(|source| guest_io::io_error(request, source))?;
             stats.flushes.fetch_add(1, Relaxed);
             Ok(0)
         }
@@ -296,10 +298,6 @@ fn execute<M: GuestMemory>(
         | RequestType::PrepareKey
         | RequestType::Unsupported(_) => Err(RequestError::Unsupported(request)),
     }
-}
-
-fn io(request: RequestType, source: std::io::Error) -> RequestError {
-    RequestError::Io { request, source }
 }
 
 /// A checked byte range of the image.
@@ -467,7 +465,7 @@ fn discard_or_write_zeroes<M: GuestMemory>(
             } else {
                 ctx.image.write_zeroes(range.offset, range.len)
             };
-        done.map_err(|source| io(request, source))?;
+        done.map_err(|source| guest_io::io_error(request, source))?;
     }
     Ok(())
 }
