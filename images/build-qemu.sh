@@ -27,27 +27,24 @@
 # searched too. ICELAB_QEMU_SOURCE_VERSION=V picks another Debian version
 # of the source (the patch targets 7.2).
 #
-# Needs root for apt-get (installs the build dependencies below when
-# missing). ICELAB_KEEP_FAILED=1 keeps the tree of a failed build for
+# Needs the host's qemu-system-x86 (its version picks the source) and the
+# build dependencies below: scripts/install-deps installs them; this recipe
+# never runs apt-get on the host's apt state (two recipes run side by side
+# and would fight over its locks). ICELAB_KEEP_FAILED=1 keeps the tree of a failed build for
 # inspection (the next build deletes it).
 set -euo pipefail
 
-# Host packages: to fetch and unpack the source, to build it, and SeaBIOS
-# (bios-256k.bin) for the pc and q35 machines at run time.
-BUILD_DEPS=(
-    dpkg-dev xz-utils patch
-    gcc make ninja-build meson python3 python3-venv pkg-config flex bison
-    libglib2.0-dev libpixman-1-dev zlib1g-dev libfdt-dev
-    seabios
-)
+# What the build needs on the host (scripts/install-deps installs all of
+# it): commands to fetch, unpack and build the source, the libraries QEMU
+# links (checked with pkg-config) and SeaBIOS (bios-256k.bin) for the pc
+# and q35 machines at run time.
+BUILD_COMMANDS=(dpkg-source xz patch gcc make ninja meson python3 pkg-config flex bison strip)
+BUILD_LIBRARIES=(glib-2.0 pixman-1 zlib libfdt)
 
-log() { printf 'build-qemu: %s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
-
+RECIPE=build-qemu
 here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
+# shellcheck source=images/lib.sh
+. "$here/lib.sh"
 self=$here/build-qemu.sh
 patch_file=$here/qemu/0001-vhost-user-blk-inline-encryption.patch
 devices_file=$here/qemu/icelab-devices.mak
@@ -76,16 +73,11 @@ source_version=${ICELAB_QEMU_SOURCE_VERSION:-}
 if [[ -z $source_version ]]; then
     source_version=$(host_qemu_source_version)
 fi
-if [[ -z $source_version && $(id -u) -eq 0 ]]; then
-    log "qemu-system-x86 is neither installed nor known to apt: apt-get update"
-    apt-get -y -q -o Dpkg::Use-Pty=0 update >&2
-    source_version=$(host_qemu_source_version)
-fi
 [[ -n $source_version ]] ||
-    die "no qemu-system-x86 installed or known to apt (set ICELAB_QEMU_SOURCE_VERSION)"
+    die "no qemu-system-x86 installed or known to apt: run scripts/install-deps (or set ICELAB_QEMU_SOURCE_VERSION)"
 
 hash=$({
-    cat "$self" "$patch_file" "$devices_file"
+    cat "$self" "$here/lib.sh" "$patch_file" "$devices_file"
     echo "$source_version"
 } | sha256sum | cut -c1-12)
 final=$cache/qemu-$hash
@@ -97,21 +89,19 @@ if [[ -x $binary && -f $final/version.txt ]]; then
     exit 0
 fi
 
-[[ $(id -u) -eq 0 ]] || die "must run as root (apt-get)"
 mkdir -p "$cache"
 
 # --- host build dependencies ------------------------------------------------------
 
-missing=()
-for pkg in "${BUILD_DEPS[@]}"; do
-    dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null | grep -q '^ii' || missing+=("$pkg")
+require_commands "${BUILD_COMMANDS[@]}"
+missing_libs=()
+for lib in "${BUILD_LIBRARIES[@]}"; do
+    pkg-config --exists "$lib" || missing_libs+=("$lib")
 done
-if ((${#missing[@]} > 0)); then
-    log "installing build dependencies: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get -y -q -o Dpkg::Use-Pty=0 update >&2
-    apt-get -y -q -o Dpkg::Use-Pty=0 install --no-install-recommends "${missing[@]}" >&2
-fi
+((${#missing_libs[@]} == 0)) ||
+    die "missing development libraries on the host: ${missing_libs[*]}; run scripts/install-deps (as root) to install them"
+[[ -e /usr/share/seabios/bios-256k.bin ]] ||
+    die "missing SeaBIOS (/usr/share/seabios/bios-256k.bin); run scripts/install-deps (as root) to install it"
 
 # --- the build directory ---------------------------------------------------------
 
@@ -138,25 +128,6 @@ for stale in "$cache"/.qemu-*.*; do
 done
 
 work=$(mktemp -d "$cache/.qemu-$hash.XXXXXX")
-# run_step CMD...: runs CMD in a process group of its own and waits for
-# it, so that a signal to this script stops the step at once (cleanup
-# kills the group) instead of after the step.
-step_pgid=
-run_step() {
-    setsid "$@" &
-    step_pgid=$!
-    local status=0
-    wait "$step_pgid" || status=$?
-    step_pgid=
-    return "$status"
-}
-stop_step() {
-    if [[ -n $step_pgid ]]; then
-        log "stopping the running step"
-        kill -TERM -- "-$step_pgid" 2>/dev/null || true
-        wait "$step_pgid" 2>/dev/null || true
-    fi
-}
 cleanup() {
     local status=$?
     stop_step
@@ -172,9 +143,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-start=$SECONDS
-step() { log "[$((SECONDS - start))s] $*"; }
 
 # --- fetch the source with a private apt configuration ------------------------------
 

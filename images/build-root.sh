@@ -30,8 +30,9 @@
 # apt configuration (the entry for the host's own release), else
 # debootstrap's default. Nothing in the repo names a mirror host.
 #
-# Needs root (debootstrap, chroot, mount). Installs debootstrap on the host
-# with apt-get when it is missing. Progress goes to stderr.
+# Needs root (debootstrap, chroot, mount) and debootstrap on the host
+# (scripts/install-deps installs it; this recipe never runs apt-get on the
+# host). Progress goes to stderr.
 # ICELAB_KEEP_FAILED=1 keeps the tree of a failed build for inspection
 # (the next build deletes it).
 set -euo pipefail
@@ -51,14 +52,13 @@ PACKAGES=(
     ca-certificates
 )
 
-log() { printf 'build-root: %s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+RECIPE=build-root
+here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
+# shellcheck source=images/lib.sh
+. "$here/lib.sh"
 
-self=$(readlink -f "${BASH_SOURCE[0]}")
-hash=$(sha256sum "$self" | cut -c1-12)
+# The cache key covers this recipe and the helpers it sources.
+hash=$(cat "$here/build-root.sh" "$here/lib.sh" | sha256sum | cut -c1-12)
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/icelab
 final=$cache/root-$hash
 
@@ -73,50 +73,6 @@ mkdir -p "$cache"
 
 # --- the mirror ---------------------------------------------------------------
 
-# host_mirror: prints the URI of the first enabled `deb` source of the host
-# whose suite is the host's own release (e.g. bookworm): that is the Debian
-# archive, not the security archive or a third-party repository.
-host_mirror() {
-    local codename
-    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
-    [[ -n $codename ]] || return 0
-    local f
-    # One-line format: deb [options] URI SUITE COMPONENTS...
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-        [[ -f $f ]] || continue
-        awk -v suite="$codename" '
-            { sub(/#.*/, "") }
-            $1 == "deb" {
-                i = 2
-                if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
-                if ($(i + 1) == suite) { print $i; exit }
-            }' "$f"
-    done
-    # deb822 format: stanzas separated by blank lines.
-    for f in /etc/apt/sources.list.d/*.sources; do
-        [[ -f $f ]] || continue
-        awk -v suite="$codename" '
-            function flush() {
-                if (types ~ /(^| )deb( |$)/ && (" " suites " ") ~ (" " suite " ") &&
-                    tolower(enabled) != "no" && uris != "") {
-                    split(uris, u, " "); print u[1]; found = 1
-                }
-                types = suites = uris = enabled = ""
-            }
-            /^[ \t]*#/ { next }
-            /^[ \t]*$/ { flush(); if (found) exit; next }
-            {
-                key = tolower($1); sub(/:$/, "", key)
-                val = $0; sub(/^[^:]*:[ \t]*/, "", val)
-                if (key == "types") types = val
-                else if (key == "suites") suites = val
-                else if (key == "uris") uris = val
-                else if (key == "enabled") enabled = val
-            }
-            END { if (!found) flush() }' "$f"
-    done
-}
-
 mirror=${ICELAB_MIRROR:-}
 if [[ -z $mirror ]]; then
     mirror=$(host_mirror | head -n1)
@@ -129,12 +85,7 @@ fi
 
 # --- host tools -----------------------------------------------------------------
 
-if ! command -v debootstrap >/dev/null 2>&1; then
-    log "installing debootstrap on the host"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get -y -q -o Dpkg::Use-Pty=0 update >&2
-    apt-get -y -q -o Dpkg::Use-Pty=0 install --no-install-recommends debootstrap >&2
-fi
+require_commands debootstrap unshare chroot flock setsid sha256sum
 
 # --- the build directory ----------------------------------------------------------
 
@@ -176,25 +127,6 @@ done
 
 work=$(mktemp -d "$cache/.root-$hash.XXXXXX")
 root=$work/rootfs
-# run_step CMD...: runs CMD in a process group of its own and waits for
-# it, so that a signal to this script stops the step at once (cleanup
-# kills the group) instead of after the step.
-step_pgid=
-run_step() {
-    setsid "$@" &
-    step_pgid=$!
-    local status=0
-    wait "$step_pgid" || status=$?
-    step_pgid=
-    return "$status"
-}
-stop_step() {
-    if [[ -n $step_pgid ]]; then
-        log "stopping the running step"
-        kill -TERM -- "-$step_pgid" 2>/dev/null || true
-        wait "$step_pgid" 2>/dev/null || true
-    fi
-}
 cleanup() {
     local status=$?
     stop_step
@@ -211,9 +143,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-start=$SECONDS
-step() { log "[$((SECONDS - start))s] $*"; }
 
 # --- stage 1: debootstrap ---------------------------------------------------------
 

@@ -255,7 +255,7 @@ fn run_openssl(command: &mut Command) -> anyhow::Result<String> {
         Ok(output) => output,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             bail!(
-                "openssl is not installed (not found in PATH): install it, e.g. `apt-get install openssl`"
+                "openssl is not installed (not found in PATH): run scripts/install-deps (as root) to install it"
             )
         }
         Err(error) => return Err(error).with_context(|| format!("running {command:?}")),
@@ -350,7 +350,7 @@ mod tests {
         let error = run_openssl(&mut Command::new("/nonexistent/openssl"))
             .unwrap_err()
             .to_string();
-        assert!(error.contains("apt-get install openssl"), "{error}");
+        assert!(error.contains("scripts/install-deps"), "{error}");
     }
 
     #[test]
