@@ -36,10 +36,12 @@ set -euo pipefail
 
 # What the build needs on the host (scripts/install-deps installs all of
 # it): commands to fetch, unpack and build the source, the libraries QEMU
-# links (checked with pkg-config) and SeaBIOS (bios-256k.bin) for the pc
-# and q35 machines at run time.
+# links (checked with pkg-config; Debian's libfdt-dev has no .pc file, so
+# its header) and SeaBIOS (bios-256k.bin) for the pc and q35 machines at
+# run time.
 BUILD_COMMANDS=(dpkg-source xz patch gcc make ninja meson python3 pkg-config flex bison strip)
-BUILD_LIBRARIES=(glib-2.0 pixman-1 zlib libfdt)
+BUILD_LIBRARIES=(glib-2.0 pixman-1 zlib)
+BUILD_HEADERS=(/usr/include/libfdt.h)
 
 RECIPE=build-qemu
 here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
@@ -97,6 +99,9 @@ require_commands "${BUILD_COMMANDS[@]}"
 missing_libs=()
 for lib in "${BUILD_LIBRARIES[@]}"; do
     pkg-config --exists "$lib" || missing_libs+=("$lib")
+done
+for header in "${BUILD_HEADERS[@]}"; do
+    [[ -e $header ]] || missing_libs+=("$header")
 done
 ((${#missing_libs[@]} == 0)) ||
     die "missing development libraries on the host: ${missing_libs[*]}; run scripts/install-deps (as root) to install them"
