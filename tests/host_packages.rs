@@ -19,7 +19,14 @@ const PRIVATE_APT: &[&str] = &["in_root ", "chroot ", "${apt_opts[@]}", "apt_pri
 
 /// apt subcommands that neither change nor lock the host's package state.
 /// Any other run (including a wrapper passing "$@") counts as a host run.
-const READ_ONLY: &[&str] = &["source", "download", "changelog", "policy", "show", "search"];
+const READ_ONLY: &[&str] = &[
+    "source",
+    "download",
+    "changelog",
+    "policy",
+    "show",
+    "search",
+];
 
 /// apt options that take the next word as their argument.
 const OPTIONS_WITH_ARGUMENT: &[&str] = &["-o", "-t", "-c", "--option", "--target-release"];
@@ -77,7 +84,10 @@ fn rust_runs_apt(line: &str) -> bool {
 }
 
 fn is_shell(path: &Path, text: &str) -> bool {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     name.ends_with(".sh")
         || name == "Makefile"
         || text.starts_with("#!/bin/sh")
@@ -159,7 +169,12 @@ fn only_install_deps_runs_apt_on_the_host() {
         shell_files += usize::from(shell);
         for (number, line) in text.lines().enumerate() {
             if (shell && runs_host_apt(line)) || (rust && rust_runs_apt(line)) {
-                offenders.push(format!("{}:{}: {}", file.display(), number + 1, line.trim()));
+                offenders.push(format!(
+                    "{}:{}: {}",
+                    file.display(),
+                    number + 1,
+                    line.trim()
+                ));
             }
         }
     }
