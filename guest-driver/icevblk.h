@@ -18,15 +18,16 @@
 #include <linux/spinlock.h>
 #include <linux/virtio.h>
 #include <linux/virtio_blk.h>
+#include <linux/virtio_config.h>
 #include <linux/wait.h>
 
 #include "icevblk_proto.h"
 
 /**
- * struct icevblk_vq - one request virtqueue
+ * struct icevblk_vq - one virtqueue
  * @vq: the virtqueue
  * @lock: serializes adding to and harvesting from @vq
- * @name: name given to the transport ("req.N")
+ * @name: name given to the transport ("req.N", or "control")
  */
 struct icevblk_vq {
 	struct virtqueue *vq;
@@ -44,11 +45,12 @@ struct icevblk_vq {
  * @status: status byte (device-writable)
  * @done: completed by the virtqueue callback
  *
- * Control commands are the requests that are not block I/O: GET_ID,
- * GET_CRYPTO_MODES, KEYSLOT_PROGRAM and KEYSLOT_EVICT.  They bypass
- * blk-mq (see icevblk_ctrl.c for why), one at a time, so one set of
- * buffers per device is enough.  Allocated with kmalloc, never on the
- * stack, because the device reads and writes it directly.
+ * Control commands are the requests that are not block I/O: GET_ID on
+ * the first request virtqueue, and GET_CRYPTO_MODES, KEYSLOT_PROGRAM and
+ * KEYSLOT_EVICT on the control virtqueue.  They bypass blk-mq (see
+ * icevblk_ctrl.c for why), one at a time, so one set of buffers per
+ * device is enough.  Allocated with kmalloc, never on the stack, because
+ * the device reads and writes it directly.
  */
 struct icevblk_ctrl {
 	struct virtio_blk_outhdr out_hdr;
@@ -65,15 +67,20 @@ struct icevblk_ctrl {
  * struct icevblk - one virtio-blk device
  * @vdev: the virtio device; its priv points back here
  * @disk: the block device
- * @tag_set: blk-mq tags, one hardware queue per virtqueue
+ * @tag_set: blk-mq tags, one hardware queue per request virtqueue in use
  * @index: disk index, for the name vd<letters>
  * @num_vqs: number of request virtqueues
+ * @num_hw_queues: number of them blk-mq uses (at most one per CPU); the
+ *	others exist only so that the control virtqueue gets its index
  * @vqs: the request virtqueues
+ * @ctrl_vq: the control virtqueue; its @vq is NULL unless inline
+ *	encryption (which needs both ICEVBLK_F_CTRL_VQ and
+ *	ICEVBLK_F_INLINE_ENCRYPTION) was negotiated
  * @ctrl_lock: serializes control commands and guards @ctrl_dead
  * @ctrl_dead: set at removal; control commands then fail with -ENODEV
  * @ctrl: control command buffers (protected by @ctrl_lock)
  * @ctrl_room: woken when the device returns buffers on the first
- *	virtqueue, for a control command waiting for ring space
+ *	request virtqueue, for a GET_ID waiting for ring space
  * @crypto_enabled: @crypto_profile is initialised and registered
  * @crypto_profile: the inline encryption profile given to blk-crypto
  *
@@ -89,7 +96,9 @@ struct icevblk {
 	int index;
 
 	unsigned int num_vqs;
+	unsigned int num_hw_queues;
 	struct icevblk_vq *vqs;
+	struct icevblk_vq ctrl_vq;
 
 	struct mutex ctrl_lock;	/* one control command at a time */
 	bool ctrl_dead;
@@ -118,12 +127,30 @@ struct icevblk_req {
 	struct scatterlist sg[];
 };
 
+/**
+ * icevblk_crypto_negotiated() - were both inline encryption bits negotiated?
+ * @vdev: the virtio device, with its features negotiated
+ *
+ * The draft enables inline encryption only with the control virtqueue,
+ * which carries its key management.
+ *
+ * Context: Any context.
+ * Return: true when ICEVBLK_F_INLINE_ENCRYPTION and ICEVBLK_F_CTRL_VQ
+ * were both negotiated.
+ */
+static inline bool icevblk_crypto_negotiated(struct virtio_device *vdev)
+{
+	return virtio_has_feature(vdev, ICEVBLK_F_INLINE_ENCRYPTION) &&
+	       virtio_has_feature(vdev, ICEVBLK_F_CTRL_VQ);
+}
+
 /* icevblk_io.c */
 extern const struct blk_mq_ops icevblk_mq_ops;
 blk_status_t icevblk_status_to_blk(u8 status);
 void icevblk_vq_done(struct virtqueue *vq);
 
 /* icevblk_ctrl.c */
+void icevblk_ctrl_vq_done(struct virtqueue *vq);
 int icevblk_ctrl_get_id(struct icevblk *vblk, char id[VIRTIO_BLK_ID_BYTES]);
 int icevblk_ctrl_get_crypto_modes(struct icevblk *vblk,
 				  u32 modes[ICEVBLK_NR_MODES]);

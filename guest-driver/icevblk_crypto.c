@@ -2,11 +2,13 @@
 /*
  * icelab virtio-blk driver: inline encryption.
  *
- * When VIRTIO_BLK_F_INLINE_ENCRYPTION (the draft's bit 23) is negotiated,
- * the device is an inline crypto engine with keyslots, as a UFS or eMMC
- * host controller would be.  This file tells blk-crypto what the engine
- * can do, programs and evicts its keyslots on blk-crypto's behalf, and
- * turns a request's crypto context into the draft's crypto_msg.
+ * When ICEVBLK_F_INLINE_ENCRYPTION (the draft's bit 23) and
+ * ICEVBLK_F_CTRL_VQ (bit 22) are both negotiated, the device is an inline
+ * crypto engine with keyslots, as a UFS or eMMC host controller would be,
+ * managed through its control virtqueue.  This file tells blk-crypto what
+ * the engine can do, empties its keyslots at probe, programs and evicts
+ * them on blk-crypto's behalf, and turns a request's crypto context into
+ * the draft's crypto_msg.
  *
  * Only raw keys are offered to blk-crypto.  A device that accepts only
  * hardware-wrapped keys is driven without inline encryption, and fscrypt
@@ -110,6 +112,32 @@ static const struct blk_crypto_ll_ops icevblk_crypto_ops = {
 };
 
 /*
+ * Empties every keyslot, so that no key a previous user of the device
+ * programmed (an earlier boot, or an earlier probe) survives into this
+ * one; blk-crypto starts out believing that every slot is empty.
+ * Evicting needs nothing but the slot index.
+ */
+static int icevblk_evict_all(struct icevblk *vblk, unsigned int slots)
+{
+	const u32 type = ICEVBLK_T_KEYSLOT_EVICT;
+	struct icevblk_key_desc desc;
+	unsigned int slot;
+	int err;
+
+	for (slot = 0; slot < slots; slot++) {
+		memset(&desc, 0, sizeof(desc));
+		desc.slot = cpu_to_le32(slot);
+		err = icevblk_ctrl_keyslot(vblk, type, &desc);
+		if (err) {
+			dev_warn(&vblk->vdev->dev, "clearing keyslot %u failed: %d; not using inline encryption\n",
+				 slot, err);
+			return err;
+		}
+	}
+	return 0;
+}
+
+/*
  * Reads the engine's capabilities.  Returns false, after saying why, when
  * the device offers nothing blk-crypto can use natively.
  */
@@ -158,13 +186,14 @@ static bool icevblk_crypto_caps(struct icevblk *vblk, unsigned int *slots,
  *	not yet added
  *
  * Reads max_slots, max_dun_bytes and key_types from the config space,
- * asks the device for its modes[] (GET_CRYPTO_MODES), and registers a
- * crypto profile on the disk's queue.  It must run before the disk is
- * added, so that the queue's crypto sysfs directory is created with it.
+ * asks the device for its modes[] (GET_CRYPTO_MODES), sets up a crypto
+ * profile, evicts every keyslot (KEYSLOT_EVICT) and registers the profile
+ * on the disk's queue.  It must run before the disk is added, so that the
+ * queue's crypto sysfs directory is created with it.
  *
- * A device without the feature, or whose capabilities blk-crypto cannot
- * use, leaves the disk without a profile: not an error, blk-crypto then
- * uses its fallback.
+ * A device without both features, whose capabilities blk-crypto cannot
+ * use, or whose keyslots cannot be emptied, leaves the disk without a
+ * profile: not an error, blk-crypto then uses its fallback.
  *
  * Context: Process context, may sleep.  The device must be DRIVER_OK.
  * Return: 0 on success or when inline encryption is not used, -ENOMEM
@@ -173,12 +202,20 @@ static bool icevblk_crypto_caps(struct icevblk *vblk, unsigned int *slots,
 int icevblk_crypto_setup(struct icevblk *vblk)
 {
 	struct blk_crypto_profile *profile = &vblk->crypto_profile;
+	struct virtio_device *vdev = vblk->vdev;
 	unsigned int slots, dun_bytes;
 	u32 xts_units;
 	int err;
 
-	if (!virtio_has_feature(vblk->vdev, ICEVBLK_F_INLINE_ENCRYPTION))
+	/* Both bits or nothing: the draft's key management needs the queue. */
+	if (!virtio_has_feature(vdev, ICEVBLK_F_INLINE_ENCRYPTION)) {
+		dev_info(&vdev->dev, "no inline encryption: the device has no inline crypto engine\n");
 		return 0;
+	}
+	if (!icevblk_crypto_negotiated(vdev)) {
+		dev_info(&vdev->dev, "no inline encryption: the device has no control virtqueue (VIRTIO_BLK_F_CTRL_VQ)\n");
+		return 0;
+	}
 	if (!icevblk_crypto_caps(vblk, &slots, &dun_bytes, &xts_units))
 		return 0;
 
@@ -190,13 +227,17 @@ int icevblk_crypto_setup(struct icevblk *vblk)
 	profile->key_types_supported = BLK_CRYPTO_KEY_TYPE_RAW;
 	profile->modes_supported[BLK_ENCRYPTION_MODE_AES_256_XTS] = xts_units;
 
-	if (!blk_crypto_register(profile, vblk->disk->queue)) {
-		blk_crypto_profile_destroy(profile);
-		return 0;
-	}
+	if (icevblk_evict_all(vblk, slots))
+		goto out_destroy_profile;
+	if (!blk_crypto_register(profile, vblk->disk->queue))
+		goto out_destroy_profile;
 	vblk->crypto_enabled = true;
-	dev_info(&vblk->vdev->dev, "inline encryption: %u keyslots, %u DUN bytes, AES-256-XTS data units %#x\n",
+	dev_info(&vdev->dev, "inline encryption: %u keyslots, %u DUN bytes, AES-256-XTS data units %#x\n",
 		 slots, dun_bytes, xts_units);
+	return 0;
+
+out_destroy_profile:
+	blk_crypto_profile_destroy(profile);
 	return 0;
 }
 

@@ -2,8 +2,10 @@
 /*
  * icelab virtio-blk driver: control commands.
  *
- * GET_ID, GET_CRYPTO_MODES, KEYSLOT_PROGRAM and KEYSLOT_EVICT are put on
- * the first request virtqueue directly, not through blk-mq, and the
+ * GET_CRYPTO_MODES, KEYSLOT_PROGRAM and KEYSLOT_EVICT go on the control
+ * virtqueue, the last one, which the device reserves for them; GET_ID, a
+ * standard request, goes on the first request virtqueue.  Both are put on
+ * the virtqueue directly, not through blk-mq, one at a time, and the
  * caller sleeps until the device answers.
  *
  * Why not a driver-private blk-mq request (as virtio_blk does for
@@ -13,7 +15,9 @@
  * the tags, if every one of them is held by a task that waits for a
  * keyslot, and on the queue, if anyone starts to freeze it (a scheduler
  * or limits change), since the freeze waits for the reference the
- * submitter holds.  The virtqueue itself has neither dependency.
+ * submitter holds.  The virtqueue itself has neither dependency, and the
+ * control virtqueue, which block I/O never fills, always has room for
+ * the one command.
  */
 #include "icevblk.h"
 
@@ -22,13 +26,14 @@
 #include <linux/virtio_config.h>
 
 /*
- * Puts the prepared control command on the first virtqueue and waits for
- * the answer.  Called with vblk->ctrl_lock held.
+ * Puts the prepared control command on @ivq (the control virtqueue, or
+ * the first request virtqueue for GET_ID) and waits for the answer.
+ * Called with vblk->ctrl_lock held.
  */
-static int icevblk_ctrl_exec(struct icevblk *vblk, struct scatterlist **sgs,
-			     unsigned int num_out, unsigned int num_in)
+static int icevblk_ctrl_exec(struct icevblk *vblk, struct icevblk_vq *ivq,
+			     struct scatterlist **sgs, unsigned int num_out,
+			     unsigned int num_in)
 {
-	struct icevblk_vq *ivq = &vblk->vqs[0];
 	struct icevblk_ctrl *ctrl = vblk->ctrl;
 	unsigned long flags;
 	bool notify;
@@ -37,6 +42,8 @@ static int icevblk_ctrl_exec(struct icevblk *vblk, struct scatterlist **sgs,
 	lockdep_assert_held(&vblk->ctrl_lock);
 	if (vblk->ctrl_dead)
 		return -ENODEV;
+	if (!ivq->vq)
+		return -EOPNOTSUPP;
 
 	reinit_completion(&ctrl->done);
 	ctrl->status = U8_MAX;
@@ -48,12 +55,16 @@ static int icevblk_ctrl_exec(struct icevblk *vblk, struct scatterlist **sgs,
 		if (!err)
 			notify = virtqueue_kick_prepare(ivq->vq);
 		spin_unlock_irqrestore(&ivq->lock, flags);
-		if (err != -ENOSPC)
+		/*
+		 * The control virtqueue holds nothing but this command: no
+		 * room there means a ring too small ever to take it.
+		 */
+		if (err != -ENOSPC || ivq == &vblk->ctrl_vq)
 			break;
 		/*
-		 * The ring is full of block I/O: wait until the device
-		 * returns some.  The timeout only re-checks, in case the
-		 * wakeup raced with our test.
+		 * The request ring is full of block I/O: wait until the
+		 * device returns some.  The timeout only re-checks, in case
+		 * the wakeup raced with our test.
 		 */
 		wait_event_timeout(vblk->ctrl_room,
 				   READ_ONCE(ivq->vq->num_free) >= num_out + num_in,
@@ -81,8 +92,9 @@ static void icevblk_ctrl_set_type(struct icevblk *vblk, u32 type)
 	ctrl->out_hdr.sector = 0;
 }
 
-/* A command with nothing to send and @len bytes of answer. */
-static int icevblk_ctrl_query(struct icevblk *vblk, u32 type, size_t len)
+/* A command with nothing to send and @len bytes of answer, on @ivq. */
+static int icevblk_ctrl_query(struct icevblk *vblk, struct icevblk_vq *ivq,
+			      u32 type, size_t len)
 {
 	struct icevblk_ctrl *ctrl = vblk->ctrl;
 	struct scatterlist hdr, answer, status;
@@ -93,13 +105,45 @@ static int icevblk_ctrl_query(struct icevblk *vblk, u32 type, size_t len)
 	sg_init_one(&hdr, &ctrl->out_hdr, sizeof(ctrl->out_hdr));
 	sg_init_one(&answer, &ctrl->answer, len);
 	sg_init_one(&status, &ctrl->status, sizeof(ctrl->status));
-	return icevblk_ctrl_exec(vblk, sgs, 1, 2);
+	return icevblk_ctrl_exec(vblk, ivq, sgs, 1, 2);
+}
+
+/**
+ * icevblk_ctrl_vq_done() - control virtqueue callback: wake the waiter
+ * @vq: the control virtqueue
+ *
+ * The control virtqueue carries only the one command of vblk->ctrl, so
+ * every buffer the device returns completes it.
+ *
+ * Context: Interrupt context.  Takes and releases the control
+ * virtqueue's lock.
+ */
+void icevblk_ctrl_vq_done(struct virtqueue *vq)
+{
+	struct icevblk *vblk = vq->vdev->priv;
+	struct icevblk_vq *ivq = &vblk->ctrl_vq;
+	unsigned long flags;
+	unsigned int len;
+	void *token;
+
+	spin_lock_irqsave(&ivq->lock, flags);
+	do {
+		virtqueue_disable_cb(vq);
+		while ((token = virtqueue_get_buf(vq, &len))) {
+			if (!WARN_ON_ONCE(token != vblk->ctrl))
+				complete(&vblk->ctrl->done);
+		}
+	} while (!virtqueue_enable_cb(vq));
+	spin_unlock_irqrestore(&ivq->lock, flags);
 }
 
 /**
  * icevblk_ctrl_get_id() - read the device's id string (GET_ID)
  * @vblk: the device
  * @id: where to store the answer; not NUL-terminated when 20 bytes long
+ *
+ * GET_ID is a standard request: it goes on the first request virtqueue,
+ * and waits for room there when block I/O fills the ring.
  *
  * Context: Process context, may sleep.  Takes and releases
  * vblk->ctrl_lock.
@@ -111,7 +155,7 @@ int icevblk_ctrl_get_id(struct icevblk *vblk, char id[VIRTIO_BLK_ID_BYTES])
 	int err;
 
 	mutex_lock(&vblk->ctrl_lock);
-	err = icevblk_ctrl_query(vblk, VIRTIO_BLK_T_GET_ID,
+	err = icevblk_ctrl_query(vblk, &vblk->vqs[0], VIRTIO_BLK_T_GET_ID,
 				 sizeof(vblk->ctrl->answer.id));
 	if (!err)
 		memcpy(id, vblk->ctrl->answer.id, VIRTIO_BLK_ID_BYTES);
@@ -124,10 +168,13 @@ int icevblk_ctrl_get_id(struct icevblk *vblk, char id[VIRTIO_BLK_ID_BYTES])
  * @vblk: the device
  * @modes: where to store the table, in CPU byte order
  *
+ * Sent on the control virtqueue.
+ *
  * Context: Process context, may sleep.  Takes and releases
  * vblk->ctrl_lock.
- * Return: 0 on success, -EOPNOTSUPP or -EIO when the device refuses,
- * -ENODEV after removal, or another -errno from the virtqueue.
+ * Return: 0 on success, -EOPNOTSUPP when the device refuses or has no
+ * control virtqueue, -EIO when it fails the command, -ENODEV after
+ * removal, or another -errno from the virtqueue.
  */
 int icevblk_ctrl_get_crypto_modes(struct icevblk *vblk,
 				  u32 modes[ICEVBLK_NR_MODES])
@@ -135,7 +182,8 @@ int icevblk_ctrl_get_crypto_modes(struct icevblk *vblk,
 	int err, i;
 
 	mutex_lock(&vblk->ctrl_lock);
-	err = icevblk_ctrl_query(vblk, ICEVBLK_T_GET_CRYPTO_MODES,
+	err = icevblk_ctrl_query(vblk, &vblk->ctrl_vq,
+				 ICEVBLK_T_GET_CRYPTO_MODES,
 				 sizeof(vblk->ctrl->answer.modes));
 	if (!err)
 		for (i = 0; i < ICEVBLK_NR_MODES; i++)
@@ -150,14 +198,15 @@ int icevblk_ctrl_get_crypto_modes(struct icevblk *vblk,
  * @type: ICEVBLK_T_KEYSLOT_PROGRAM or ICEVBLK_T_KEYSLOT_EVICT
  * @desc: the key descriptor to send
  *
- * The descriptor is copied into the device's command buffer, which is
- * wiped as soon as the device has answered, whatever the answer.
+ * Sent on the control virtqueue.  The descriptor is copied into the
+ * device's command buffer, which is wiped as soon as the device has
+ * answered, whatever the answer.
  *
  * Context: Process context, may sleep.  Takes and releases
  * vblk->ctrl_lock.  blk-crypto calls in with its profile lock held.
- * Return: 0 on success, -EOPNOTSUPP when the device answers UNSUPP, -EIO
- * when it answers IOERR, -ENODEV after removal, or another -errno from
- * the virtqueue.
+ * Return: 0 on success, -EOPNOTSUPP when the device answers UNSUPP or
+ * has no control virtqueue, -EIO when it answers IOERR, -ENODEV after
+ * removal, or another -errno from the virtqueue.
  */
 int icevblk_ctrl_keyslot(struct icevblk *vblk, u32 type,
 			 const struct icevblk_key_desc *desc)
@@ -173,7 +222,7 @@ int icevblk_ctrl_keyslot(struct icevblk *vblk, u32 type,
 	sg_init_one(&hdr, &ctrl->out_hdr, sizeof(ctrl->out_hdr));
 	sg_init_one(&payload, &ctrl->key_desc, sizeof(ctrl->key_desc));
 	sg_init_one(&status, &ctrl->status, sizeof(ctrl->status));
-	err = icevblk_ctrl_exec(vblk, sgs, 2, 1);
+	err = icevblk_ctrl_exec(vblk, &vblk->ctrl_vq, sgs, 2, 1);
 	memzero_explicit(&ctrl->key_desc, sizeof(ctrl->key_desc));
 	mutex_unlock(&vblk->ctrl_lock);
 	return err;

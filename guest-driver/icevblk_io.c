@@ -2,7 +2,8 @@
 /*
  * icelab virtio-blk driver: the block I/O path.
  *
- * One blk-mq hardware queue per request virtqueue.  A request becomes one
+ * One blk-mq hardware queue per request virtqueue (the control virtqueue
+ * has its own callback, in icevblk_ctrl.c).  A request becomes one
  * descriptor chain: the outhdr, for encrypted I/O a crypto_msg, the data
  * (or the discard/write-zeroes segments), then the status byte.
  */
@@ -259,8 +260,8 @@ static void icevblk_complete_rq(struct request *rq)
  * icevblk_vq_done() - virtqueue callback: harvest the device's answers
  * @vq: the request virtqueue that has used buffers
  *
- * Block requests are handed to blk-mq for completion; the control
- * command, which is not a blk-mq request, wakes its waiter.
+ * Block requests are handed to blk-mq for completion; a GET_ID sent by
+ * icevblk_ctrl_get_id(), which is not a blk-mq request, wakes its waiter.
  *
  * Context: Interrupt context.  Takes and releases the virtqueue's lock.
  */

@@ -56,6 +56,7 @@ static struct icevblk *icevblk_alloc(struct virtio_device *vdev)
 		goto out_free_ctrl;
 
 	vblk->vdev = vdev;
+	spin_lock_init(&vblk->ctrl_vq.lock);
 	mutex_init(&vblk->ctrl_lock);
 	init_completion(&vblk->ctrl->done);
 	init_waitqueue_head(&vblk->ctrl_room);
@@ -79,29 +80,40 @@ static void icevblk_free(struct icevblk *vblk)
 	kfree(vblk);
 }
 
+/*
+ * The request virtqueues, one per CPU at most, and with inline encryption
+ * the control virtqueue after all of the device's request queues.  The
+ * control queue's index is the device's number of request queues, so
+ * when that is more than the CPUs, the surplus request queues are set up
+ * too, and left idle.
+ */
 static int icevblk_init_vqs(struct icevblk *vblk)
 {
 	struct virtio_device *vdev = vblk->vdev;
+	bool has_ctrl = icevblk_crypto_negotiated(vdev);
 	struct virtqueue_info *vqs_info;
 	struct irq_affinity desc = { };
+	unsigned int num_vqs, total, i;
 	struct virtqueue **vqs;
-	u16 num_vqs;
-	int err, i;
+	u16 num_queues;
+	int err;
 
 	err = virtio_cread_feature(vdev, VIRTIO_BLK_F_MQ,
 				   struct virtio_blk_config, num_queues,
-				   &num_vqs);
+				   &num_queues);
 	if (err)
-		num_vqs = 1;
-	if (!num_vqs) {
+		num_queues = 1;
+	if (!num_queues) {
 		dev_err(&vdev->dev, "device offers MQ with 0 queues\n");
 		return -EINVAL;
 	}
-	num_vqs = min_t(unsigned int, nr_cpu_ids, num_vqs);
+	vblk->num_hw_queues = min_t(unsigned int, nr_cpu_ids, num_queues);
+	num_vqs = has_ctrl ? num_queues : vblk->num_hw_queues;
+	total = num_vqs + has_ctrl;
 
 	vblk->vqs = kzalloc_objs(*vblk->vqs, num_vqs);
-	vqs_info = kzalloc_objs(*vqs_info, num_vqs);
-	vqs = kzalloc_objs(*vqs, num_vqs);
+	vqs_info = kzalloc_objs(*vqs_info, total);
+	vqs = kzalloc_objs(*vqs, total);
 	if (!vblk->vqs || !vqs_info || !vqs) {
 		err = -ENOMEM;
 		goto out_free;
@@ -109,18 +121,34 @@ static int icevblk_init_vqs(struct icevblk *vblk)
 
 	for (i = 0; i < num_vqs; i++) {
 		snprintf(vblk->vqs[i].name, sizeof(vblk->vqs[i].name),
-			 "req.%d", i);
+			 "req.%u", i);
 		vqs_info[i].name = vblk->vqs[i].name;
 		vqs_info[i].callback = icevblk_vq_done;
 		spin_lock_init(&vblk->vqs[i].lock);
 	}
+	if (has_ctrl) {
+		strscpy(vblk->ctrl_vq.name, "control");
+		vqs_info[num_vqs].name = vblk->ctrl_vq.name;
+		vqs_info[num_vqs].callback = icevblk_ctrl_vq_done;
+	}
+	/*
+	 * Only the interrupts of the request queues blk-mq uses are spread
+	 * over the CPUs: not the idle ones', nor the control queue's.
+	 */
+	desc.post_vectors = total - vblk->num_hw_queues;
 
-	err = virtio_find_vqs(vdev, num_vqs, vqs, vqs_info, &desc);
-	if (err)
+	err = virtio_find_vqs(vdev, total, vqs, vqs_info, &desc);
+	if (err) {
+		dev_err(&vdev->dev, "cannot set up %u request virtqueues%s: %d\n",
+			num_vqs, has_ctrl ? " and the control virtqueue" : "",
+			err);
 		goto out_free;
+	}
 
 	for (i = 0; i < num_vqs; i++)
 		vblk->vqs[i].vq = vqs[i];
+	if (has_ctrl)
+		vblk->ctrl_vq.vq = vqs[num_vqs];
 	vblk->num_vqs = num_vqs;
 
 out_free:
@@ -139,10 +167,13 @@ static int icevblk_init_tag_set(struct icevblk *vblk)
 	unsigned int ring = virtqueue_get_vring_size(vblk->vqs[0].vq);
 
 	set->ops = &icevblk_mq_ops;
-	set->nr_hw_queues = vblk->num_vqs;
+	set->nr_hw_queues = vblk->num_hw_queues;
 	set->nr_maps = 1;
-	/* One ring entry stays free for a control command. */
-	set->queue_depth = clamp_t(unsigned int, ring - 1, 1, BLK_MQ_MAX_DEPTH);
+	/*
+	 * No ring entry is kept back: keyslot commands have their own
+	 * virtqueue, and GET_ID waits for room on a full request ring.
+	 */
+	set->queue_depth = clamp_t(unsigned int, ring, 1, BLK_MQ_MAX_DEPTH);
 	set->numa_node = NUMA_NO_NODE;
 	set->cmd_size = struct_size_t(struct icevblk_req, sg, SG_CHUNK_SIZE);
 	set->driver_data = vblk;
@@ -330,7 +361,10 @@ static int icevblk_probe(struct virtio_device *vdev)
 	if (err)
 		goto out_free_tag_set;
 
-	/* The crypto profile must be in place before the disk is added. */
+	/*
+	 * The crypto profile must be in place, and the keyslots empty,
+	 * before the disk is added.
+	 */
 	err = icevblk_crypto_setup(vblk);
 	if (err)
 		goto out_put_disk;
@@ -341,7 +375,8 @@ static int icevblk_probe(struct virtio_device *vdev)
 
 	dev_info(&vdev->dev, "%s: %llu sectors, %u queues%s%s\n",
 		 vblk->disk->disk_name, get_capacity(vblk->disk),
-		 vblk->num_vqs, vblk->crypto_enabled ? ", inline encryption" : "",
+		 vblk->num_hw_queues,
+		 vblk->crypto_enabled ? ", inline encryption" : "",
 		 get_disk_ro(vblk->disk) ? ", read-only" : "");
 	return 0;
 
@@ -365,12 +400,16 @@ static void icevblk_remove(struct virtio_device *vdev)
 
 	del_gendisk(vblk->disk);
 
-	/* A control command in flight finishes; later ones get -ENODEV. */
+	/*
+	 * A control command in flight finishes; later ones get -ENODEV and
+	 * never touch a virtqueue, so none waits on the ones deleted here.
+	 */
 	mutex_lock(&vblk->ctrl_lock);
 	vblk->ctrl_dead = true;
 	mutex_unlock(&vblk->ctrl_lock);
 
 	virtio_reset_device(vdev);
+	/* All of them: the request virtqueues and the control virtqueue. */
 	vdev->config->del_vqs(vdev);
 	blk_mq_free_tag_set(&vblk->tag_set);
 	/* May free vblk, through icevblk_free_disk(). */
@@ -382,7 +421,7 @@ static const unsigned int icevblk_features[] = {
 	VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_TOPOLOGY,
 	VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES,
 #ifdef CONFIG_BLK_INLINE_ENCRYPTION
-	ICEVBLK_F_INLINE_ENCRYPTION,
+	ICEVBLK_F_CTRL_VQ, ICEVBLK_F_INLINE_ENCRYPTION,
 #endif
 };
 

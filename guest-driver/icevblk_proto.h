@@ -2,11 +2,13 @@
 /*
  * icelab virtio-blk inline encryption: the wire protocol.
  *
- * Tracks the public draft posted with the 2026 Linux series "inline
- * encryption for virtio-blk guests", as recorded in icelab's DESIGN.md
- * section 3.  Every constant and layout of the draft lives in this one
- * header, so that a later draft is a one-file change; the standard
- * virtio-blk parts come from <uapi/linux/virtio_blk.h>.
+ * Follows the newest public draft of inline encryption for virtio-blk,
+ * "variant B" (v4).  docs/PROTOCOL.md in the icelab repository is
+ * icelab's definition of it, including the choices the draft leaves open
+ * (the framing of control commands, the index of the control queue).
+ * Every constant and layout of the draft lives in this one header, so
+ * that a later draft is a one-file change; the standard virtio-blk parts
+ * come from <uapi/linux/virtio_blk.h>.
  *
  * All draft integers are little-endian.  The names carry the module's
  * prefix so that they cannot collide with definitions a later kernel may
@@ -18,8 +20,23 @@
 #include <linux/build_bug.h>
 #include <linux/types.h>
 
-/* Feature bit: the device has an inline crypto engine. */
+/*
+ * Feature bits.  Inline encryption is enabled only when both are
+ * negotiated: the control virtqueue carries its key management.
+ */
+#define ICEVBLK_F_CTRL_VQ		22
 #define ICEVBLK_F_INLINE_ENCRYPTION	23
+
+/*
+ * The control virtqueue is the last virtqueue: its index is the number of
+ * request queues (config num_queues with VIRTIO_BLK_F_MQ, else 1), which
+ * config num_queues keeps counting alone.  Control commands (types 29 to
+ * 35) are framed like requests: outhdr (sector 0, ioprio 0), the
+ * device-readable payload, the device-writable answer, the status byte.
+ * The device accepts them only on the control queue, and block I/O,
+ * CRYPTO_IN/OUT and the standard requests only on request queues; on the
+ * wrong queue it answers UNSUPP.
+ */
 
 /*
  * Config space fields, appended after the zoned characteristics.  Read
@@ -33,12 +50,19 @@
 #define ICEVBLK_KEY_TYPES_RAW		0x01
 #define ICEVBLK_KEY_TYPES_HW_WRAPPED	0x02
 
-/* Request types, in virtio_blk_outhdr.type. */
+/* Request types, in virtio_blk_outhdr.type: request queues. */
 #define ICEVBLK_T_CRYPTO_OUT		27	/* crypto_msg, data -> */
 #define ICEVBLK_T_CRYPTO_IN		28	/* crypto_msg -> data */
+
+/* Request types, in virtio_blk_outhdr.type: the control queue. */
 #define ICEVBLK_T_GET_CRYPTO_MODES	29	/* -> le32 modes[2] */
 #define ICEVBLK_T_KEYSLOT_PROGRAM	30	/* key_desc -> */
 #define ICEVBLK_T_KEYSLOT_EVICT		31	/* key_desc -> */
+/* Hardware-wrapped key management, with key_blob payloads (not used). */
+#define ICEVBLK_T_DERIVE_SW_SECRET	32	/* key_blob -> sw secret */
+#define ICEVBLK_T_GENERATE_KEY		33
+#define ICEVBLK_T_IMPORT_KEY		34
+#define ICEVBLK_T_PREPARE_KEY		35
 
 /*
  * Crypto modes, as numbered in the GET_CRYPTO_MODES answer and in
@@ -53,8 +77,11 @@
 #define ICEVBLK_KEY_TYPE_RAW		1
 #define ICEVBLK_KEY_TYPE_HW_WRAPPED	2
 
-/* Largest key a key_desc carries. */
+/* Largest key a key_desc or a key_blob carries. */
 #define ICEVBLK_MAX_KEY_BYTES		128
+
+/* Size of the software secret DERIVE_SW_SECRET answers with. */
+#define ICEVBLK_SW_SECRET_BYTES		32
 
 /* Number of 64-bit words of a DUN (a 256-bit number, dun[0] lowest). */
 #define ICEVBLK_DUN_WORDS		4
@@ -81,9 +108,9 @@ static_assert(sizeof(struct icevblk_crypto_msg) == 40);
  * @key_type: ICEVBLK_KEY_TYPE_*
  * @data_unit_size_bits: log2 of the data unit size in bytes
  * @dun_bytes: number of DUN bytes the slot's requests may use
- * @reserved: zero
  *
- * The device expects exactly this many bytes, for EVICT too.
+ * The device expects exactly this many bytes, for EVICT too, and
+ * answers IOERR to any other payload size.
  */
 struct icevblk_key_desc {
 	__le32 slot;
@@ -93,8 +120,20 @@ struct icevblk_key_desc {
 	__le32 key_type;
 	__le32 data_unit_size_bits;
 	__le32 dun_bytes;
-	__le32 reserved;
 } __packed;
-static_assert(sizeof(struct icevblk_key_desc) == 156);
+static_assert(sizeof(struct icevblk_key_desc) == 152);
+
+/**
+ * struct icevblk_key_blob - a hardware-wrapped key, for types 32 to 35
+ * @key_size: number of key bytes
+ * @key: key bytes; only the first @key_size are meaningful
+ *
+ * Not used by this driver yet: it offers raw keys only.
+ */
+struct icevblk_key_blob {
+	__le32 key_size;
+	u8 key[ICEVBLK_MAX_KEY_BYTES];
+} __packed;
+static_assert(sizeof(struct icevblk_key_blob) == 132);
 
 #endif /* ICEVBLK_PROTO_H */

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds icelab's QEMU: Debian's QEMU source, of the same version as the
 # host's qemu-system-x86 package, plus icelab's patch
-# (qemu/0001-vhost-user-blk-inline-encryption.patch: vhost-user-blk forwards
-# VIRTIO_BLK_F_INLINE_ENCRYPTION and config bytes 96-103 when its property
-# inline-encryption=on is set). A minimal x86_64 system emulator: TCG and
+# (qemu/0001-vhost-user-blk-inline-encryption.patch: with its property
+# inline-encryption=on, vhost-user-blk forwards VIRTIO_BLK_F_CTRL_VQ and
+# VIRTIO_BLK_F_INLINE_ENCRYPTION, config bytes 96-103, and adds the control
+# virtqueue after the request queues; docs/PROTOCOL.md). A minimal x86_64 system emulator: TCG and
 # KVM, the devices of qemu/icelab-devices.mak, no docs, tools or UI.
 #
 #   images/build-qemu.sh        build (or find) it; the last line of stdout

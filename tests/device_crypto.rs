@@ -1,12 +1,14 @@
 //! `icelab serve` driven by the native vhost-user frontend: the engine's
 //! ciphertext on the image equals the `xts-mode` oracle's, plain I/O is
-//! untouched, keyslots behave as DESIGN.md §3 says, across queues.
+//! untouched, keyslots behave as docs/PROTOCOL.md says, across queues.
 
 mod ice;
 mod support;
 
 use ice::{Session, msg, oracle_decrypt, oracle_encrypt, random_bytes, random_key};
-use icelab_emulator::protocol::{CryptoMode, KeyDesc, Status, VIRTIO_BLK_F_INLINE_ENCRYPTION};
+use icelab_emulator::protocol::{
+    CryptoMode, KeyDesc, Status, VIRTIO_BLK_F_CTRL_VQ, VIRTIO_BLK_F_INLINE_ENCRYPTION,
+};
 use icelab_frontend::blk::Request;
 use support::{read_at, stat_u64};
 
@@ -17,7 +19,7 @@ fn crypto_out_puts_oracle_ciphertext_on_the_image_and_crypto_in_returns_plaintex
     let mut session = Session::start(16 * MIB, &[]);
     let key = random_key();
     session.expect(
-        0,
+        session.control(),
         &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(3, &key, 4096, 8)),
         Status::Ok,
     );
@@ -70,7 +72,7 @@ fn every_data_unit_size_and_a_dun_carry_across_64_bits_match_the_oracle() {
         let slot = slot as u32;
         let key = random_key();
         session.expect(
-            0,
+            session.control(),
             &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(slot, &key, data_unit_size, 16)),
             Status::Ok,
         );
@@ -146,7 +148,7 @@ fn evict_empties_the_slot_and_reprogramming_replaces_the_key() {
     let (first, second) = (random_key(), random_key());
     let plain = random_bytes(8192);
     session.expect(
-        0,
+        session.control(),
         &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(0, &first, 4096, 8)),
         Status::Ok,
     );
@@ -157,7 +159,7 @@ fn evict_empties_the_slot_and_reprogramming_replaces_the_key() {
     );
 
     session.expect(
-        0,
+        session.control(),
         &Request::keyslot_evict(&KeyDesc::raw_aes_256_xts(0, &first, 4096, 8)),
         Status::Ok,
     );
@@ -168,7 +170,7 @@ fn evict_empties_the_slot_and_reprogramming_replaces_the_key() {
     );
 
     session.expect(
-        0,
+        session.control(),
         &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(0, &second, 4096, 8)),
         Status::Ok,
     );
@@ -182,7 +184,7 @@ fn evict_empties_the_slot_and_reprogramming_replaces_the_key() {
     assert_ne!(wrong.data, plain);
 
     session.expect(
-        0,
+        session.control(),
         &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(0, &first, 4096, 8)),
         Status::Ok,
     );
@@ -225,12 +227,17 @@ fn evict_empties_the_slot_and_reprogramming_replaces_the_key() {
 }
 
 #[test]
-fn a_slot_programmed_on_queue_0_is_used_on_queue_1() {
+fn a_slot_programmed_on_the_control_queue_is_used_on_every_request_queue() {
     let mut session = Session::start(8 * MIB, &["--queues", "2"]);
-    assert_eq!(session.queues.len(), 2);
+    assert_eq!(
+        session.queues.len(),
+        3,
+        "two request queues and the control queue"
+    );
+    assert_eq!(session.control(), 2);
     let key = random_key();
     session.expect(
-        0,
+        session.control(),
         &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(5, &key, 4096, 8)),
         Status::Ok,
     );
@@ -244,7 +251,11 @@ fn a_slot_programmed_on_queue_0_is_used_on_queue_1() {
         read_at(&session.image, 8 * 512, 4096),
         oracle_encrypt(&key, &plain, 4096, 42)
     );
-    session.expect(1, &Request::keyslot_evict_slot(5), Status::Ok);
+    session.expect(
+        session.control(),
+        &Request::keyslot_evict_slot(5),
+        Status::Ok,
+    );
     session.expect(
         0,
         &Request::crypto_read(8, &msg(5, 42), 4096),
@@ -262,12 +273,14 @@ fn concurrent_crypto_io_on_all_queues_lands_where_the_oracle_says() {
     let keys: Vec<[u8; 64]> = (0..QUEUES).map(|_| random_key()).collect();
     for (slot, key) in keys.iter().enumerate() {
         session.expect(
-            0,
+            session.control(),
             &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(slot as u32, key, 4096, 8)),
             Status::Ok,
         );
     }
-    let queues = std::mem::take(&mut session.queues);
+    let mut queues = std::mem::take(&mut session.queues);
+    // The request queues; the control queue (last) stays alive beside them.
+    let control = queues.split_off(QUEUES);
     let written: Vec<Vec<(u64, u128, Vec<u8>)>> = std::thread::scope(|scope| {
         let workers: Vec<_> = queues
             .into_iter()
@@ -318,6 +331,7 @@ fn concurrent_crypto_io_on_all_queues_lands_where_the_oracle_says() {
             );
         }
     }
+    drop(control);
     let stats = session.finish();
     assert_eq!(
         stat_u64(&stats, "stats.crypto_out.requests"),
@@ -357,7 +371,7 @@ fn config_and_crypto_modes_follow_the_profile() {
         assert_eq!(config[98], dun_bytes, "max_dun_bytes");
         assert_eq!(config[99], 1, "key_types: raw");
         let modes = session
-            .expect(0, &Request::get_crypto_modes(), Status::Ok)
+            .expect(session.control(), &Request::get_crypto_modes(), Status::Ok)
             .crypto_modes();
         let expected: [u32; CryptoMode::TABLE_LEN] = [0, 0x1e00];
         assert_eq!(modes, Some(expected));
@@ -367,7 +381,7 @@ fn config_and_crypto_modes_follow_the_profile() {
     let config = session.frontend.get_config(96, 4).expect("config");
     assert_eq!(u16::from_le_bytes([config[0], config[1]]), 2);
     let modes = session
-        .expect(0, &Request::get_crypto_modes(), Status::Ok)
+        .expect(session.control(), &Request::get_crypto_modes(), Status::Ok)
         .crypto_modes();
     assert_eq!(modes, Some([0, 512 | 4096]));
     session.finish();
@@ -377,6 +391,12 @@ fn config_and_crypto_modes_follow_the_profile() {
 fn without_inline_encryption_the_bit_is_absent_and_crypto_requests_are_unsupported() {
     let mut session = Session::start(4 * MIB, &["--no-inline-encryption"]);
     assert!(!session.frontend.has_feature(VIRTIO_BLK_F_INLINE_ENCRYPTION));
+    assert!(!session.frontend.has_feature(VIRTIO_BLK_F_CTRL_VQ));
+    assert_eq!(
+        session.queues.len(),
+        1,
+        "no control queue without the engine"
+    );
     let before = session.image_bytes();
     let key = random_key();
     session.expect(
@@ -411,7 +431,7 @@ fn injected_faults_round_trip_for_the_guest_but_not_on_the_image() {
         let mut session = Session::start(4 * MIB, &["--fault", fault]);
         let key = random_key();
         session.expect(
-            0,
+            session.control(),
             &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(0, &key, 4096, 8)),
             Status::Ok,
         );

@@ -86,6 +86,15 @@ fn program(slot: u32, edit: fn(&mut icelab_emulator::protocol::KeyDesc)) -> Requ
     Request::keyslot_program(&desc)
 }
 
+/// KEYSLOT_PROGRAM of a valid 152-byte key_desc followed by four more
+/// bytes: the 156-byte layout icelab used before following the draft.
+fn program_with_trailing_reserved(slot: u32) -> Request {
+    let desc = KeyDesc::raw_aes_256_xts(slot, &[0x5a; 64], 4096, 8);
+    let mut wire = desc.encode().to_vec();
+    wire.extend_from_slice(&[0; 4]);
+    Request::raw(RequestType::KeyslotProgram, 0).with_key_payload(&wire)
+}
+
 fn crypto_write(sector: u64, slot: u32, dun: u128, len: usize) -> Request {
     Request::crypto_write(sector, &msg(slot, dun), random_bytes(len))
 }
@@ -158,57 +167,92 @@ fn cases() -> Vec<(&'static str, Submit, Expect)> {
         ),
         (
             "program with a wrong key size",
-            |s| s.run(0, &program(1, |d| d.key_size = 32)),
+            |s| s.run(s.control(), &program(1, |d| d.key_size = 32)),
             IOERR,
         ),
         (
             "program with an unsupported mode",
-            |s| s.run(0, &program(1, |d| d.crypto_mode = 2)),
+            |s| s.run(s.control(), &program(1, |d| d.crypto_mode = 2)),
             UNSUPP,
         ),
         (
             "program with the reserved mode 0",
-            |s| s.run(0, &program(1, |d| d.crypto_mode = 0)),
+            |s| s.run(s.control(), &program(1, |d| d.crypto_mode = 0)),
             UNSUPP,
         ),
         (
             "program with an unsupported data unit size",
-            |s| s.run(0, &program(1, |d| d.data_unit_size_bits = 13)),
+            |s| s.run(s.control(), &program(1, |d| d.data_unit_size_bits = 13)),
             UNSUPP,
         ),
         (
             "program with an unsupported key type",
-            |s| s.run(0, &program(1, |d| d.key_type = 2)),
+            |s| s.run(s.control(), &program(1, |d| d.key_type = 2)),
             UNSUPP,
         ),
         (
             "program with dun_bytes over max_dun_bytes",
-            |s| s.run(0, &program(1, |d| d.dun_bytes = 9)),
+            |s| s.run(s.control(), &program(1, |d| d.dun_bytes = 9)),
             UNSUPP,
         ),
         (
             "program with dun_bytes 0",
-            |s| s.run(0, &program(1, |d| d.dun_bytes = 0)),
+            |s| s.run(s.control(), &program(1, |d| d.dun_bytes = 0)),
             IOERR,
         ),
         (
             "program a slot out of range",
-            |s| s.run(0, &program(32, |_| {})),
+            |s| s.run(s.control(), &program(32, |_| {})),
             IOERR,
         ),
         (
             "program with a short key_desc",
             |s| {
                 s.run(
-                    0,
+                    s.control(),
                     &Request::raw(RequestType::KeyslotProgram, 0).with_key_payload(&[0; 100]),
                 )
             },
             IOERR,
         ),
         (
+            "program with a 156-byte key_desc (an older, unpublished layout)",
+            |s| s.run(s.control(), &program_with_trailing_reserved(1)),
+            IOERR,
+        ),
+        (
+            "keyslot program on a request queue",
+            |s| s.run(0, &program(1, |_| {})),
+            UNSUPP,
+        ),
+        (
+            "keyslot evict on a request queue",
+            |s| s.run(0, &Request::keyslot_evict_slot(0)),
+            UNSUPP,
+        ),
+        (
+            "get crypto modes on a request queue",
+            |s| s.run(0, &Request::get_crypto_modes()),
+            UNSUPP,
+        ),
+        (
+            "crypto-out on the control queue",
+            |s| s.run(s.control(), &crypto_write(0, 0, 0, 4096)),
+            UNSUPP,
+        ),
+        (
+            "crypto-in on the control queue",
+            |s| s.run(s.control(), &Request::crypto_read(0, &msg(0, 0), 4096)),
+            UNSUPP,
+        ),
+        (
+            "plain write on the control queue",
+            |s| s.run(s.control(), &Request::write(0, random_bytes(4096))),
+            UNSUPP,
+        ),
+        (
             "evict a slot out of range",
-            |s| s.run(0, &Request::keyslot_evict_slot(99)),
+            |s| s.run(s.control(), &Request::keyslot_evict_slot(99)),
             IOERR,
         ),
         (
@@ -309,7 +353,7 @@ fn cases() -> Vec<(&'static str, Submit, Expect)> {
         ),
         (
             "hardware-wrapped key request",
-            |s| s.run(0, &Request::generate_key()),
+            |s| s.run(s.control(), &Request::generate_key()),
             UNSUPP,
         ),
         (
@@ -373,7 +417,7 @@ fn cases() -> Vec<(&'static str, Submit, Expect)> {
             "get-crypto-modes with a buffer shorter than modes[2]",
             |s| {
                 s.run(
-                    0,
+                    s.control(),
                     &Request::raw(RequestType::GetCryptoModes, 0).with_data_in(4),
                 )
             },
@@ -442,7 +486,7 @@ fn malformed_requests_get_a_status_and_touch_nothing() {
     assert!(cases.len() >= 25, "the matrix must keep at least 25 cases");
     let mut session = prefilled_session(&[]);
     session.expect(
-        0,
+        session.control(),
         &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(0, &random_key(), 4096, 8)),
         Status::Ok,
     );
@@ -512,7 +556,7 @@ fn writes_to_a_read_only_device_are_refused() {
             .has_feature(icelab_emulator::protocol::VIRTIO_BLK_F_RO)
     );
     session.expect(
-        0,
+        session.control(),
         &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(0, &random_key(), 4096, 8)),
         Status::Ok,
     );
@@ -528,7 +572,7 @@ fn writes_to_a_read_only_device_are_refused() {
 fn a_flood_of_garbage_chains_does_not_hang_or_crash_the_device() {
     let mut session = prefilled_session(&["--queues", "1"]);
     session.expect(
-        0,
+        session.control(),
         &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(0, &random_key(), 4096, 8)),
         Status::Ok,
     );

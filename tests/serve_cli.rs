@@ -6,7 +6,7 @@ mod support;
 
 use ice::{REQUEST_TIMEOUT, Session, msg, random_bytes, random_key};
 use icelab_emulator::protocol::{KeyDesc, Status, VIRTIO_RING_F_EVENT_IDX, feature};
-use icelab_frontend::blk::Request;
+use icelab_frontend::blk::{BlkQueue, Request};
 use icelab_frontend::{Frontend, FrontendOptions};
 use std::process::Command;
 use std::time::Duration;
@@ -74,7 +74,7 @@ fn bad_arguments_are_refused_before_anything_starts() {
 fn sigusr1_writes_stats_and_sigterm_exits_cleanly() {
     let mut session = Session::start(4 << 20, &[]);
     session.expect(
-        0,
+        session.control(),
         &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(0, &random_key(), 4096, 8)),
         Status::Ok,
     );
@@ -107,6 +107,11 @@ fn sigusr1_writes_stats_and_sigterm_exits_cleanly() {
     );
 }
 
+/// The control queue of `frontend`, where key management goes.
+fn control_queue(frontend: &mut Frontend) -> BlkQueue {
+    BlkQueue::new(frontend.take_control_queue().expect("a control queue")).expect("queue driver")
+}
+
 #[test]
 fn persist_serves_a_second_connection_with_empty_keyslots() {
     let dir = temp_dir("persist");
@@ -120,7 +125,8 @@ fn persist_serves_a_second_connection_with_empty_keyslots() {
         let mut frontend =
             Frontend::connect(&socket, &FrontendOptions::default()).expect("first connection");
         let mut queue = frontend.take_blk_queues().expect("queues").remove(0);
-        let programmed = queue
+        let mut control = control_queue(&mut frontend);
+        let programmed = control
             .submit_and_wait(
                 &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(2, &key, 4096, 8)),
                 REQUEST_TIMEOUT,
@@ -145,6 +151,7 @@ fn persist_serves_a_second_connection_with_empty_keyslots() {
     let mut frontend =
         Frontend::connect(&socket, &FrontendOptions::default()).expect("second connection");
     let mut queue = frontend.take_blk_queues().expect("queues").remove(0);
+    let mut control = control_queue(&mut frontend);
     let empty = queue
         .submit_and_wait(&Request::crypto_read(0, &msg(2, 9), 4096), REQUEST_TIMEOUT)
         .unwrap();
@@ -153,7 +160,7 @@ fn persist_serves_a_second_connection_with_empty_keyslots() {
         Some(Status::IoErr),
         "a new connection starts with empty keyslots"
     );
-    queue
+    control
         .submit_and_wait(
             &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(2, &key, 4096, 8)),
             REQUEST_TIMEOUT,
@@ -186,7 +193,7 @@ fn a_frontend_without_event_idx_is_served_at_depth() {
     assert!(!session.frontend.has_feature(VIRTIO_RING_F_EVENT_IDX));
     let key = random_key();
     session.expect(
-        0,
+        session.control(),
         &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(0, &key, 4096, 8)),
         Status::Ok,
     );

@@ -17,12 +17,16 @@ fn each_get_id_writes_one_get_id_event_in_order_with_keyslot_events() {
     let key = random_key();
     session.expect(0, &Request::get_id(), Status::Ok);
     session.expect(
-        0,
+        session.control(),
         &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(1, &key, 4096, 8)),
         Status::Ok,
     );
     session.expect(1, &Request::get_id(), Status::Ok);
-    session.expect(0, &Request::keyslot_evict_slot(1), Status::Ok);
+    session.expect(
+        session.control(),
+        &Request::keyslot_evict_slot(1),
+        Status::Ok,
+    );
     session.expect(0, &Request::get_id(), Status::Ok);
 
     let events = session.trace_events();

@@ -11,7 +11,9 @@
 //! 4. SET_MEM_TABLE with the one memfd region of [`SharedMemory`];
 //! 5. per queue: SET_VRING_NUM, SET_VRING_BASE 0, SET_VRING_ADDR,
 //!    SET_VRING_CALL, SET_VRING_KICK, and SET_VRING_ENABLE 1 when protocol
-//!    features were negotiated (rings then start disabled).
+//!    features were negotiated (rings then start disabled). With
+//!    VIRTIO_BLK_F_CTRL_VQ acked, the control queue follows the request
+//!    queues (docs/PROTOCOL.md, "Virtqueues").
 //!
 //! With REPLY_ACK every later message asks for an acknowledgement, so a
 //! backend refusing, say, the memory table fails the handshake there
@@ -38,11 +40,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use icelab_emulator::protocol::{
+use icelab_protocol::{
     CONFIG_SIZE, CONFIG_SIZE_STANDARD, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_BLK_F_BLK_SIZE,
-    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_INLINE_ENCRYPTION, VIRTIO_BLK_F_MQ,
-    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_TOPOLOGY,
-    VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_BLK_F_CTRL_VQ, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_INLINE_ENCRYPTION,
+    VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
+    VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC, feature,
 };
 use vhost::vhost_user::message::VhostUserHeaderFlag;
@@ -57,8 +59,8 @@ use crate::vring::is_valid_queue_size;
 
 /// Every virtio feature this frontend knows how to drive: VERSION_1, the
 /// virtio-blk features of VIRTIO 1.2 §5.2.3 it understands, the draft's
-/// inline encryption (bit 23), indirect descriptors, event index, and
-/// vhost-user's protocol-features bit.
+/// control queue (bit 22) and inline encryption (bit 23), indirect
+/// descriptors, event index, and vhost-user's protocol-features bit.
 pub const FRONTEND_FEATURES: u64 = feature(VIRTIO_F_VERSION_1)
     | feature(VIRTIO_BLK_F_SIZE_MAX)
     | feature(VIRTIO_BLK_F_SEG_MAX)
@@ -69,6 +71,7 @@ pub const FRONTEND_FEATURES: u64 = feature(VIRTIO_F_VERSION_1)
     | feature(VIRTIO_BLK_F_MQ)
     | feature(VIRTIO_BLK_F_DISCARD)
     | feature(VIRTIO_BLK_F_WRITE_ZEROES)
+    | feature(VIRTIO_BLK_F_CTRL_VQ)
     | feature(VIRTIO_BLK_F_INLINE_ENCRYPTION)
     | feature(VIRTIO_RING_F_INDIRECT_DESC)
     | feature(VIRTIO_RING_F_EVENT_IDX)
@@ -84,8 +87,9 @@ pub struct FrontendOptions {
     pub memory_size: u64,
     /// Entries per virtqueue, a power of two. Default 128.
     pub queue_size: u16,
-    /// Queues to set up; `None` means all the backend reports (1 when it
-    /// does not negotiate MQ).
+    /// Request queues to set up; `None` means all the backend reports (1
+    /// when it does not negotiate MQ; less the control queue when
+    /// VIRTIO_BLK_F_CTRL_VQ is acked). The control queue comes on top.
     pub num_queues: Option<u16>,
     /// Exactly the virtio features to send in SET_FEATURES, offered or not.
     /// `None` means every offered feature in [`FRONTEND_FEATURES`], minus
@@ -134,6 +138,7 @@ pub struct Frontend {
     acked_protocol_features: VhostUserProtocolFeatures,
     backend_queue_num: Option<u64>,
     num_queues: u16,
+    /// Request queues, then the control queue when CTRL_VQ was acked.
     queues: Vec<Option<Queue>>,
 }
 
@@ -333,23 +338,29 @@ impl Frontend {
             }
         }
 
+        let acked_features = options
+            .features
+            .unwrap_or(offered_features & FRONTEND_FEATURES & !options.without_features);
+        let control_queues = u16::from(acked_features & feature(VIRTIO_BLK_F_CTRL_VQ) != 0);
         let num_queues = match (options.num_queues, backend_queue_num) {
             (Some(0), _) => {
                 return Err(Error::InvalidArgument("zero queues requested".into()));
             }
-            (Some(wanted), Some(offered)) if u64::from(wanted) > offered => {
+            (Some(wanted), Some(offered)) if u64::from(wanted + control_queues) > offered => {
                 return Err(Error::BackendLacks {
-                    what: format!("{wanted} queues (GET_QUEUE_NUM says {offered})"),
+                    what: format!(
+                        "{wanted} request queues and {control_queues} control queue \
+                         (GET_QUEUE_NUM says {offered})"
+                    ),
                 });
             }
             (Some(wanted), _) => wanted,
-            (None, Some(offered)) => u16::try_from(offered).unwrap_or(u16::MAX).max(1),
+            (None, Some(offered)) => u16::try_from(offered)
+                .unwrap_or(u16::MAX)
+                .saturating_sub(control_queues)
+                .max(1),
             (None, None) => 1,
         };
-
-        let acked_features = options
-            .features
-            .unwrap_or(offered_features & FRONTEND_FEATURES & !options.without_features);
         session.call("SET_FEATURES", |v| v.set_features(acked_features))?;
 
         let region = memory.region_info()?;
@@ -362,8 +373,8 @@ impl Frontend {
         let event_idx = acked_features & feature(VIRTIO_RING_F_EVENT_IDX) != 0;
         let indirect_desc = acked_features & feature(VIRTIO_RING_F_INDIRECT_DESC) != 0;
         let protocol = acked_features & feature(VHOST_USER_F_PROTOCOL_FEATURES) != 0;
-        let mut queues = Vec::with_capacity(usize::from(num_queues));
-        for index in 0..num_queues {
+        let mut queues = Vec::with_capacity(usize::from(num_queues + control_queues));
+        for index in 0..num_queues + control_queues {
             let queue = Queue::new(
                 index,
                 options.queue_size,
@@ -424,9 +435,15 @@ impl Frontend {
         self.backend_queue_num
     }
 
-    /// Number of queues set up.
+    /// Number of request queues set up (the control queue not counted).
     pub fn num_queues(&self) -> u16 {
         self.num_queues
+    }
+
+    /// Index of the control queue, when VIRTIO_BLK_F_CTRL_VQ was acked.
+    pub fn control_queue_index(&self) -> Option<u16> {
+        self.has_feature(VIRTIO_BLK_F_CTRL_VQ)
+            .then(|| icelab_protocol::control_queue_index(self.num_queues))
     }
 
     /// Reads `len` bytes of the device config space at `offset`
@@ -482,15 +499,27 @@ impl Frontend {
         }))
     }
 
-    /// Takes every queue not yet taken, in index order. Each is `Send` and
-    /// can be driven from its own thread.
+    /// Takes every request queue not yet taken, in index order (not the
+    /// control queue: see [`Frontend::take_control_queue`]). Each is
+    /// `Send` and can be driven from its own thread.
     pub fn take_queues(&mut self) -> Vec<Queue> {
-        self.queues.iter_mut().filter_map(Option::take).collect()
+        self.queues
+            .iter_mut()
+            .take(usize::from(self.num_queues))
+            .filter_map(Option::take)
+            .collect()
     }
 
-    /// Takes every queue not yet taken, each wrapped in a [`BlkQueue`].
+    /// Takes every request queue not yet taken, each wrapped in a
+    /// [`BlkQueue`].
     pub fn take_blk_queues(&mut self) -> Result<Vec<BlkQueue>> {
         self.take_queues().into_iter().map(BlkQueue::new).collect()
+    }
+
+    /// Takes the control queue, if VIRTIO_BLK_F_CTRL_VQ was acked and it
+    /// was not taken yet.
+    pub fn take_control_queue(&mut self) -> Option<Queue> {
+        self.take_queue(self.control_queue_index()?)
     }
 
     /// Takes queue `index`, if it exists and was not taken yet.

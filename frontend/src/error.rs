@@ -95,7 +95,7 @@ pub enum Error {
     #[error("{request} completed with status {status} (expected OK 0)")]
     RequestFailed {
         /// The request type.
-        request: icelab_emulator::protocol::RequestType,
+        request: icelab_protocol::RequestType,
         /// The raw status byte (0xff: the device never wrote it).
         status: u8,
     },

@@ -6,12 +6,12 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use icelab_emulator::protocol::{
+use icelab_frontend::{BlkQueue, Error, FrontendOptions, RawDescriptor, RawNext, Request, Segment};
+use icelab_protocol::{
     CryptoMsg, DiscardSegment, Dun, RequestType, SECTOR_SIZE, Status,
     VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC, feature,
 };
-use icelab_frontend::{BlkQueue, Error, FrontendOptions, RawDescriptor, RawNext, Request, Segment};
 use support::{StorageDaemon, TIMEOUT, pattern};
 
 const MIB: u64 = 1 << 20;

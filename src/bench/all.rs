@@ -1,5 +1,5 @@
 //! `icelab bench all`: every part in one run, so that ratios compare
-//! figures measured side by side (DESIGN.md §7). The same loads drive
+//! figures measured side by side (ratios within one run). The same loads drive
 //! icelab with ICE on and off and qemu-storage-daemon's raw and LUKS
 //! exports, one fresh backend per measurement, targets interleaved within
 //! each load so that drift hits them alike. Writes JSON, a markdown table
@@ -92,7 +92,8 @@ impl TryFrom<AllArgs> for Config {
         if !(0.0..100.0).contains(&args.threshold) {
             bail!("--threshold {}: use 0 to 100 (percent)", args.threshold);
         }
-        let size = crate::serve::parse_size(&args.size)?;
+        let size = crate::serve::parse_size(&args.size)
+            .map_err(|error| anyhow::anyhow!("--size: {error}"))?;
         let sweep = if args.quick {
             vec![4 << 10, 128 << 10, 1 << 20]
         } else {

@@ -1,5 +1,5 @@
 //! `icelab bench crypto`: the engine's AES-256-XTS against
-//! `openssl speed -evp aes-256-xts`, measured in the same run (DESIGN §7).
+//! `openssl speed -evp aes-256-xts`, measured in the same run, so only the ratio matters.
 //!
 //! Both sides process one data unit per call, 512 and 4096 bytes, on one
 //! thread and on every CPU (N threads, each with its own buffer, against

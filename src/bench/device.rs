@@ -329,8 +329,10 @@ impl Measurement {
 
 /// Runs the measurements and prints a table with ratios to the first.
 pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
-    let block_size = crate::serve::parse_size(&args.block_size)?;
-    let size = crate::serve::parse_size(&args.size)?;
+    let block_size = crate::serve::parse_size(&args.block_size)
+        .map_err(|error| anyhow::anyhow!("--block-size: {error}"))?;
+    let size =
+        crate::serve::parse_size(&args.size).map_err(|error| anyhow::anyhow!("--size: {error}"))?;
     let ice = match args.ice.as_deref() {
         Some("on") => true,
         Some("off") => false,
@@ -433,7 +435,13 @@ pub fn measure(target: &Target, backend: &Backend, load: &Load) -> anyhow::Resul
         let mut key = zeroize::Zeroizing::new([0u8; 64]);
         rand::fill(&mut key[..]);
         let desc = KeyDesc::raw_aes_256_xts(0, &key, 4096, 8);
-        let done = handles[0]
+        let control = frontend.take_control_queue().with_context(|| {
+            format!(
+                "the {} backend did not negotiate a control queue (VIRTIO_BLK_F_CTRL_VQ)",
+                target.name()
+            )
+        })?;
+        let done = BlkQueue::new(control)?
             .submit_and_wait(&Request::keyslot_program(&desc), Duration::from_secs(10))?;
         if done.status() != Some(Status::Ok) {
             bail!(

@@ -205,7 +205,8 @@ pub fn run(args: GuestArgs) -> anyhow::Result<()> {
         "16M"
     } else {
         "64M"
-    }))?;
+    }))
+    .map_err(|error| anyhow::anyhow!("--size: {error}"))?;
     let mut plan = Plan::new(seconds, size, args.accel, args.timeout)?;
     if args.quick {
         plan.loads = Plan::quick()?.loads;

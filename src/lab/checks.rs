@@ -31,8 +31,9 @@ pub fn device_exit(boot: &str, status: Option<ExitStatus>, paths: &BootPaths) ->
 }
 
 /// `device-stats`: the emulator's counters against [`BootPlan::traffic`];
-/// no request is ever rejected; a boot with fewer keyslots than keys
-/// (pressure) must have programmed more keys than it has slots.
+/// no request is ever rejected; every keyslot program and evict arrived on
+/// the control queue; a boot with fewer keyslots than keys (pressure) must
+/// have programmed more keys than it has slots.
 pub fn device_stats(boot: &BootPlan, stats: &Value) -> TestResult {
     let get = |path: &str| {
         path.split('.')
@@ -44,15 +45,26 @@ pub fn device_stats(boot: &BootPlan, stats: &Value) -> TestResult {
     let crypto_out = get("stats.crypto_out.requests");
     let crypto_in = get("stats.crypto_in.requests");
     let rejected = get("stats.rejected.total");
+    let control_keyslot_commands = get("stats.control_queue.keyslot_commands");
     let facts = json!({
         "keyslots_programmed": programmed,
         "keyslots_evicted": evicted,
+        "keyslot_commands_on_the_control_queue": control_keyslot_commands,
         "crypto_out_requests": crypto_out,
         "crypto_in_requests": crypto_in,
         "rejected_requests": rejected,
     });
     let problem = match (programmed, crypto_out, crypto_in, rejected) {
-        (Some(p), Some(o), Some(i), Some(r)) => traffic_problem(boot, p, o, i, r),
+        (Some(p), Some(o), Some(i), Some(r)) => traffic_problem(boot, p, o, i, r).or_else(|| {
+            let keyslot_commands = p + evicted.unwrap_or(0);
+            (control_keyslot_commands != Some(keyslot_commands)).then(|| {
+                format!(
+                    "{keyslot_commands} keyslot programs and evictions, but {} arrived on the \
+                     control queue",
+                    control_keyslot_commands.map_or("none".to_owned(), |n| n.to_string())
+                )
+            })
+        }),
         _ => Some("the device wrote no stats file (see device.log)".to_owned()),
     };
     TestResult::host(
@@ -101,6 +113,7 @@ mod tests {
     fn stats(p: u64, o: u64, i: u64, r: u64) -> Value {
         json!({"stats": {
             "keyslots": {"programmed": p, "evicted": 0},
+            "control_queue": {"keyslot_commands": p},
             "crypto_out": {"requests": o},
             "crypto_in": {"requests": i},
             "rejected": {"total": r},
@@ -134,6 +147,11 @@ mod tests {
                 .is_empty()
         );
         assert!(!device_stats(ufs, &Value::Null).message.is_empty());
+        // A program that did not come through the control queue.
+        let mut misrouted = stats(3, 10, 10, 0);
+        misrouted["stats"]["control_queue"]["keyslot_commands"] = json!(2);
+        let fail = device_stats(ufs, &misrouted);
+        assert!(fail.message.contains("control queue"), "{}", fail.message);
 
         let smoke = plan(&PlanInput {
             suite: Suite::Smoke,

@@ -57,6 +57,10 @@ pub struct ServeArgs {
     /// Write one JSON line per keyslot event and rejected request to FILE.
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
+    /// Size cap of the trace file (e.g. 64M): past it one `trace-truncated`
+    /// event is written and later events are only counted.
+    #[arg(long, value_name = "SIZE", default_value = "64M")]
+    pub trace_max_bytes: String,
     /// Keep serving new connections after the frontend disconnects.
     #[arg(long)]
     pub persist: bool,
@@ -93,6 +97,8 @@ pub struct ServeConfig {
     pub stats: Option<PathBuf>,
     /// Trace file.
     pub trace: Option<PathBuf>,
+    /// Size cap of the trace file.
+    pub trace_max_bytes: u64,
     /// Serve further connections.
     pub persist: bool,
     /// Deliberate engine fault.
@@ -169,13 +175,16 @@ impl TryFrom<ServeArgs> for ServeConfig {
             capabilities,
             stats: args.stats,
             trace: args.trace,
+            trace_max_bytes: parse_size(&args.trace_max_bytes)
+                .map_err(|error| anyhow::anyhow!("--trace-max-bytes: {error}"))?,
             persist: args.persist,
             fault,
         })
     }
 }
 
-/// Parses `4096`, `64K`, `64M`, `1G`, `1T` (binary multiples).
+/// Parses `4096`, `64K`, `64M`, `1G`, `1T` (binary multiples). Errors
+/// name the text, not an option: callers add which option it was.
 pub fn parse_size(text: &str) -> anyhow::Result<u64> {
     let text = text.trim();
     let (digits, shift) = match text.char_indices().last() {
@@ -187,12 +196,12 @@ pub fn parse_size(text: &str) -> anyhow::Result<u64> {
     };
     let value: u64 = digits
         .parse()
-        .with_context(|| format!("--size {text:?} is not a size; write e.g. 64M or 1G"))?;
+        .with_context(|| format!("{text:?} is not a size; write e.g. 64M or 1G"))?;
     let bytes = value
         .checked_mul(1 << shift)
-        .with_context(|| format!("--size {text:?} is too large"))?;
+        .with_context(|| format!("{text:?} is too large"))?;
     if bytes < 512 {
-        bail!("--size {text:?} is smaller than one 512-byte sector");
+        bail!("{text:?} is smaller than one 512-byte sector");
     }
     Ok(bytes)
 }
@@ -302,5 +311,7 @@ mod tests {
         assert_eq!(parse_size("64K").unwrap(), 64 << 10);
         assert_eq!(parse_size("1g").unwrap(), 1 << 30);
         assert!(parse_size("99999999999T").is_err());
+        let error = parse_size("12Q").unwrap_err().to_string();
+        assert!(!error.contains("--size"), "{error}");
     }
 }

@@ -11,6 +11,7 @@ use serde_json::json;
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use std::path::Path;
 use std::sync::Arc;
+use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::GuestMemoryMmap;
 
@@ -23,7 +24,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .trace
         .as_deref()
         .map(|path| {
-            Trace::create(path)
+            Trace::with_limit(path, config.trace_max_bytes)
                 .with_context(|| format!("cannot create the trace file {}", path.display()))
         })
         .transpose()?;
@@ -54,10 +55,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         inline_encryption = config.capabilities.is_some(),
         "listening"
     );
+    // One listening socket for the whole life of the process: with
+    // --persist, a frontend that connects while the previous session is
+    // ending waits in this socket's backlog and is served next, instead of
+    // being reset with a socket that is being replaced.
+    let mut listener = Listener::new(&config.socket, true).map_err(|error| {
+        anyhow::anyhow!(
+            "cannot listen on {}: {error}; is another icelab serve using it?",
+            config.socket.display()
+        )
+    })?;
     loop {
         let mut daemon = VhostUserDaemon::new("icelab".into(), device.clone(), mem.clone())
             .map_err(|error| anyhow::anyhow!("cannot start the vhost-user daemon: {error}"))?;
-        let served = daemon.serve(&config.socket);
+        let served = serve_one(&mut daemon, &mut listener);
         device.engine().evict_all();
         match served {
             Ok(()) => tracing::info!("frontend disconnected"),
@@ -68,6 +79,25 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     report.finish()
+}
+
+/// Serves one frontend connection from `listener` until it ends, then stops
+/// the daemon's queue threads. A frontend that disconnects (or sends half
+/// a message as it dies) ends the session normally.
+fn serve_one(
+    daemon: &mut VhostUserDaemon<Arc<BlockDevice>>,
+    listener: &mut Listener,
+) -> Result<(), vhost_user_backend::Error> {
+    let result = daemon.start(listener).and_then(|()| daemon.wait());
+    for handler in daemon.get_epoll_handlers() {
+        handler.send_exit_event();
+    }
+    match result {
+        Err(vhost_user_backend::Error::HandleRequest(
+            VhostUserError::Disconnected | VhostUserError::PartialMessage,
+        )) => Ok(()),
+        other => other,
+    }
 }
 
 /// Writes the stats file and cleans up at exit.

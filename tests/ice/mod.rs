@@ -34,8 +34,10 @@ pub struct Session {
     pub device: Device,
     /// The negotiated frontend.
     pub frontend: Frontend,
-    /// Its queues.
+    /// Its request queues, then the control queue when CTRL_VQ was acked.
     pub queues: Vec<BlkQueue>,
+    /// Index of the control queue in `queues`, if any.
+    control: Option<usize>,
 }
 
 impl Session {
@@ -62,11 +64,15 @@ impl Session {
         let mut frontend = Frontend::connect(&socket, &options).unwrap_or_else(|error| {
             panic!("cannot connect to icelab serve: {error}\n{}", device.logs())
         });
-        let queues = frontend
+        let mut queues: Vec<BlkQueue> = frontend
             .take_queues()
             .into_iter()
             .map(|queue| BlkQueue::new(queue).expect("queue driver"))
             .collect();
+        let control = frontend.take_control_queue().map(|queue| {
+            queues.push(BlkQueue::new(queue).expect("control queue driver"));
+            queues.len() - 1
+        });
         Self {
             dir,
             image,
@@ -75,7 +81,19 @@ impl Session {
             device,
             frontend,
             queues,
+            control,
         }
+    }
+
+    /// Index of the control queue in `queues`.
+    ///
+    /// # Panics
+    ///
+    /// When the frontend did not negotiate VIRTIO_BLK_F_CTRL_VQ.
+    #[track_caller]
+    pub fn control(&self) -> usize {
+        self.control
+            .expect("the session has no control queue (VIRTIO_BLK_F_CTRL_VQ not negotiated)")
     }
 
     /// Submits on queue `queue` and waits.

@@ -1,19 +1,26 @@
 //! The vhost-user-blk backend: features, config space and queue service.
 //!
-//! Each request queue gets its own worker thread (`queues_per_thread`), so
+//! Each virtqueue gets its own worker thread (`queues_per_thread`), so
 //! queues are served in parallel; the only shared state on the request
 //! path is the engine's per-slot read locks and relaxed counters.
+//!
+//! With an engine, the device offers VIRTIO_BLK_F_INLINE_ENCRYPTION and
+//! VIRTIO_BLK_F_CTRL_VQ and serves one more virtqueue after the request
+//! queues: the control queue (docs/PROTOCOL.md, "Virtqueues").
 
 use super::image::Image;
+use super::refusal_log::RefusalLog;
 use super::request::{self, Context, Limits, Scratch};
 use crate::engine::Engine;
 use crate::protocol::{
-    BlockConfig, SECTOR_SIZE, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_BLK_F_BLK_SIZE,
-    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_INLINE_ENCRYPTION, VIRTIO_BLK_F_MQ,
-    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, feature,
+    BlockConfig, QueueRole, SECTOR_SIZE, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_BLK_F_BLK_SIZE,
+    VIRTIO_BLK_F_CTRL_VQ, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_INLINE_ENCRYPTION,
+    VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
+    VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC, crypto_negotiated, feature,
 };
 use std::io;
+use std::num::Wrapping;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -52,7 +59,12 @@ pub struct BlockDevice {
     engine: Arc<Engine>,
     mem: RwLock<GuestMemory>,
     event_idx: AtomicBool,
+    crypto_negotiated: AtomicBool,
     scratch: Box<[Mutex<Scratch>]>,
+    /// Per virtqueue: its avail ring was found corrupt and it is not
+    /// served until the frontend sets it up again.
+    broken: Box<[AtomicBool]>,
+    refusals: RefusalLog,
 }
 
 impl BlockDevice {
@@ -69,17 +81,27 @@ impl BlockDevice {
             max_discard_sectors: u32::MAX / SECTOR_SIZE as u32,
             device_id,
         };
+        let virtqueues = config.num_queues + u16::from(engine.capabilities().is_some());
         Self {
-            scratch: (0..config.num_queues)
+            scratch: (0..virtqueues)
                 .map(|_| Mutex::new(Scratch::default()))
                 .collect(),
+            broken: (0..virtqueues).map(|_| AtomicBool::new(false)).collect(),
+            refusals: RefusalLog::default(),
             config,
             limits,
             image,
             engine,
             mem: RwLock::new(mem),
             event_idx: AtomicBool::new(false),
+            crypto_negotiated: AtomicBool::new(false),
         }
+    }
+
+    /// Number of virtqueues: the request queues, plus the control queue
+    /// when the device has an engine.
+    fn virtqueues(&self) -> u16 {
+        self.config.num_queues + u16::from(self.engine.capabilities().is_some())
     }
 
     /// The engine.
@@ -114,12 +136,46 @@ impl BlockDevice {
         }
     }
 
-    fn serve_queue(&self, vring: &VringRwLock, queue: u16) -> io::Result<()> {
+    /// True when the guest's avail index is more than a queue ahead of the
+    /// device's next entry (VIRTIO 1.2 §2.7.13.3: the driver never makes
+    /// more than a queue's worth of buffers available): the ring is
+    /// corrupt and popping from it would fail forever. Such a queue is
+    /// marked broken, logged once, and skipped until the frontend sets it
+    /// up again (its next avail index is valid again).
+    fn ring_is_corrupt(&self, vring: &VringRwLock, queue: u16, mem: &GuestMemoryMmap) -> bool {
+        let state = vring.get_ref();
+        let ring = state.get_queue();
+        let corrupt = match ring.avail_idx(mem, Ordering::Acquire) {
+            Ok(avail) => (avail - Wrapping(ring.next_avail())).0 > ring.size(),
+            Err(_) => true,
+        };
+        let flag = &self.broken[usize::from(queue)];
+        if corrupt && !flag.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                queue,
+                next_avail = ring.next_avail(),
+                size = ring.size(),
+                "the guest's avail ring is corrupt (its index is more than a queue ahead, \
+                 or unreadable): queue {queue} is not served until the driver resets it"
+            );
+            self.engine.stats().count_rejection("broken-ring");
+        } else if !corrupt && flag.swap(false, Ordering::Relaxed) {
+            tracing::info!(queue, "queue {queue} was set up again: serving it");
+        }
+        corrupt
+    }
+
+    /// Serves what the guest made available on one virtqueue; returns
+    /// false when the ring is corrupt (nothing was served).
+    fn serve_queue(&self, vring: &VringRwLock, queue: u16, role: QueueRole) -> io::Result<bool> {
         let mem = self
             .mem
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .memory();
+        if self.ring_is_corrupt(vring, queue, &mem) {
+            return Ok(false);
+        }
         let mut scratch = self.scratch[usize::from(queue)]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -128,6 +184,9 @@ impl BlockDevice {
             image: &self.image,
             limits: &self.limits,
             queue,
+            role,
+            crypto_negotiated: self.crypto_negotiated.load(Ordering::Acquire),
+            refusals: &self.refusals,
         };
         let mut served = false;
         loop {
@@ -158,7 +217,7 @@ impl BlockDevice {
                 tracing::warn!(queue, "cannot signal the guest: {error}");
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -167,7 +226,7 @@ impl VhostUserBackend for BlockDevice {
     type Vring = VringRwLock;
 
     fn num_queues(&self) -> usize {
-        usize::from(self.config.num_queues)
+        usize::from(self.virtqueues())
     }
 
     fn max_queue_size(&self) -> usize {
@@ -190,22 +249,37 @@ impl VhostUserBackend for BlockDevice {
             features |= feature(VIRTIO_BLK_F_RO);
         }
         if self.engine.capabilities().is_some() {
-            features |= feature(VIRTIO_BLK_F_INLINE_ENCRYPTION);
+            features |= feature(VIRTIO_BLK_F_INLINE_ENCRYPTION) | feature(VIRTIO_BLK_F_CTRL_VQ);
         }
         features
     }
 
     fn acked_features(&self, features: u64) {
+        // SET_FEATURES starts every (re)initialisation of the device by the
+        // frontend: QEMU sends it each time the guest driver starts the
+        // device, after a guest reset or reboot too. Like a hardware reset,
+        // it empties every keyslot: keys never outlive the driver that
+        // programmed them.
+        self.engine.evict_all();
+        let crypto = crypto_negotiated(features);
+        self.crypto_negotiated.store(crypto, Ordering::Release);
         tracing::info!(
-            inline_encryption = features & feature(VIRTIO_BLK_F_INLINE_ENCRYPTION) != 0,
+            inline_encryption = crypto,
             "frontend acked features {features:#x}"
         );
+        if features & feature(VIRTIO_BLK_F_INLINE_ENCRYPTION) != 0 && !crypto {
+            tracing::warn!(
+                "the driver acked VIRTIO_BLK_F_INLINE_ENCRYPTION without VIRTIO_BLK_F_CTRL_VQ: \
+                 inline encryption stays off and crypto requests get UNSUPP (docs/PROTOCOL.md)"
+            );
+        }
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::RESET_DEVICE
     }
 
     fn reset_device(&self) {
@@ -242,9 +316,7 @@ impl VhostUserBackend for BlockDevice {
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.config.num_queues)
-            .map(|queue| 1u64 << queue)
-            .collect()
+        (0..self.virtqueues()).map(|queue| 1u64 << queue).collect()
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
@@ -268,19 +340,25 @@ impl VhostUserBackend for BlockDevice {
             .get(usize::from(device_event))
             .ok_or_else(|| io::Error::other(format!("event for unknown vring {device_event}")))?;
         let queue = u16::try_from(thread_id).map_err(io::Error::other)?;
+        let role = QueueRole::of(queue, self.config.num_queues)
+            .ok_or_else(|| io::Error::other(format!("event for unknown queue {queue}")))?;
         if self.event_idx.load(Ordering::Relaxed) {
             // With EVENT_IDX, keep serving until the guest adds nothing
             // between our last pop and re-enabling notifications.
+            // A corrupt ring ends the loop: enable_notification would keep
+            // reporting buffers that can never be popped.
             loop {
                 vring.disable_notification().map_err(io::Error::other)?;
-                self.serve_queue(vring, queue)?;
+                if !self.serve_queue(vring, queue, role)? {
+                    break;
+                }
                 if !vring.enable_notification().map_err(io::Error::other)? {
                     break;
                 }
             }
             Ok(())
         } else {
-            self.serve_queue(vring, queue)
+            self.serve_queue(vring, queue, role).map(|_| ())
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use super::chain::ChainError;
 use crate::engine::EngineError;
-use crate::protocol::{RequestType, Status};
+use crate::protocol::{QueueRole, RequestType, Status};
 use std::io;
 
 /// A refused request.
@@ -102,6 +102,27 @@ pub enum RequestError {
     /// A request type the device does not implement.
     #[error("guest sent {0}, which this device does not implement")]
     Unsupported(RequestType),
+    /// A request on a queue that does not carry it (docs/PROTOCOL.md,
+    /// "Virtqueues"): a control command on a request queue, or anything
+    /// else on the control queue.
+    #[error(
+        "guest sent {request} on {}; {}",
+        queue_name(*.queue),
+        if .request.is_control_command() { "control commands (types 29-35) go on the control queue" }
+        else { "the control queue carries only control commands (types 29-35)" }
+    )]
+    WrongQueue {
+        /// The request.
+        request: RequestType,
+        /// The queue it came on.
+        queue: QueueRole,
+    },
+    /// An inline-encryption request although the driver did not
+    /// negotiate both VIRTIO_BLK_F_INLINE_ENCRYPTION and VIRTIO_BLK_F_CTRL_VQ.
+    #[error(
+        "guest sent {0} without negotiating both VIRTIO_BLK_F_INLINE_ENCRYPTION (23) and VIRTIO_BLK_F_CTRL_VQ (22)"
+    )]
+    CryptoNotNegotiated(RequestType),
     /// Guest memory access failed although the range was checked.
     #[error("guest memory access failed")]
     Memory(#[source] vm_memory::GuestMemoryError),
@@ -119,11 +140,21 @@ pub enum RequestError {
     },
 }
 
+fn queue_name(queue: QueueRole) -> String {
+    match queue {
+        QueueRole::Request(index) => format!("request queue {index}"),
+        QueueRole::Control => "the control queue".to_owned(),
+    }
+}
+
 impl RequestError {
     /// The status the guest gets.
     pub fn status(&self) -> Status {
         match self {
-            Self::Unsupported(_) | Self::UnsupportedFlags { .. } => Status::Unsupp,
+            Self::Unsupported(_)
+            | Self::UnsupportedFlags { .. }
+            | Self::WrongQueue { .. }
+            | Self::CryptoNotNegotiated(_) => Status::Unsupp,
             Self::Engine(error) => error.status(),
             Self::Chain(_)
             | Self::ShortHeader(_)
@@ -159,6 +190,8 @@ impl RequestError {
             Self::TooManySegments { .. } => "too-many-segments",
             Self::UnsupportedFlags { .. } => "unsupported-flags",
             Self::Unsupported(_) => "unsupported-request",
+            Self::WrongQueue { .. } => "wrong-queue",
+            Self::CryptoNotNegotiated(_) => "crypto-not-negotiated",
             Self::Memory(_) => "guest-memory",
             Self::Engine(error) => error.kind(),
             Self::Io { .. } => "host-io",

@@ -5,6 +5,7 @@ pub mod chain;
 pub mod error;
 pub mod guest_io;
 pub mod image;
+pub mod refusal_log;
 pub mod request;
 
 pub use backend::{BlockDevice, DeviceConfig, GuestMemory};

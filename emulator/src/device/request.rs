@@ -1,5 +1,5 @@
 //! Serving one virtio-blk request (VIRTIO 1.2 §5.2.6) with the
-//! inline-encryption extension (DESIGN.md §3).
+//! inline-encryption extension (docs/PROTOCOL.md).
 //!
 //! Every check happens before the first byte moves between the image and
 //! guest memory, so a refused request leaves the image untouched. The
@@ -9,10 +9,11 @@ use super::chain::{Cursor, Segments};
 use super::error::RequestError;
 use super::guest_io;
 use super::image::Image;
+use super::refusal_log::{Admission, RefusalLog};
 use crate::engine::Engine;
 use crate::protocol::{
-    CryptoMsg, DEVICE_ID_BYTES, DiscardSegment, KeyDesc, OutHeader, RequestType, SECTOR_SIZE,
-    Status,
+    CryptoMsg, DEVICE_ID_BYTES, DiscardSegment, KeyDesc, OutHeader, QueueRole, RequestType,
+    SECTOR_SIZE, Status,
 };
 use serde_json::json;
 use std::sync::atomic::Ordering::Relaxed;
@@ -53,6 +54,13 @@ pub struct Context<'a> {
     pub limits: &'a Limits,
     /// Queue the request came from (for logs and traces).
     pub queue: u16,
+    /// What that queue carries.
+    pub role: QueueRole,
+    /// The driver negotiated inline encryption (INLINE_ENCRYPTION and
+    /// CTRL_VQ).
+    pub crypto_negotiated: bool,
+    /// Which refusals get a log line.
+    pub refusals: &'a RefusalLog,
 }
 
 /// Serves the chain and returns the used length to report: the bytes the
@@ -109,29 +117,36 @@ fn read_header<M: GuestMemory>(
     Ok(OutHeader::parse(&bytes))
 }
 
-/// Logs, counts and traces a refused request.
+/// Logs (rate-limited per kind, see [`RefusalLog`]), counts and traces a
+/// refused request.
 fn reject(ctx: &Context<'_>, header: Option<&OutHeader>, error: &RequestError) {
     let request = header.map(|h| h.request_type.to_string());
     let sector = header.map(|h| h.sector);
+    let kind = error.kind();
+    ctx.engine.stats().count_rejection(kind);
+    let admission = ctx.refusals.admit(kind, std::time::Instant::now());
     let message = error_chain(error);
-    if error.is_host_fault() {
-        tracing::error!(
-            queue = ctx.queue,
-            request,
-            sector,
-            kind = error.kind(),
-            "{message}"
-        );
-    } else {
-        tracing::warn!(
-            queue = ctx.queue,
-            request,
-            sector,
-            kind = error.kind(),
-            "{message}"
-        );
+    let log = |message: &str| {
+        if error.is_host_fault() {
+            tracing::error!(queue = ctx.queue, request, sector, kind, "{message}");
+        } else {
+            tracing::warn!(queue = ctx.queue, request, sector, kind, "{message}");
+        }
+    };
+    match admission {
+        Admission::Log => log(&message),
+        Admission::LogLast => log(&format!(
+            "{message} (further refusals of kind {kind} are summarised every few seconds; \
+             the stats count all of them)"
+        )),
+        Admission::Summary { count, over } => tracing::warn!(
+            kind,
+            count,
+            "{count} more requests refused as {kind} in the last {:.1} s (latest: {message})",
+            over.as_secs_f64()
+        ),
+        Admission::Quiet => {}
     }
-    ctx.engine.stats().count_rejection(error.kind());
     if let Some(trace) = ctx.engine.trace() {
         let status = match error.status() {
             Status::Ok => "OK",
@@ -144,7 +159,7 @@ fn reject(ctx: &Context<'_>, header: Option<&OutHeader>, error: &RequestError) {
                 "queue": ctx.queue,
                 "request": request,
                 "sector": sector,
-                "kind": error.kind(),
+                "kind": kind,
                 "status": status,
                 "message": message,
             }),
@@ -177,8 +192,26 @@ fn execute<M: GuestMemory>(
     if request.is_inline_encryption() && ctx.engine.capabilities().is_none() {
         return Err(RequestError::Unsupported(request));
     }
+    if !ctx.role.carries(request) {
+        return Err(RequestError::WrongQueue {
+            request,
+            queue: ctx.role,
+        });
+    }
+    if request.is_inline_encryption() && !ctx.crypto_negotiated {
+        return Err(RequestError::CryptoNotNegotiated(request));
+    }
     let answer_room = segments.writable_len() - 1;
     let stats = ctx.engine.stats();
+    if ctx.role == QueueRole::Control {
+        stats.control_commands.fetch_add(1, Relaxed);
+        if matches!(
+            request,
+            RequestType::KeyslotProgram | RequestType::KeyslotEvict
+        ) {
+            stats.control_keyslot_commands.fetch_add(1, Relaxed);
+        }
+    }
     match request {
         RequestType::In => {
             let range = checked_range(ctx, request, header.sector, answer_room, false)?;
@@ -405,8 +438,15 @@ fn answer<M: GuestMemory>(
         .map_err(RequestError::Memory)
 }
 
+/// Most segments one DISCARD or WRITE_ZEROES may carry, whatever
+/// `max_discard_seg` says: the bound of the on-stack copy below.
+pub const MAX_DISCARD_SEGMENTS: usize = 256;
+
 /// DISCARD and WRITE_ZEROES: all segments are checked before any is
-/// applied (VIRTIO 1.2 §5.2.6.2).
+/// applied (VIRTIO 1.2 §5.2.6.2). The segments are read from guest memory
+/// once, into a local copy, and only the copy is checked and applied: a
+/// guest that rewrites a segment after the check cannot change what is
+/// done.
 fn discard_or_write_zeroes<M: GuestMemory>(
     ctx: &Context<'_>,
     mem: &M,
@@ -426,11 +466,12 @@ fn discard_or_write_zeroes<M: GuestMemory>(
             want: DiscardSegment::SIZE as u64,
         });
     }
-    if count > u64::from(ctx.limits.max_discard_seg) {
+    let max = ctx.limits.max_discard_seg.min(MAX_DISCARD_SEGMENTS as u32);
+    if count > u64::from(max) {
         return Err(RequestError::TooManySegments {
             request,
             got: count,
-            max: ctx.limits.max_discard_seg,
+            max,
         });
     }
     let allowed_flags = if request == RequestType::WriteZeroes {
@@ -438,9 +479,18 @@ fn discard_or_write_zeroes<M: GuestMemory>(
     } else {
         0
     };
-    let mut validate = reader.clone();
-    for _ in 0..count {
-        let segment = read_segment(mem, &mut validate)?;
+    // `count` <= MAX_DISCARD_SEGMENTS, checked above.
+    let mut copy = [DiscardSegment {
+        sector: 0,
+        num_sectors: 0,
+        flags: 0,
+    }; MAX_DISCARD_SEGMENTS];
+    let segments = &mut copy[..count as usize];
+    for segment in segments.iter_mut() {
+        *segment = read_segment(mem, reader)?;
+    }
+    let mut ranges = [(0u64, 0u64); MAX_DISCARD_SEGMENTS];
+    for (segment, range) in segments.iter().zip(ranges.iter_mut()) {
         if segment.flags & !allowed_flags != 0 {
             return Err(RequestError::UnsupportedFlags {
                 request,
@@ -454,16 +504,15 @@ fn discard_or_write_zeroes<M: GuestMemory>(
                 max: u64::from(ctx.limits.max_discard_sectors) * SECTOR_SIZE,
             });
         }
-        sector_range(ctx.image, segment.sector, u64::from(segment.num_sectors))?;
+        let checked = sector_range(ctx.image, segment.sector, u64::from(segment.num_sectors))?;
+        *range = (checked.offset, checked.len);
     }
-    for _ in 0..count {
-        let segment = read_segment(mem, reader)?;
-        let range = sector_range(ctx.image, segment.sector, u64::from(segment.num_sectors))?;
+    for (segment, &(offset, len)) in segments.iter().zip(ranges.iter()) {
         let done =
             if request == RequestType::Discard || segment.flags & DiscardSegment::FLAG_UNMAP != 0 {
-                ctx.image.punch_hole(range.offset, range.len)
+                ctx.image.punch_hole(offset, len)
             } else {
-                ctx.image.write_zeroes(range.offset, range.len)
+                ctx.image.write_zeroes(offset, len)
             };
         done.map_err(|source| guest_io::io_error(request, source))?;
     }
@@ -477,4 +526,205 @@ fn read_segment<M: GuestMemory>(
     let mut bytes = [0u8; DiscardSegment::SIZE];
     reader.read(mem, &mut bytes).map_err(RequestError::Memory)?;
     Ok(DiscardSegment::parse(&bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The request parser on plain guest memory, without a process or a
+    //! socket: descriptor chains are built by hand, as a guest would.
+
+    use super::*;
+    use crate::device::image::Image;
+    use crate::engine::Engine;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use virtio_queue::desc::split::Descriptor;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    const MEMORY: usize = 1 << 20;
+    const HEADER: u64 = 0x1000;
+    const PAYLOAD: u64 = 0x2000;
+    const STATUS: u64 = 0x3000;
+    const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+    const NEXT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        image: Image,
+        engine: Engine,
+        limits: Limits,
+        mem: GuestMemoryMmap,
+        refusals: RefusalLog,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("disk.img");
+            let image = Image::open(&path, Some(1 << 20), false).expect("image");
+            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEMORY)]).expect("memory");
+            Self {
+                _dir: dir,
+                path,
+                image,
+                engine: Engine::new(None, None),
+                limits: Limits {
+                    max_data_bytes: 1 << 20,
+                    max_discard_seg: 32,
+                    max_discard_sectors: 1 << 20,
+                    device_id: [0; DEVICE_ID_BYTES],
+                },
+                mem,
+                refusals: RefusalLog::default(),
+            }
+        }
+
+        /// Serves header + payload (device-readable) + status (writable).
+        fn serve(&self, header: &OutHeader, payload_len: u32) -> (u32, u8) {
+            self.mem
+                .write_slice(&header.encode(), GuestAddress(HEADER))
+                .expect("header");
+            self.mem
+                .write_obj(0xffu8, GuestAddress(STATUS))
+                .expect("status");
+            let chain = [
+                Descriptor::new(HEADER, OutHeader::SIZE as u32, NEXT, 1),
+                Descriptor::new(PAYLOAD, payload_len, NEXT, 2),
+                Descriptor::new(STATUS, 1, WRITE, 0),
+            ];
+            let ctx = Context {
+                engine: &self.engine,
+                image: &self.image,
+                limits: &self.limits,
+                queue: 0,
+                role: QueueRole::Request(0),
+                crypto_negotiated: false,
+                refusals: &self.refusals,
+            };
+            let used = serve(&ctx, &self.mem, chain.into_iter(), &mut Scratch::default());
+            let status: u8 = self.mem.read_obj(GuestAddress(STATUS)).expect("status");
+            (used, status)
+        }
+
+        fn image_bytes(&self) -> Vec<u8> {
+            std::fs::read(&self.path).expect("read image")
+        }
+    }
+
+    fn discard_header() -> OutHeader {
+        OutHeader {
+            request_type: RequestType::Discard,
+            ioprio: 0,
+            sector: 0,
+        }
+    }
+
+    fn write_segments(mem: &GuestMemoryMmap, segments: &[DiscardSegment]) {
+        for (index, segment) in segments.iter().enumerate() {
+            let at = PAYLOAD + (index * DiscardSegment::SIZE) as u64;
+            mem.write_slice(&segment.encode(), GuestAddress(at))
+                .expect("segment");
+        }
+    }
+
+    fn segment(sector: u64) -> DiscardSegment {
+        DiscardSegment {
+            sector,
+            num_sectors: 8,
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn a_valid_discard_is_applied() {
+        let fixture = Fixture::new();
+        std::fs::write(&fixture.path, vec![0xa5; 1 << 20]).expect("fill");
+        write_segments(&fixture.mem, &[segment(0), segment(64)]);
+        let (used, status) = fixture.serve(&discard_header(), 32);
+        assert_eq!((used, status), (1, Status::Ok as u8));
+        let image = fixture.image_bytes();
+        assert!(image[..4096].iter().all(|b| *b == 0));
+        assert!(image[4096..64 * 512].iter().all(|b| *b == 0xa5));
+    }
+
+    #[test]
+    fn a_discard_with_one_bad_segment_changes_nothing() {
+        let fixture = Fixture::new();
+        std::fs::write(&fixture.path, vec![0xa5; 1 << 20]).expect("fill");
+        write_segments(&fixture.mem, &[segment(0), segment(u64::MAX / 512)]);
+        let (used, status) = fixture.serve(&discard_header(), 32);
+        assert_eq!((used, status), (1, Status::IoErr as u8));
+        assert!(fixture.image_bytes().iter().all(|b| *b == 0xa5));
+    }
+
+    /// Regression: segments used to be read twice (checked, then read again
+    /// and applied), so a guest flipping a segment between the two reads
+    /// got IOERR for a request that had already discarded its first
+    /// segment. The segments are now copied once.
+    #[test]
+    fn a_segment_rewritten_during_the_request_cannot_split_check_and_use() {
+        let fixture = Fixture::new();
+        let stop = AtomicBool::new(false);
+        let bad = segment(u64::MAX / 512).encode();
+        let good = segment(64).encode();
+        let second = GuestAddress(PAYLOAD + DiscardSegment::SIZE as u64);
+        let (mut refused, mut torn) = (0, 0);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    fixture.mem.write_slice(&bad, second).expect("flip");
+                    fixture.mem.write_slice(&good, second).expect("flip");
+                }
+            });
+            for _ in 0..20_000 {
+                // Sector 0..8 holds data; the request discards it only when
+                // it succeeds.
+                fixture
+                    .image
+                    .write_at(&[0xa5; 4096], 0)
+                    .expect("refill sector 0");
+                fixture
+                    .mem
+                    .write_slice(&segment(0).encode(), GuestAddress(PAYLOAD))
+                    .expect("segment 0");
+                let (_, status) = fixture.serve(&discard_header(), 32);
+                if status == Status::IoErr as u8 {
+                    refused += 1;
+                    let mut first = [0u8; 4096];
+                    fixture.image.read_at(&mut first, 0).expect("read back");
+                    if first.iter().any(|b| *b != 0xa5) {
+                        torn += 1;
+                    }
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert_eq!(
+            torn, 0,
+            "{torn} of {refused} refused DISCARDs had already discarded segment 0"
+        );
+    }
+
+    #[test]
+    fn more_segments_than_the_copy_holds_are_refused() {
+        let mut fixture = Fixture::new();
+        fixture.limits.max_discard_seg = u32::MAX;
+        let segments = vec![segment(0); MAX_DISCARD_SEGMENTS + 1];
+        write_segments(&fixture.mem, &segments);
+        let len = (segments.len() * DiscardSegment::SIZE) as u32;
+        let (_, status) = fixture.serve(&discard_header(), len);
+        assert_eq!(status, Status::IoErr as u8);
+    }
+
+    #[test]
+    fn a_control_command_on_a_request_queue_is_refused_before_its_payload_is_read() {
+        let fixture = Fixture::new();
+        let header = OutHeader {
+            request_type: RequestType::KeyslotProgram,
+            ioprio: 0,
+            sector: 0,
+        };
+        let (used, status) = fixture.serve(&header, KeyDesc::SIZE as u32);
+        assert_eq!((used, status), (1, Status::Unsupp as u8));
+    }
 }

@@ -1,4 +1,5 @@
-//! Crypto profiles: what an engine supports (DESIGN.md §4).
+//! Crypto profiles: what an engine supports (docs/PROTOCOL.md,
+//! "Engine profiles").
 
 use crate::protocol::{CryptoCapabilities, CryptoMode, KeyType};
 use std::fmt;

@@ -1,4 +1,5 @@
-//! The engine: a keyslot table plus the checks of DESIGN.md §3.
+//! The engine: a keyslot table plus the checks of docs/PROTOCOL.md
+//! ("Device rules").
 //!
 //! Keyslots are individually locked; a request takes a reference to the
 //! programmed key under a read lock and releases the lock before any

@@ -62,6 +62,11 @@ pub struct Stats {
     pub write_zeroes: AtomicU64,
     /// GET_ID and GET_CRYPTO_MODES requests served.
     pub queries: AtomicU64,
+    /// Control commands (types 29..35) that arrived on the control queue,
+    /// whatever their outcome.
+    pub control_commands: AtomicU64,
+    /// KEYSLOT_PROGRAM and KEYSLOT_EVICT requests among them.
+    pub control_keyslot_commands: AtomicU64,
     per_slot_uses: Box<[AtomicU64]>,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -81,6 +86,8 @@ impl Stats {
             discards: AtomicU64::new(0),
             write_zeroes: AtomicU64::new(0),
             queries: AtomicU64::new(0),
+            control_commands: AtomicU64::new(0),
+            control_keyslot_commands: AtomicU64::new(0),
             per_slot_uses: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             rejected: Mutex::new(BTreeMap::new()),
         }
@@ -134,6 +141,10 @@ impl Stats {
             "discard": self.discards.load(Relaxed),
             "write_zeroes": self.write_zeroes.load(Relaxed),
             "queries": self.queries.load(Relaxed),
+            "control_queue": {
+                "commands": self.control_commands.load(Relaxed),
+                "keyslot_commands": self.control_keyslot_commands.load(Relaxed),
+            },
             "rejected": {
                 "total": rejected.values().sum::<u64>(),
                 "by_kind": rejected,

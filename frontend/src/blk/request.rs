@@ -12,11 +12,11 @@
 //! guest memory and yields the [`Segment`]s of a well-formed chain, which
 //! a negative test may edit before submitting. Data can be cut into
 //! segments of a chosen size to exercise `seg_max`. The layouts of the
-//! payloads are [`icelab_emulator::protocol`]'s, not redone here.
+//! payloads are [`icelab_protocol`]'s, not redone here.
 
 use std::time::Duration;
 
-use icelab_emulator::protocol::{
+use icelab_protocol::{
     CryptoMode, CryptoMsg, DEVICE_ID_BYTES, DiscardSegment, KEY_BLOB_SIZE, KeyDesc, MAX_KEY_BYTES,
     OutHeader, RequestType, SW_SECRET_SIZE, Status,
 };
@@ -162,7 +162,6 @@ impl Request {
             key_type: 0,
             data_unit_size_bits: 0,
             dun_bytes: 0,
-            reserved: 0,
         };
         Self::keyslot_evict(&desc)
     }
@@ -558,7 +557,7 @@ impl Completion {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use icelab_emulator::protocol::Dun;
+    use icelab_protocol::Dun;
 
     #[test]
     fn crypto_in_has_header_msg_data_status_in_that_order() {

@@ -1,19 +1,24 @@
-//! The virtio-blk wire protocol, including the inline-encryption extension.
+//! icelab's wire format: virtio-blk with the inline-encryption extension.
 //!
 //! Standard parts follow the VIRTIO 1.2 specification, section 5.2 (Block
-//! Device). The inline-encryption parts track the public draft posted with
-//! the 2026 Linux series "inline encryption for virtio-blk guests"; every
-//! constant and layout of that draft lives in this one module, so a later
-//! draft is a one-file change. All integers are little-endian.
+//! Device). The inline-encryption parts follow the newest public draft
+//! ("variant B", v4 of 2026-09-25/2026-10-09): feature bits 22
+//! (CTRL_VQ) and 23 (INLINE_ENCRYPTION), config bytes 96..104, request
+//! types 27..35, the 40-byte `crypto_msg` and the 152-byte `key_desc`.
+//! `docs/PROTOCOL.md` is the prose definition: negotiation, which queue
+//! carries which request, every payload and the device's refusals. All
+//! integers are little-endian.
 //!
-//! This module is pure: it knows byte layouts, not devices, engines or
-//! guest memory. The device, the native frontend and the tests all import
-//! it.
+//! This crate is the one Rust definition of the format: the device, the
+//! native frontend and the conformance tests import it; the guest driver's
+//! C header and the QEMU patch are checked against it by a test
+//! (`tests/protocol_definitions.rs`). It is pure: byte layouts, no
+//! devices, engines or guest memory.
 
 use std::fmt;
 
 // ---------------------------------------------------------------------------
-// Feature bits (VIRTIO 1.2 §5.2.3, plus the draft's bit 23)
+// Feature bits (VIRTIO 1.2 §5.2.3, plus the draft's bits 22 and 23)
 // ---------------------------------------------------------------------------
 
 /// Maximum size of any single segment is in `size_max`.
@@ -34,11 +39,14 @@ pub const VIRTIO_BLK_F_MQ: u32 = 12;
 pub const VIRTIO_BLK_F_DISCARD: u32 = 13;
 /// Device can support write zeroes command.
 pub const VIRTIO_BLK_F_WRITE_ZEROES: u32 = 14;
+/// Draft: the device has a control virtqueue, the last virtqueue (after
+/// the request queues). Inline encryption needs it: key management
+/// travels there.
+pub const VIRTIO_BLK_F_CTRL_VQ: u32 = 22;
 /// Draft: the device has an inline crypto engine (config bytes 96..104,
-/// request types 27..35).
+/// request types 27..35). Enabled only when [`VIRTIO_BLK_F_CTRL_VQ`] is
+/// negotiated too.
 pub const VIRTIO_BLK_F_INLINE_ENCRYPTION: u32 = 23;
-/// Draft: reserved for a crypto control queue. icelab does not offer it.
-pub const VIRTIO_BLK_F_CRYPTO_CTRLQ_RESERVED: u32 = 22;
 
 /// Indirect descriptors (VIRTIO 1.2 §2.7.5.3).
 pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
@@ -52,6 +60,57 @@ pub const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
 /// Returns the feature mask with `bit` set.
 pub const fn feature(bit: u32) -> u64 {
     1u64 << bit
+}
+
+/// True when `features` (the negotiated set) enable inline encryption:
+/// the draft requires both INLINE_ENCRYPTION and CTRL_VQ.
+pub const fn crypto_negotiated(features: u64) -> bool {
+    let both = feature(VIRTIO_BLK_F_INLINE_ENCRYPTION) | feature(VIRTIO_BLK_F_CTRL_VQ);
+    features & both == both
+}
+
+// ---------------------------------------------------------------------------
+// Virtqueues
+// ---------------------------------------------------------------------------
+
+/// What a virtqueue carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueRole {
+    /// A request queue: block I/O, CRYPTO_IN/OUT and the standard requests.
+    Request(u16),
+    /// The control queue: GET_CRYPTO_MODES and key management (29..35).
+    Control,
+}
+
+impl QueueRole {
+    /// The role of virtqueue `index` on a device with `num_queues` request
+    /// queues (config `num_queues`, 1 without MQ): the control queue is the
+    /// one after the last request queue.
+    pub const fn of(index: u16, num_queues: u16) -> Option<Self> {
+        if index < num_queues {
+            Some(Self::Request(index))
+        } else if index == num_queues {
+            Some(Self::Control)
+        } else {
+            None
+        }
+    }
+
+    /// True when a request of type `request` belongs on a queue of this
+    /// role: control commands on the control queue, everything else on
+    /// request queues.
+    pub const fn carries(self, request: RequestType) -> bool {
+        match self {
+            Self::Control => request.is_control_command(),
+            Self::Request(_) => !request.is_control_command(),
+        }
+    }
+}
+
+/// Index of the control virtqueue on a device with `num_queues` request
+/// queues.
+pub const fn control_queue_index(num_queues: u16) -> u16 {
+    num_queues
 }
 
 // ---------------------------------------------------------------------------
@@ -144,6 +203,13 @@ impl RequestType {
     /// True for the request types of the inline-encryption extension.
     pub const fn is_inline_encryption(self) -> bool {
         matches!(self.to_wire(), 27..=35)
+    }
+
+    /// True for the control commands (29..35: GET_CRYPTO_MODES, keyslot
+    /// management, hardware-wrapped key management): they travel on the
+    /// control queue only.
+    pub const fn is_control_command(self) -> bool {
+        matches!(self.to_wire(), 29..=35)
     }
 }
 
@@ -459,11 +525,8 @@ pub const MAX_KEY_BYTES: usize = 128;
 
 /// `key_desc`, the payload of KEYSLOT_PROGRAM and KEYSLOT_EVICT:
 /// le32 slot, u8 bytes[128], le32 key_size, le32 crypto_mode,
-/// le32 key_type, le32 data_unit_size_bits, le32 dun_bytes, le32 reserved.
-///
-/// DESIGN.md names the seven fields (152 bytes) and gives the size as
-/// 156 bytes; icelab reads the remaining four bytes as a trailing reserved
-/// le32 that the guest sets to zero and the device ignores.
+/// le32 key_type, le32 data_unit_size_bits, le32 dun_bytes: 152 bytes, no
+/// trailing reserved field (the draft's `struct virtio_blk_crypto_key_desc`).
 ///
 /// The key bytes are wiped when the value is dropped.
 #[derive(Clone, PartialEq, Eq, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
@@ -482,8 +545,6 @@ pub struct KeyDesc {
     pub data_unit_size_bits: u32,
     /// Number of DUN bytes the slot's requests may use.
     pub dun_bytes: u32,
-    /// Reserved.
-    pub reserved: u32,
 }
 
 impl fmt::Debug for KeyDesc {
@@ -502,22 +563,23 @@ impl fmt::Debug for KeyDesc {
 
 impl KeyDesc {
     /// Wire size.
-    pub const SIZE: usize = 156;
+    pub const SIZE: usize = 152;
 
     /// Parses a descriptor.
     pub fn parse(bytes: &[u8; Self::SIZE]) -> Self {
-        let mut key = [0u8; MAX_KEY_BYTES];
-        key.copy_from_slice(&bytes[4..4 + MAX_KEY_BYTES]);
-        Self {
+        // The key goes straight into the result (returned in the caller's
+        // place): no temporary array holding a copy that nothing wipes.
+        let mut desc = Self {
             slot: le32(bytes, 0),
-            bytes: key,
+            bytes: [0; MAX_KEY_BYTES],
             key_size: le32(bytes, 132),
             crypto_mode: le32(bytes, 136),
             key_type: le32(bytes, 140),
             data_unit_size_bits: le32(bytes, 144),
             dun_bytes: le32(bytes, 148),
-            reserved: le32(bytes, 152),
-        }
+        };
+        desc.bytes.copy_from_slice(&bytes[4..4 + MAX_KEY_BYTES]);
+        desc
     }
 
     /// Encodes the descriptor. The caller should wipe the result after use.
@@ -530,7 +592,6 @@ impl KeyDesc {
         out[140..144].copy_from_slice(&self.key_type.to_le_bytes());
         out[144..148].copy_from_slice(&self.data_unit_size_bits.to_le_bytes());
         out[148..152].copy_from_slice(&self.dun_bytes.to_le_bytes());
-        out[152..156].copy_from_slice(&self.reserved.to_le_bytes());
         out
     }
 
@@ -538,18 +599,18 @@ impl KeyDesc {
     /// data units of `data_unit_size` bytes (a power of two) and
     /// `dun_bytes` DUN bytes.
     pub fn raw_aes_256_xts(slot: u32, key: &[u8; 64], data_unit_size: u32, dun_bytes: u32) -> Self {
-        let mut bytes = [0u8; MAX_KEY_BYTES];
-        bytes[..64].copy_from_slice(key);
-        Self {
+        // As in `parse`: no temporary copy of the key.
+        let mut desc = Self {
             slot,
-            bytes,
+            bytes: [0; MAX_KEY_BYTES],
             key_size: 64,
             crypto_mode: CryptoMode::Aes256Xts.to_wire(),
             key_type: KeyType::Raw.to_wire(),
             data_unit_size_bits: data_unit_size.trailing_zeros(),
             dun_bytes,
-            reserved: 0,
-        }
+        };
+        desc.bytes[..64].copy_from_slice(key);
+        desc
     }
 
     /// The meaningful key bytes, or `None` when `key_size` exceeds the
@@ -699,15 +760,46 @@ impl BlockConfig {
     }
 }
 
-/// Reads the inline-encryption fields back out of a config space.
-pub fn parse_crypto_config(config: &[u8]) -> Option<(u16, u8, u8)> {
-    use config_offset as o;
-    let slots = config.get(o::MAX_SLOTS..o::MAX_SLOTS + 2)?;
-    Some((
-        u16::from_le_bytes([slots[0], slots[1]]),
-        *config.get(o::MAX_DUN_BYTES)?,
-        *config.get(o::KEY_TYPES)?,
-    ))
+impl BlockConfig {
+    /// Parses a config space of however many bytes a device returned:
+    /// fields past the end read as 0, and the crypto fields are `None`
+    /// unless all [`CONFIG_SIZE`] bytes are there. The inverse of
+    /// [`BlockConfig::encode`] for every field icelab sets.
+    pub fn parse(raw: &[u8]) -> Self {
+        use config_offset as o;
+        let le = |offset: usize, width: usize| -> u64 {
+            raw.get(offset..offset + width).map_or(0, |bytes| {
+                bytes
+                    .iter()
+                    .rev()
+                    .fold(0u64, |value, byte| (value << 8) | u64::from(*byte))
+            })
+        };
+        // Each value is read with the width of its field, so the narrowing
+        // casts cannot lose bits.
+        let crypto = (raw.len() >= CONFIG_SIZE).then(|| CryptoCapabilities {
+            max_slots: le(o::MAX_SLOTS, 2) as u16,
+            max_dun_bytes: le(o::MAX_DUN_BYTES, 1) as u8,
+            key_types: le(o::KEY_TYPES, 1) as u8,
+        });
+        Self {
+            capacity_sectors: le(o::CAPACITY, 8),
+            size_max: le(o::SIZE_MAX, 4) as u32,
+            seg_max: le(o::SEG_MAX, 4) as u32,
+            blk_size: le(o::BLK_SIZE, 4) as u32,
+            num_queues: le(o::NUM_QUEUES, 2) as u16,
+            max_discard_sectors: le(o::MAX_DISCARD_SECTORS, 4) as u32,
+            max_discard_seg: le(o::MAX_DISCARD_SEG, 4) as u32,
+            max_write_zeroes_sectors: le(o::MAX_WRITE_ZEROES_SECTORS, 4) as u32,
+            max_write_zeroes_seg: le(o::MAX_WRITE_ZEROES_SEG, 4) as u32,
+            crypto,
+        }
+    }
+
+    /// Capacity in bytes.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.capacity_sectors.saturating_mul(SECTOR_SIZE)
+    }
 }
 
 fn put(out: &mut [u8], offset: usize, bytes: &[u8]) {
@@ -740,7 +832,7 @@ mod tests {
     }
 
     #[test]
-    fn key_desc_layout_is_156_bytes_and_round_trips() {
+    fn key_desc_layout_is_152_bytes_and_round_trips() {
         let mut desc = KeyDesc {
             slot: 7,
             bytes: [0; MAX_KEY_BYTES],
@@ -749,12 +841,11 @@ mod tests {
             key_type: 1,
             data_unit_size_bits: 12,
             dun_bytes: 8,
-            reserved: 0,
         };
         desc.bytes[0] = 0xaa;
         desc.bytes[127] = 0xbb;
         let wire = desc.encode();
-        assert_eq!(wire.len(), 156);
+        assert_eq!(wire.len(), 152);
         assert_eq!(&wire[0..4], &7u32.to_le_bytes());
         assert_eq!(wire[4], 0xaa);
         assert_eq!(wire[131], 0xbb);
@@ -816,7 +907,47 @@ mod tests {
         let bytes = config.encode();
         assert_eq!(&bytes[0..8], &2048u64.to_le_bytes());
         assert_eq!(&bytes[34..36], &2u16.to_le_bytes());
-        assert_eq!(parse_crypto_config(&bytes), Some((32, 8, 1)));
+        assert_eq!(&bytes[96..100], &[32, 0, 8, 1]);
         assert_eq!(&bytes[100..104], &[0, 0, 0, 0]);
+        assert_eq!(BlockConfig::parse(&bytes), config);
+        assert_eq!(config.capacity_bytes(), 2048 * 512);
+    }
+
+    #[test]
+    fn short_config_leaves_missing_fields_zero() {
+        let mut raw = vec![0u8; 60];
+        raw[..8].copy_from_slice(&2048u64.to_le_bytes());
+        let parsed = BlockConfig::parse(&raw);
+        assert_eq!(parsed.capacity_sectors, 2048);
+        assert_eq!(parsed.crypto, None);
+        assert_eq!(BlockConfig::parse(&[]).capacity_sectors, 0);
+        assert_eq!(BlockConfig::parse(&[0u8; CONFIG_SIZE - 1]).crypto, None);
+    }
+
+    #[test]
+    fn control_queue_follows_the_request_queues() {
+        assert_eq!(QueueRole::of(0, 2), Some(QueueRole::Request(0)));
+        assert_eq!(QueueRole::of(1, 2), Some(QueueRole::Request(1)));
+        assert_eq!(QueueRole::of(2, 2), Some(QueueRole::Control));
+        assert_eq!(QueueRole::of(3, 2), None);
+        assert_eq!(control_queue_index(1), 1);
+        for wire in 0..64 {
+            let request = RequestType::from_wire(wire);
+            let control = (29..=35).contains(&wire);
+            assert_eq!(request.is_control_command(), control, "{request}");
+            assert_eq!(QueueRole::Control.carries(request), control);
+            assert_eq!(QueueRole::Request(0).carries(request), !control);
+        }
+    }
+
+    #[test]
+    fn crypto_needs_both_feature_bits() {
+        let ice = feature(VIRTIO_BLK_F_INLINE_ENCRYPTION);
+        let ctrl = feature(VIRTIO_BLK_F_CTRL_VQ);
+        assert!(crypto_negotiated(ice | ctrl | feature(VIRTIO_F_VERSION_1)));
+        assert!(!crypto_negotiated(ice));
+        assert!(!crypto_negotiated(ctrl));
+        assert_eq!(VIRTIO_BLK_F_CTRL_VQ, 22);
+        assert_eq!(VIRTIO_BLK_F_INLINE_ENCRYPTION, 23);
     }
 }
