@@ -150,7 +150,6 @@ pub fn build(overrides: &Overrides) -> anyhow::Result<Artifacts> {
 /// A hash of the driver's sources (every regular file directly in
 /// guest-driver/) and the build root they are built against.
 fn driver_recipe_hash(repo: &Path, root: &Path) -> anyhow::Result<u64> {
-    use std::hash::{Hash, Hasher};
     let dir = repo.join("guest-driver");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
@@ -158,15 +157,19 @@ fn driver_recipe_hash(repo: &Path, root: &Path) -> anyhow::Result<u64> {
         .filter(|path| path.is_file())
         .collect();
     files.sort();
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    root.hash(&mut hasher);
+    let mut key = super::cache_key::CacheKey::default();
+    key.path(root);
     for file in files {
-        file.file_name().hash(&mut hasher);
-        std::fs::read(&file)
-            .with_context(|| format!("cannot read {}", file.display()))?
-            .hash(&mut hasher);
+        key.field(
+            file.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        );
+        key.field(
+            &std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?,
+        );
     }
-    Ok(hasher.finish())
+    Ok(key.finish())
 }
 
 /// Runs a recipe script and returns the path it printed last.

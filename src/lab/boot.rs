@@ -222,26 +222,11 @@ fn stream_results(vm: &mut Child, path: &Path, boot: &str, timeout: Duration) ->
         results: Vec::new(),
         problem: None,
     };
-    let mut offset = 0u64;
-    let mut pending = String::new();
+    let mut follower = LineFollower::default();
     let mut done = false;
     loop {
         let exited = matches!(vm.try_wait(), Ok(Some(_)));
-        if let Ok(mut file) = std::fs::File::open(path)
-            && file.seek(std::io::SeekFrom::Start(offset)).is_ok()
-        {
-            let mut reader = BufReader::new(file);
-            let mut chunk = String::new();
-            while let Ok(read) = reader.read_line(&mut chunk) {
-                if read == 0 {
-                    break;
-                }
-                offset += read as u64;
-            }
-            pending.push_str(&chunk);
-        }
-        while let Some(end) = pending.find('\n') {
-            let line: String = pending.drain(..=end).collect();
+        for line in follower.new_lines(path) {
             let Ok(value) = serde_json::from_str::<Value>(line.trim().trim_start_matches('\0'))
             else {
                 continue;
@@ -283,6 +268,41 @@ fn stream_results(vm: &mut Child, path: &Path, boot: &str, timeout: Duration) ->
     outcome
 }
 
+/// Reads the whole lines appended to a growing file since the last call.
+/// Bytes that are not UTF-8 (a console glitch) are replaced, never a reason
+/// to stop reading: the lines after them still arrive.
+#[derive(Default)]
+struct LineFollower {
+    offset: u64,
+    partial: Vec<u8>,
+}
+
+impl LineFollower {
+    fn new_lines(&mut self, path: &Path) -> Vec<String> {
+        let mut lines = Vec::new();
+        let Ok(mut file) = std::fs::File::open(path) else {
+            return lines;
+        };
+        if file.seek(std::io::SeekFrom::Start(self.offset)).is_err() {
+            return lines;
+        }
+        let mut reader = BufReader::new(file);
+        loop {
+            match reader.read_until(b'\n', &mut self.partial) {
+                Ok(0) | Err(_) => break,
+                Ok(read) => {
+                    self.offset += read as u64;
+                    if self.partial.ends_with(b"\n") {
+                        lines.push(String::from_utf8_lossy(&self.partial).into_owned());
+                        self.partial.clear();
+                    }
+                }
+            }
+        }
+        lines
+    }
+}
+
 /// Waits up to `timeout` for `child`; kills it after that (`None`).
 pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
@@ -306,4 +326,27 @@ pub fn tail(path: &Path, lines: usize) -> String {
         .unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_non_utf8_byte_does_not_stop_the_result_stream() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("results.jsonl");
+        let mut file = std::fs::File::create(&path).expect("create");
+        file.write_all(b"{\"type\":\"hello\"}\n\xff\xfe garbage\n{\"type\":")
+            .expect("write");
+        let mut follower = LineFollower::default();
+        let first = follower.new_lines(&path);
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert!(first[1].contains("garbage"));
+        file.write_all(b"\"done\"}\n").expect("write");
+        let second = follower.new_lines(&path);
+        assert_eq!(second, vec!["{\"type\":\"done\"}\n".to_owned()]);
+        assert!(follower.new_lines(&path).is_empty());
+    }
 }

@@ -133,12 +133,9 @@ pub fn build(rootfs: &Path, runner: &Path, module: &Path, dir: &Path) -> anyhow:
     Ok(out)
 }
 
-/// A name for `bytes` (SipHash; a cache key, not a security property).
+/// A name for `bytes` (a cache key, stable across releases).
 fn content_hash(bytes: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut hasher);
-    hasher.finish()
+    super::cache_key::CacheKey::default().field(bytes).finish()
 }
 
 /// Deletes initramfs archives other than `keep` not modified for a day

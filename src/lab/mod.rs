@@ -3,6 +3,7 @@
 
 pub mod artifacts;
 pub mod boot;
+pub mod cache_key;
 pub mod checks;
 pub mod cpio;
 pub mod initramfs;

@@ -220,14 +220,18 @@ fn probe(artifacts: &Artifacts) -> bool {
 
 /// A stable identity of the kernel and QEMU binaries (size and mtime).
 fn identity(artifacts: &Artifacts) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut key = super::cache_key::CacheKey::default();
     for path in [&artifacts.kernel, &artifacts.qemu] {
-        path.hash(&mut hasher);
+        key.path(path);
         if let Ok(meta) = std::fs::metadata(path) {
-            meta.len().hash(&mut hasher);
-            meta.modified().ok().hash(&mut hasher);
+            key.number(meta.len());
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos() as u64);
+            key.number(modified);
         }
     }
-    hasher.finish()
+    key.finish()
 }

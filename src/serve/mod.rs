@@ -19,6 +19,11 @@ use vm_memory::GuestMemoryMmap;
 /// `--persist`, until SIGINT/SIGTERM).
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = ServeConfig::try_from(args)?;
+    // Before any key can arrive: no core dumps of this process, key memory
+    // locked and left out of dumps (README, "Key memory").
+    let hardening = icelab_emulator::engine::harden_process()
+        .context("cannot harden the process for holding keys")?;
+    tracing::info!(%hardening, "key memory hardening");
     let image = Image::open(&config.image, config.create_size, config.read_only)?;
     let trace = config
         .trace
@@ -43,6 +48,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let report = Arc::new(Report {
         config: config.clone(),
         device: device.clone(),
+        writing: std::sync::Mutex::new(()),
     });
     watch_signals(report.clone())?;
 
@@ -104,6 +110,10 @@ fn serve_one(
 struct Report {
     config: ServeConfig,
     device: Arc<BlockDevice>,
+    /// Held while the stats file is written: the signal thread (SIGUSR1,
+    /// SIGTERM) and the main thread (the frontend left) may both write it,
+    /// through the same temporary file.
+    writing: std::sync::Mutex<()>,
 }
 
 impl Report {
@@ -111,6 +121,10 @@ impl Report {
         let Some(path) = &self.config.stats else {
             return Ok(());
         };
+        let _writing = self
+            .writing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let engine = self.device.engine();
         let caps = engine.capabilities();
         let document = json!({

@@ -2,9 +2,9 @@
 
 use crate::protocol::Status;
 
-/// A refusal by the engine. Every variant is the guest's doing; the
-/// messages say so. [`EngineError::status`] is the one place that maps
-/// refusals to the wire.
+/// A refusal by the engine. Every variant but `KeyMemory` is the guest's
+/// doing; the messages say so. [`EngineError::status`] is the one place
+/// that maps refusals to the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
     /// The device offers no inline encryption.
@@ -80,6 +80,13 @@ pub enum EngineError {
         /// The keyslot's dun_bytes.
         dun_bytes: u32,
     },
+    /// The device could not map locked memory for a key schedule (the one
+    /// refusal that is not the guest's doing: the host is out of memory).
+    #[error("the device could not map memory for the key schedule (errno {errno})")]
+    KeyMemory {
+        /// `mmap`'s errno.
+        errno: i32,
+    },
 }
 
 impl EngineError {
@@ -98,7 +105,8 @@ impl EngineError {
             | Self::ZeroDunBytes
             | Self::Misaligned { .. }
             | Self::PartialDataUnit { .. }
-            | Self::DunOverflow { .. } => Status::IoErr,
+            | Self::DunOverflow { .. }
+            | Self::KeyMemory { .. } => Status::IoErr,
         }
     }
 
@@ -117,6 +125,7 @@ impl EngineError {
             Self::Misaligned { .. } => "misaligned",
             Self::PartialDataUnit { .. } => "partial-data-unit",
             Self::DunOverflow { .. } => "dun-overflow",
+            Self::KeyMemory { .. } => "key-memory",
         }
     }
 }

@@ -4,15 +4,22 @@
 //! Keyslots are individually locked; a request takes a reference to the
 //! programmed key under a read lock and releases the lock before any
 //! crypto. Programming replaces the slot's key; the old key is wiped when
-//! the last in-flight request using it finishes (the `aes` crate wipes its
-//! key schedules on drop). A key programmed through one queue is visible to
-//! requests on every queue as soon as the program call returns, which is
-//! before its completion reaches the guest.
+//! the last in-flight request using it finishes. A key programmed through
+//! one queue is visible to requests on every queue as soon as the program
+//! call returns, which is before its completion reaches the guest.
+//!
+//! Key memory (see [`super::secure`]): key schedules live in the locked,
+//! non-dumped key arena and are zeroed there on drop; every public entry
+//! point that touches key material does its work in an `#[inline(never)]`
+//! callee and then scrubs the stack that callee used, which is where the
+//! `aes` backends, key expansion, the fingerprint HMAC and the device's
+//! copy of the key descriptor leave their temporaries.
 
 use super::capabilities::Capabilities;
 use super::error::EngineError;
 use super::fault::Fault;
 use super::fingerprint::{Fingerprint, Fingerprinter};
+use super::secure::{SecureBox, scrub_stack};
 use super::stats::Stats;
 use super::trace::Trace;
 use super::xts::{Direction, XtsKey};
@@ -24,7 +31,8 @@ use zeroize::Zeroizing;
 
 /// A key as held by a keyslot.
 pub struct ProgrammedKey {
-    key: XtsKey,
+    /// In the key arena: locked, out of core dumps, zeroed on drop.
+    key: SecureBox<XtsKey>,
     /// Data unit size in bytes.
     pub data_unit_size: u32,
     /// Number of DUN bytes requests may use.
@@ -45,6 +53,12 @@ impl ProgrammedKey {
     /// start `skip` units after its first (DUN `dun`): the device crypts a
     /// request piece by piece where guest memory is not contiguous.
     pub fn crypt_at(&self, direction: Direction, data: &mut [u8], dun: &Dun, skip: u64) {
+        self.crypt_at_unscrubbed(direction, data, dun, skip);
+        scrub_stack();
+    }
+
+    #[inline(never)]
+    fn crypt_at_unscrubbed(&self, direction: Direction, data: &mut [u8], dun: &Dun, skip: u64) {
         let Some(first_dun) = self.first_dun(dun, skip) else {
             return;
         };
@@ -55,6 +69,19 @@ impl ProgrammedKey {
     /// Out of place: `dest` gets the result for `source` (same length),
     /// reading each `source` byte once (see [`XtsKey::crypt_from`]).
     pub fn crypt_from(
+        &self,
+        direction: Direction,
+        source: &[u8],
+        dest: &mut [u8],
+        dun: &Dun,
+        skip: u64,
+    ) {
+        self.crypt_from_unscrubbed(direction, source, dest, dun, skip);
+        scrub_stack();
+    }
+
+    #[inline(never)]
+    fn crypt_from_unscrubbed(
         &self,
         direction: Direction,
         source: &[u8],
@@ -144,6 +171,13 @@ impl Engine {
     /// KEYSLOT_PROGRAM: checks the descriptor against the capabilities and
     /// replaces whatever the slot held.
     pub fn program(&self, desc: &KeyDesc, queue: u16) -> Result<Fingerprint, EngineError> {
+        let result = self.program_unscrubbed(desc, queue);
+        scrub_stack();
+        result
+    }
+
+    #[inline(never)]
+    fn program_unscrubbed(&self, desc: &KeyDesc, queue: u16) -> Result<Fingerprint, EngineError> {
         let caps = self.capabilities.ok_or(EngineError::NoInlineEncryption)?;
         let slot = self.slot(desc.slot)?;
         let mode = CryptoMode::from_wire(desc.crypto_mode)
@@ -180,8 +214,15 @@ impl Engine {
             xts_key.rotate_left(32);
         }
         let fingerprint = self.fingerprinter.fingerprint(raw);
+        let schedule = SecureBox::new(XtsKey::new(&xts_key)).map_err(|error| {
+            tracing::error!("KEYSLOT_PROGRAM refused: {error}");
+            EngineError::KeyMemory {
+                errno: error.raw_os_error().unwrap_or(0),
+            }
+        })?;
+        drop(xts_key);
         let key = Arc::new(ProgrammedKey {
-            key: XtsKey::new(&xts_key),
+            key: schedule,
             data_unit_size: 1 << desc.data_unit_size_bits,
             dun_bytes: desc.dun_bytes,
             fingerprint,
@@ -210,6 +251,19 @@ impl Engine {
     /// KEYSLOT_EVICT: empties the slot (evicting an empty slot succeeds).
     /// Returns the fingerprint of the key it held.
     pub fn evict(&self, desc: &KeyDesc, queue: u16) -> Result<Option<Fingerprint>, EngineError> {
+        let result = self.evict_unscrubbed(desc, queue);
+        // The device's copies of the descriptor (which may carry the key)
+        // were in frames below this one.
+        scrub_stack();
+        result
+    }
+
+    #[inline(never)]
+    fn evict_unscrubbed(
+        &self,
+        desc: &KeyDesc,
+        queue: u16,
+    ) -> Result<Option<Fingerprint>, EngineError> {
         self.capabilities.ok_or(EngineError::NoInlineEncryption)?;
         let slot = self.slot(desc.slot)?;
         let evicted = write(slot).take().map(|key| key.fingerprint);
@@ -220,6 +274,12 @@ impl Engine {
 
     /// Empties every slot (device reset, new connection).
     pub fn evict_all(&self) {
+        self.evict_all_unscrubbed();
+        scrub_stack();
+    }
+
+    #[inline(never)]
+    fn evict_all_unscrubbed(&self) {
         for (index, slot) in self.slots.iter().enumerate() {
             if let Some(key) = write(slot).take() {
                 self.stats.slots_reset.fetch_add(1, Relaxed);
@@ -469,6 +529,81 @@ mod tests {
             "DUN+1 for unit 0 is unit 1's DUN"
         );
         assert_ne!(encrypt(Some(Fault::SwapKeyHalves)), correct);
+    }
+
+    /// The stack depth `scrub_stack` covers is measured here: every key
+    /// path (program, evict, in place and out of place, one unit, a batch,
+    /// a split request) must stay within half of it. And what the cipher
+    /// leaves on the stack (the VAES backends' broadcast round keys begin
+    /// with the raw key halves) is gone after the scrubbing entry points.
+    #[test]
+    fn key_paths_fit_the_scrubbed_stack_and_leave_no_key_on_it() {
+        use crate::engine::secure::STACK_SCRUB_BYTES;
+        use crate::engine::secure::tests::{left_on_stack, stack_use};
+        let raw: [u8; 64] = core::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0xc3);
+        let desc = KeyDesc::raw_aes_256_xts(0, &raw, 4096, 8);
+        let needles: Vec<&[u8]> = raw.chunks_exact(16).collect();
+        let engine = ufs();
+        let mut depths = vec![(
+            "program".to_owned(),
+            stack_use(&mut || {
+                engine.program_unscrubbed(&desc, 0).unwrap();
+            }),
+        )];
+        assert_eq!(
+            left_on_stack(
+                &mut || {
+                    engine.program(&desc, 0).unwrap();
+                },
+                &needles
+            ),
+            0,
+            "program"
+        );
+        let key = engine.key_for(&msg(0, 0), 0, 4096).unwrap();
+        let source = vec![0x3cu8; 2 << 20];
+        let mut data = source.clone();
+        for len in [4096, 64 << 10, 2 << 20] {
+            for direction in [Direction::Encrypt, Direction::Decrypt] {
+                let dun = Dun::from_u64(7);
+                let data = &mut data[..len];
+                let mut in_place = || key.crypt_at_unscrubbed(direction, data, &dun, 0);
+                depths.push((format!("{len} {direction:?}"), stack_use(&mut in_place)));
+                let mut in_place = || key.crypt_at(direction, data, &dun, 0);
+                let left = left_on_stack(&mut in_place, &needles);
+                assert_eq!(left, 0, "{len} {direction:?} in place");
+                let source = &source[..len];
+                let mut from = || key.crypt_from_unscrubbed(direction, source, data, &dun, 0);
+                depths.push((format!("{len} {direction:?} from"), stack_use(&mut from)));
+                let mut from = || key.crypt_from(direction, source, data, &dun, 0);
+                let left = left_on_stack(&mut from, &needles);
+                assert_eq!(left, 0, "{len} {direction:?} out of place");
+            }
+        }
+        // Positive control: unscrubbed, the cipher does leave the key.
+        let mut unscrubbed =
+            || key.crypt_at_unscrubbed(Direction::Decrypt, &mut data[..4096], &Dun::from_u64(1), 0);
+        let left_unscrubbed = left_on_stack(&mut unscrubbed, &needles);
+        drop(key);
+        depths.push((
+            "evict".to_owned(),
+            stack_use(&mut || {
+                engine.evict_unscrubbed(&desc, 0).unwrap();
+            }),
+        ));
+        eprintln!(
+            "stack use below the entry point: {depths:?}; unscrubbed leftovers {left_unscrubbed}"
+        );
+        assert!(
+            left_unscrubbed > 0,
+            "the backend leaves nothing: the check proves nothing"
+        );
+        for (path, depth) in depths {
+            assert!(
+                depth * 2 <= STACK_SCRUB_BYTES,
+                "{path} uses {depth} bytes of stack"
+            );
+        }
     }
 
     #[test]

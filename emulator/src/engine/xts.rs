@@ -28,6 +28,10 @@
 //!   source into the destination, so the device encrypts guest memory
 //!   without copying it first and reads each guest byte once.
 //!
+//! After each piece of a split request, the pool thread scrubs the stack
+//! the cipher used ([`scrub_stack`]: the backends leave round keys there);
+//! the serial path is scrubbed by its caller, `ProgrammedKey`.
+//!
 //! No allocation, no locks, no `unsafe`. `xts-mode` is the test oracle for
 //! this module (the tests below, `tests/xts_vectors.rs` with the IEEE 1619
 //! vectors and `tests/xts_props.rs`); it is not used here because it
@@ -42,6 +46,8 @@ use aes::cipher::{
     ParBlocksSizeUser, consts::U16,
 };
 use rayon::prelude::*;
+
+use super::secure::scrub_stack;
 
 /// Size of an AES block.
 const BLOCK: usize = 16;
@@ -68,7 +74,8 @@ pub enum Direction {
 /// An expanded AES-256-XTS key: K1 encrypts data, K2 encrypts tweaks.
 ///
 /// The `aes` crate's `zeroize` feature wipes both key schedules on drop.
-#[derive(Clone)]
+/// Not `Clone`: every copy of a key schedule is one more to wipe. The
+/// engine keeps it in the key arena (`SecureBox`).
 pub struct XtsKey {
     data_key: Aes256,
     tweak_key: Aes256,
@@ -77,10 +84,13 @@ pub struct XtsKey {
 impl XtsKey {
     /// Expands a 64-byte XTS key (K1 || K2).
     pub fn new(key: &[u8; 64]) -> Self {
+        // The halves are borrowed as arrays, not copied: no key bytes on
+        // the stack beyond what the key expansion itself uses.
         let (k1, k2) = key.split_at(32);
+        let half = |bytes| <&Array<u8, _>>::try_from(bytes).expect("32-byte half");
         Self {
-            data_key: Aes256::new(&Array::try_from(k1).expect("32-byte half")),
-            tweak_key: Aes256::new(&Array::try_from(k2).expect("32-byte half")),
+            data_key: Aes256::new(half(k1)),
+            tweak_key: Aes256::new(half(k2)),
         }
     }
 
@@ -106,6 +116,7 @@ impl XtsKey {
                 .for_each(|(index, piece)| {
                     let dun = first_dun.wrapping_add((index * units_per_piece) as u128);
                     self.crypt_serial(direction, piece, data_unit_size, dun);
+                    scrub_stack();
                 });
         } else {
             self.crypt_serial(direction, data, data_unit_size, first_dun);
@@ -152,6 +163,7 @@ impl XtsKey {
                 .for_each(|(index, (dest, source))| {
                     let dun = first_dun.wrapping_add((index * units_per_piece) as u128);
                     self.crypt_pieces(direction, Some(source), dest, data_unit_size, dun);
+                    scrub_stack();
                 });
         } else {
             self.crypt_pieces(direction, Some(source), dest, data_unit_size, first_dun);
@@ -159,7 +171,9 @@ impl XtsKey {
     }
 
     /// The serial path: in place when `source` is `None`, else from
-    /// `source` (same length as `data`) into `data`.
+    /// `source` (same length as `data`) into `data`. Never inlined, so its
+    /// frame and the backends' are below a caller that scrubs after it.
+    #[inline(never)]
     fn crypt_pieces(
         &self,
         direction: Direction,
