@@ -366,16 +366,28 @@ pub(super) fn regressions(
         bail!("the baseline has no \"ratios\" array: is it `icelab bench all --json` output?");
     };
     let mut out = Vec::new();
-    for current in run["ratios"].as_array().into_iter().flatten() {
-        let name = current["name"].as_str().unwrap_or_default();
-        let Some(old) = base
-            .iter()
-            .find(|b| b["name"].as_str() == Some(name))
-            .and_then(|b| b["value"].as_f64())
-        else {
+    let current = run["ratios"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    // Every ratio of the baseline is checked: one missing from the run (a
+    // renamed or lost measurement) is a regression too, not a silent skip.
+    for old in base {
+        let name = old["name"].as_str().unwrap_or_default();
+        let Some(old) = old["value"].as_f64() else {
             continue;
         };
-        let new = current["value"].as_f64().unwrap_or(0.0);
+        let Some(new) = current
+            .iter()
+            .find(|c| c["name"].as_str() == Some(name))
+            .and_then(|c| c["value"].as_f64())
+        else {
+            out.push(format!(
+                "{name}: in the baseline ({old:.3}) but missing from this run (renamed, or not \
+                 measured with these options?)"
+            ));
+            continue;
+        };
         if new < old * (1.0 - threshold / 100.0) {
             out.push(format!(
                 "{name}: {new:.3} against {old:.3} ({:+.1}%)",
@@ -484,6 +496,15 @@ mod tests {
         let found = regressions(&run, &base, 10.0).unwrap();
         assert_eq!(found.len(), 1);
         assert!(found[0].starts_with("b:"), "{found:?}");
+    }
+
+    #[test]
+    fn a_ratio_missing_from_the_run_is_a_regression() {
+        let base = doc(&[("a", 1.0), ("b", 2.0)]);
+        let run = doc(&[("a", 1.0), ("b renamed", 2.0)]);
+        let found = regressions(&run, &base, 10.0).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("b:") && found[0].contains("missing"));
     }
 
     #[test]
