@@ -483,7 +483,7 @@ fn check(session: &mut Session, name: &str, submit: Submit, expect: Expect) {
 #[test]
 fn malformed_requests_get_a_status_and_touch_nothing() {
     let cases = cases();
-    assert!(cases.len() >= 25, "the matrix must keep at least 25 cases");
+    assert!(cases.len() >= 40, "the matrix must keep at least 40 cases");
     let mut session = prefilled_session(&[]);
     session.expect(
         session.control(),
