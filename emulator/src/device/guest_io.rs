@@ -27,6 +27,7 @@ use super::chain::Cursor;
 use super::error::RequestError;
 use super::image::Image;
 use crate::engine::ProgrammedKey;
+use crate::engine::secure::ScrubStackOnDrop;
 use crate::engine::xts::Direction;
 use crate::protocol::{Dun, RequestType};
 use std::io;
@@ -163,7 +164,8 @@ fn transfer<M: GuestMemory>(
 
 /// Decrypts, in place, the `len` bytes of guest memory at `cursor` that
 /// [`read_into_guest`] just filled (CRYPTO_IN). `unit_buffer` takes a data
-/// unit that straddles two host runs.
+/// unit that straddles two host runs. The stack the cipher used is
+/// scrubbed once, when this returns, not after every run.
 pub fn decrypt_in_guest<M: GuestMemory>(
     mem: &M,
     cursor: &mut Cursor<'_>,
@@ -172,6 +174,7 @@ pub fn decrypt_in_guest<M: GuestMemory>(
     dun: &Dun,
     unit_buffer: &mut Vec<u8>,
 ) -> Result<(), RequestError> {
+    let _scrub = ScrubStackOnDrop;
     let unit = u64::from(key.data_unit_size);
     let mut done = 0u64;
     while let Some((addr, piece)) = cursor.piece(len - done) {
@@ -183,7 +186,7 @@ pub fn decrypt_in_guest<M: GuestMemory>(
             // slice is the only reference to it in the device and ends
             // with the call. The guest may race on it (module docs).
             let data = unsafe { std::slice::from_raw_parts_mut(run.ptr, whole as usize) };
-            key.crypt_at(Direction::Decrypt, data, dun, done / unit);
+            key.crypt_at_unscrubbed(Direction::Decrypt, data, dun, done / unit);
             cursor
                 .advance(whole as usize)
                 .map_err(RequestError::Memory)?;
@@ -194,7 +197,7 @@ pub fn decrypt_in_guest<M: GuestMemory>(
                 .clone()
                 .read(mem, buffer)
                 .map_err(RequestError::Memory)?;
-            key.crypt_at(Direction::Decrypt, buffer, dun, done / unit);
+            key.crypt_at_unscrubbed(Direction::Decrypt, buffer, dun, done / unit);
             cursor.write(mem, buffer).map_err(RequestError::Memory)?;
             done += unit;
         }
@@ -203,7 +206,8 @@ pub fn decrypt_in_guest<M: GuestMemory>(
 }
 
 /// Encrypts the `out.len()` bytes of guest memory at `cursor` into `out`
-/// (CRYPTO_OUT), reading each guest byte once.
+/// (CRYPTO_OUT), reading each guest byte once. The stack the cipher used
+/// is scrubbed once, when this returns.
 pub fn encrypt_from_guest<M: GuestMemory>(
     mem: &M,
     cursor: &mut Cursor<'_>,
@@ -211,6 +215,7 @@ pub fn encrypt_from_guest<M: GuestMemory>(
     dun: &Dun,
     out: &mut [u8],
 ) -> Result<(), RequestError> {
+    let _scrub = ScrubStackOnDrop;
     let unit = key.data_unit_size as usize;
     let len = out.len();
     let mut done = 0usize;
@@ -222,13 +227,13 @@ pub fn encrypt_from_guest<M: GuestMemory>(
             // SAFETY: as in `decrypt_in_guest`; read only, and once.
             let source = unsafe { std::slice::from_raw_parts(run.ptr.cast_const(), whole) };
             let dest = &mut out[done..done + whole];
-            key.crypt_from(Direction::Encrypt, source, dest, dun, skip);
+            key.crypt_from_unscrubbed(Direction::Encrypt, source, dest, dun, skip);
             cursor.advance(whole).map_err(RequestError::Memory)?;
             done += whole;
         } else {
             let dest = &mut out[done..done + unit];
             cursor.read(mem, dest).map_err(RequestError::Memory)?;
-            key.crypt_at(Direction::Encrypt, dest, dun, skip);
+            key.crypt_at_unscrubbed(Direction::Encrypt, dest, dun, skip);
             done += unit;
         }
     }

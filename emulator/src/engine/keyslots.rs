@@ -57,8 +57,11 @@ impl ProgrammedKey {
         scrub_stack();
     }
 
+    /// [`ProgrammedKey::crypt_at`] without the stack scrub, for a caller
+    /// that scrubs once after several calls (a
+    /// [`super::secure::ScrubStackOnDrop`] in its frame).
     #[inline(never)]
-    fn crypt_at_unscrubbed(&self, direction: Direction, data: &mut [u8], dun: &Dun, skip: u64) {
+    pub fn crypt_at_unscrubbed(&self, direction: Direction, data: &mut [u8], dun: &Dun, skip: u64) {
         let Some(first_dun) = self.first_dun(dun, skip) else {
             return;
         };
@@ -80,8 +83,10 @@ impl ProgrammedKey {
         scrub_stack();
     }
 
+    /// [`ProgrammedKey::crypt_from`] without the stack scrub, for a
+    /// caller that scrubs once after several calls.
     #[inline(never)]
-    fn crypt_from_unscrubbed(
+    pub fn crypt_from_unscrubbed(
         &self,
         direction: Direction,
         source: &[u8],
