@@ -209,12 +209,25 @@ fn data_unit_size(log2: u8, sb: &Superblock) -> std::result::Result<u32, String>
     }
 }
 
-/// Add the SHA-256 of every non-zero plaintext data unit of a file.
+/// The fewest non-zero bytes a plaintext data unit needs to be looked for
+/// on the image. A unit with a few bytes of data and zeros after them (the
+/// tail of a file, or a range's edge) can equal filesystem metadata by
+/// chance: a block bitmap with one byte set is a 1-in-256 match for a
+/// one-byte tail. 16 random bytes make such a match a 2^-128 event; the
+/// ciphertext check still covers every unit.
+const MIN_DISTINCTIVE_BYTES: usize = 16;
+
+/// Whether a plaintext data unit is distinctive enough to look for.
+fn is_distinctive(unit: &[u8]) -> bool {
+    unit.iter().filter(|&&b| b != 0).count() >= MIN_DISTINCTIVE_BYTES
+}
+
+/// Add the SHA-256 of every distinctive plaintext data unit of a file.
 fn collect_plaintext(entry: &FileEntry, size: u64, dus: u32, set: &mut HashSet<[u8; 32]>) {
     let mut pt = vec![0u8; dus as usize];
     for index in 0..size.div_ceil(u64::from(dus)) {
         entry.plaintext.fill(index * u64::from(dus), size, &mut pt);
-        if pt.iter().any(|&b| b != 0) {
+        if is_distinctive(&pt) {
             set.insert(Sha256::digest(&pt).into());
         }
     }
@@ -357,7 +370,7 @@ fn record(
 }
 
 /// Hash every aligned data unit of the image and look it up among the
-/// plaintext data units (all-zero units excluded: free space is zero).
+/// distinctive plaintext data units (see [`MIN_DISTINCTIVE_BYTES`]).
 fn scan(
     img: &File,
     path: &Path,
@@ -403,4 +416,49 @@ fn scan(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Plaintext;
+
+    fn file(size: u64) -> FileEntry {
+        FileEntry {
+            name: None,
+            inode: 12,
+            size: Some(size),
+            policy: None,
+            master_key_hex: None,
+            master_key_seed: Some("1".to_owned()),
+            plaintext: Plaintext::Splitmix64 {
+                seed: 7,
+                ranges: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_short_tail_is_not_looked_for_but_full_units_are() {
+        // 2 full 1 KiB units and a 1-byte tail: the tail's unit is one
+        // byte and 1023 zeros, the shape of a nearly empty bitmap block.
+        let mut set = HashSet::new();
+        collect_plaintext(&file(2049), 2049, 1024, &mut set);
+        assert_eq!(set.len(), 2);
+        let mut tail = vec![0u8; 1024];
+        file(2049).plaintext.fill(2048, 2049, &mut tail);
+        assert!(!set.contains(&<[u8; 32]>::from(Sha256::digest(&tail))));
+        let mut first = vec![0u8; 1024];
+        file(2049).plaintext.fill(0, 2049, &mut first);
+        assert!(set.contains(&<[u8; 32]>::from(Sha256::digest(&first))));
+    }
+
+    #[test]
+    fn distinctive_needs_sixteen_non_zero_bytes() {
+        let mut unit = vec![0u8; 512];
+        unit[..15].fill(0xa5);
+        assert!(!is_distinctive(&unit));
+        unit[100] = 1;
+        assert!(is_distinctive(&unit));
+    }
 }
