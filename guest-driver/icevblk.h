@@ -20,6 +20,7 @@
 #include <linux/virtio_blk.h>
 #include <linux/virtio_config.h>
 #include <linux/wait.h>
+#include <linux/workqueue.h>
 
 #include "icevblk_proto.h"
 
@@ -83,6 +84,12 @@ struct icevblk_ctrl {
  *	request virtqueue, for a GET_ID waiting for ring space
  * @crypto_enabled: @crypto_profile is initialised and registered
  * @crypto_profile: the inline encryption profile given to blk-crypto
+ * @reprogram_work: programs every keyslot again (the engine lost its
+ *	keys: a config change interrupt, or a crypto request it failed),
+ *	then sends the requests on @retry_list again
+ * @retry_lock: guards @retry_list
+ * @retry_list: crypto requests the device failed, waiting for
+ *	@reprogram_work to send them again
  *
  * Once the disk has been added, the structure lives until the disk's
  * last reference goes away (icevblk_free_disk()): a filesystem that
@@ -107,6 +114,9 @@ struct icevblk {
 
 	bool crypto_enabled;
 	struct blk_crypto_profile crypto_profile;
+	struct work_struct reprogram_work;
+	spinlock_t retry_lock;	/* guards retry_list */
+	struct list_head retry_list;
 };
 
 /**
@@ -114,6 +124,8 @@ struct icevblk {
  * @out_hdr: request header (device-readable)
  * @crypto_msg: keyslot and DUN (device-readable), for CRYPTO_IN/OUT only
  * @has_crypto: @crypto_msg is part of the request
+ * @crypto_retries: times the request was sent again after the device
+ *	failed it with its keyslots reprogrammed (see icevblk_crypto.c)
  * @status: status byte (device-writable)
  * @sg_table: data scatterlist
  * @sg: inline scatterlist entries backing @sg_table
@@ -122,6 +134,7 @@ struct icevblk_req {
 	struct virtio_blk_outhdr out_hdr;
 	struct icevblk_crypto_msg crypto_msg;
 	bool has_crypto;
+	u8 crypto_retries;
 	u8 status;
 	struct sg_table sg_table;
 	struct scatterlist sg[];
@@ -163,6 +176,10 @@ int icevblk_crypto_setup(struct icevblk *vblk);
 void icevblk_crypto_destroy(struct icevblk *vblk);
 blk_status_t icevblk_crypto_prep_rq(struct icevblk *vblk, struct request *rq,
 				    struct icevblk_req *vbr);
+void icevblk_crypto_reprogram_work(struct work_struct *work);
+bool icevblk_crypto_retry_rq(struct icevblk *vblk, struct request *rq,
+			     struct icevblk_req *vbr);
+void icevblk_crypto_stop(struct icevblk *vblk);
 #else
 static inline int icevblk_crypto_setup(struct icevblk *vblk)
 {
@@ -179,6 +196,21 @@ static inline blk_status_t icevblk_crypto_prep_rq(struct icevblk *vblk,
 {
 	vbr->has_crypto = false;
 	return BLK_STS_OK;
+}
+
+static inline void icevblk_crypto_reprogram_work(struct work_struct *work)
+{
+}
+
+static inline bool icevblk_crypto_retry_rq(struct icevblk *vblk,
+					   struct request *rq,
+					   struct icevblk_req *vbr)
+{
+	return false;
+}
+
+static inline void icevblk_crypto_stop(struct icevblk *vblk)
+{
 }
 #endif /* CONFIG_BLK_INLINE_ENCRYPTION */
 

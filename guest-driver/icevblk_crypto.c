@@ -8,7 +8,8 @@
  * managed through its control virtqueue.  This file tells blk-crypto what
  * the engine can do, empties its keyslots at probe, programs and evicts
  * them on blk-crypto's behalf, and turns a request's crypto context into
- * the draft's crypto_msg.
+ * the draft's crypto_msg.  When the engine loses its keys (it restarted),
+ * it programs them again and resends the requests the engine failed.
  *
  * Only raw keys are offered to blk-crypto.  A device that accepts only
  * hardware-wrapped keys is driven without inline encryption, and fscrypt
@@ -302,4 +303,107 @@ blk_status_t icevblk_crypto_prep_rq(struct icevblk *vblk, struct request *rq,
 	vbr->out_hdr.type = cpu_to_virtio32(vblk->vdev, type);
 	vbr->has_crypto = true;
 	return BLK_STS_OK;
+}
+
+/*
+ * Keys lost by the engine.  An inline crypto engine forgets its keys when
+ * it restarts: here, when the device process is killed and started again
+ * while the guest runs, and QEMU reconnects to it.  QEMU then sends a
+ * config change interrupt, and the device fails every CRYPTO_IN/OUT on a
+ * keyslot it no longer holds (IOERR).  Both lead here: the keyslots are
+ * programmed again from blk-crypto's own record of them, and a crypto
+ * request the device failed is sent again, a bounded number of times,
+ * instead of failing the I/O.  The requests the old device left
+ * unanswered are resent by the transport itself (the rings are rewound to
+ * the last answered request); some of them may reach the new device
+ * before the keys do, and end up here.
+ */
+#define ICEVBLK_CRYPTO_RETRIES 3
+
+/**
+ * icevblk_crypto_reprogram_work() - program every keyslot again, resend
+ * @work: vblk->reprogram_work
+ *
+ * Context: Process context (a work item).  Takes the crypto profile's
+ * lock through blk_crypto_reprogram_all_keys().
+ */
+void icevblk_crypto_reprogram_work(struct work_struct *work)
+{
+	struct icevblk *vblk = container_of(work, struct icevblk,
+					    reprogram_work);
+	struct request *rq, *next;
+	unsigned long flags;
+	LIST_HEAD(parked);
+	unsigned int count = 0;
+
+	spin_lock_irqsave(&vblk->retry_lock, flags);
+	list_splice_init(&vblk->retry_list, &parked);
+	spin_unlock_irqrestore(&vblk->retry_lock, flags);
+
+	if (vblk->crypto_enabled)
+		blk_crypto_reprogram_all_keys(&vblk->crypto_profile);
+
+	list_for_each_entry_safe(rq, next, &parked, queuelist) {
+		list_del_init(&rq->queuelist);
+		blk_mq_requeue_request(rq, false);
+		count++;
+	}
+	if (count)
+		blk_mq_kick_requeue_list(vblk->disk->queue);
+	dev_info_ratelimited(&vblk->vdev->dev,
+			     "keyslots programmed again; %u crypto request(s) sent again\n",
+			     count);
+}
+
+/**
+ * icevblk_crypto_retry_rq() - keep a failed crypto request for a retry
+ * @vblk: the device
+ * @rq: a request the device has answered, its data already unmapped
+ * @vbr: its driver data
+ *
+ * Context: Any context (called from ->complete).
+ * Return: true when @rq was a crypto request the device failed and it
+ * waits for icevblk_crypto_reprogram_work() to send it again: the caller
+ * must not end it.  False otherwise.
+ */
+bool icevblk_crypto_retry_rq(struct icevblk *vblk, struct request *rq,
+			     struct icevblk_req *vbr)
+{
+	unsigned long flags;
+
+	if (!vblk->crypto_enabled || !vbr->has_crypto ||
+	    vbr->status != VIRTIO_BLK_S_IOERR ||
+	    vbr->crypto_retries >= ICEVBLK_CRYPTO_RETRIES)
+		return false;
+	vbr->crypto_retries++;
+	spin_lock_irqsave(&vblk->retry_lock, flags);
+	list_add_tail(&rq->queuelist, &vblk->retry_list);
+	spin_unlock_irqrestore(&vblk->retry_lock, flags);
+	schedule_work(&vblk->reprogram_work);
+	return true;
+}
+
+/**
+ * icevblk_crypto_stop() - no more retries: the device is going away
+ * @vblk: the device, its control commands already failing with -ENODEV
+ *
+ * Waits for icevblk_crypto_reprogram_work() and fails the requests still
+ * waiting for a retry.
+ *
+ * Context: Process context, may sleep.
+ */
+void icevblk_crypto_stop(struct icevblk *vblk)
+{
+	struct request *rq, *next;
+	unsigned long flags;
+	LIST_HEAD(parked);
+
+	cancel_work_sync(&vblk->reprogram_work);
+	spin_lock_irqsave(&vblk->retry_lock, flags);
+	list_splice_init(&vblk->retry_list, &parked);
+	spin_unlock_irqrestore(&vblk->retry_lock, flags);
+	list_for_each_entry_safe(rq, next, &parked, queuelist) {
+		list_del_init(&rq->queuelist);
+		blk_mq_end_request(rq, BLK_STS_IOERR);
+	}
 }

@@ -197,6 +197,12 @@ static blk_status_t icevblk_queue_rq(struct blk_mq_hw_ctx *hctx,
 	bool notify = false;
 	int nents, err;
 
+	/* First dispatch, not a requeue: no retry yet. */
+	if (!(rq->rq_flags & RQF_DONTPREP)) {
+		vbr->crypto_retries = 0;
+		rq->rq_flags |= RQF_DONTPREP;
+	}
+
 	status = icevblk_setup_cmd(vblk, rq, vbr);
 	if (status)
 		return status;
@@ -250,9 +256,12 @@ static void icevblk_commit_rqs(struct blk_mq_hw_ctx *hctx)
 static void icevblk_complete_rq(struct request *rq)
 {
 	struct icevblk_req *vbr = blk_mq_rq_to_pdu(rq);
+	struct icevblk *vblk = rq->q->queuedata;
 
 	icevblk_unmap_data(rq, vbr);
 	icevblk_cleanup_cmd(rq);
+	if (icevblk_crypto_retry_rq(vblk, rq, vbr))
+		return;
 	blk_mq_end_request(rq, icevblk_status_to_blk(vbr->status));
 }
 

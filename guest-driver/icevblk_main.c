@@ -60,6 +60,9 @@ static struct icevblk *icevblk_alloc(struct virtio_device *vdev)
 	mutex_init(&vblk->ctrl_lock);
 	init_completion(&vblk->ctrl->done);
 	init_waitqueue_head(&vblk->ctrl_room);
+	INIT_WORK(&vblk->reprogram_work, icevblk_crypto_reprogram_work);
+	spin_lock_init(&vblk->retry_lock);
+	INIT_LIST_HEAD(&vblk->retry_list);
 	vdev->priv = vblk;
 	return vblk;
 
@@ -407,6 +410,7 @@ static void icevblk_remove(struct virtio_device *vdev)
 	mutex_lock(&vblk->ctrl_lock);
 	vblk->ctrl_dead = true;
 	mutex_unlock(&vblk->ctrl_lock);
+	icevblk_crypto_stop(vblk);
 
 	virtio_reset_device(vdev);
 	/* All of them: the request virtqueues and the control virtqueue. */
@@ -414,6 +418,19 @@ static void icevblk_remove(struct virtio_device *vdev)
 	blk_mq_free_tag_set(&vblk->tag_set);
 	/* May free vblk, through icevblk_free_disk(). */
 	put_disk(vblk->disk);
+}
+
+/*
+ * The device's config space changed.  The only change this driver acts
+ * on: a restarted inline crypto engine (QEMU signals its reconnection),
+ * whose keyslots are empty.
+ */
+static void icevblk_config_changed(struct virtio_device *vdev)
+{
+	struct icevblk *vblk = vdev->priv;
+
+	if (vblk && vblk->crypto_enabled)
+		schedule_work(&vblk->reprogram_work);
 }
 
 static const unsigned int icevblk_features[] = {
@@ -438,6 +455,7 @@ static struct virtio_driver icevblk_driver = {
 	.feature_table_size	= ARRAY_SIZE(icevblk_features),
 	.probe			= icevblk_probe,
 	.remove			= icevblk_remove,
+	.config_changed		= icevblk_config_changed,
 };
 module_virtio_driver(icevblk_driver);
 

@@ -175,6 +175,9 @@ pub enum SuiteName {
     LabReboot,
     /// Keyslot pressure: many keys through a device with few keyslots.
     LabPressure,
+    /// Writes through a restart of the device (the host kills and
+    /// restarts `icelab serve` mid-write).
+    LabRestart,
     /// The policy matrix alone (the fault-injection runs).
     Matrix,
     /// fio on an inlinecrypt ext4 file (issue 5's guest benchmark).
@@ -189,6 +192,7 @@ impl SuiteName {
             SuiteName::Lab => "lab",
             SuiteName::LabReboot => "lab-reboot",
             SuiteName::LabPressure => "lab-pressure",
+            SuiteName::LabRestart => "lab-restart",
             SuiteName::Matrix => "matrix",
             SuiteName::Bench => "bench",
         }
@@ -349,13 +353,14 @@ impl Config {
                 "lab" => SuiteName::Lab,
                 "lab-reboot" => SuiteName::LabReboot,
                 "lab-pressure" => SuiteName::LabPressure,
+                "lab-restart" => SuiteName::LabRestart,
                 "matrix" => SuiteName::Matrix,
                 "bench" => SuiteName::Bench,
                 _ => {
                     return Err(bad(
                         "suite",
                         v,
-                        "known suites: smoke, lab, lab-reboot, lab-pressure, matrix, bench",
+                        "known suites: smoke, lab, lab-reboot, lab-pressure, lab-restart, matrix, bench",
                     ));
                 }
             };
@@ -716,6 +721,7 @@ mod tests {
             ("lab", SuiteName::Lab),
             ("lab-reboot", SuiteName::LabReboot),
             ("lab-pressure", SuiteName::LabPressure),
+            ("lab-restart", SuiteName::LabRestart),
             ("matrix", SuiteName::Matrix),
             ("bench", SuiteName::Bench),
         ] {

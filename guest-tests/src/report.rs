@@ -95,6 +95,12 @@ pub enum Record<'a> {
         /// What the test observed.
         facts: &'a Facts,
     },
+    /// Asks the host to do something now, in the middle of a test (the
+    /// host acts on the names it knows; see `icelab run`).
+    Signal {
+        /// What to do, e.g. `restart-device`.
+        name: &'a str,
+    },
     /// Last line.
     Done {
         /// Tests that passed.
@@ -266,6 +272,11 @@ impl Reporter {
             self.say(&format!("{passed} passed, {failed} failed"));
         }
         (self.passed, self.failed)
+    }
+
+    /// Writes a signal line: the host acts on it at once.
+    pub fn signal(&mut self, name: &str) {
+        self.write_record(&Record::Signal { name });
     }
 
     /// One human line on the console, prefixed with the runner's name.

@@ -569,6 +569,7 @@ fn run_boot(
             cmdline: &cmdline,
             inline_encryption: boot == Boot::Native,
             timeout: plan.timeout,
+            restart_device: false,
         },
     )?;
     if !outcome.guest_completed {

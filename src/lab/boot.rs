@@ -33,6 +33,30 @@ pub struct BootSpec<'a> {
     pub inline_encryption: bool,
     /// Longest the guest may run.
     pub timeout: Duration,
+    /// Kill the device and start it again when the guest signals
+    /// [`RESTART_SIGNAL`]; QEMU reconnects.
+    pub restart_device: bool,
+}
+
+/// The guest's signal (a `{"type":"signal"}` line) for a device restart.
+pub const RESTART_SIGNAL: &str = "restart-device";
+
+/// How long the guest writes on after its signal before the device is
+/// killed: long enough for requests to be in flight.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// Longest wait for QEMU to reconnect to the restarted device.
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the device restart did.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceRestart {
+    /// Why it failed, if it did.
+    pub problem: Option<String>,
+    /// From SIGKILL to the new device listening.
+    pub listening_after: Option<Duration>,
+    /// From SIGKILL to QEMU connected to the new device.
+    pub reconnected_after: Option<Duration>,
 }
 
 /// The files of one boot.
@@ -88,6 +112,9 @@ pub struct BootOutcome {
     pub paths: BootPaths,
     /// Wall time of the boot.
     pub duration: Duration,
+    /// The device restart, when the spec asked for one and the guest
+    /// signalled it.
+    pub restart: Option<DeviceRestart>,
 }
 
 /// Boots once: device, QEMU, results (printed as they arrive), device exit.
@@ -109,6 +136,7 @@ pub fn run_boot(
         let _ = std::fs::remove_file(file);
     }
     let mut device = spawn_device(&paths, spec.device_args)?;
+    let mut restart = None;
     let vm_spec = VmSpec {
         artifacts,
         socket: &paths.socket,
@@ -118,6 +146,7 @@ pub fn run_boot(
         queues: 2,
         inline_encryption: spec.inline_encryption,
         accel,
+        reconnect: spec.restart_device,
     };
     let qemu_log = std::fs::File::create(&paths.qemu_log)?;
     let mut vm = match qemu::command(&vm_spec)
@@ -133,7 +162,19 @@ pub fn run_boot(
                 .with_context(|| format!("cannot start {}", artifacts.qemu.display()));
         }
     };
-    let guest = stream_results(&mut vm, &paths.results, spec.name, spec.timeout);
+    let guest = stream_results(
+        &mut vm,
+        &paths.results,
+        spec.name,
+        spec.timeout,
+        &mut |signal| {
+            if signal == RESTART_SIGNAL && spec.restart_device && restart.is_none() {
+                let done = restart_device(&mut device, &paths, spec.device_args);
+                println!("{}", done.line());
+                restart = Some(done);
+            }
+        },
+    );
     let _ = vm.kill();
     let _ = vm.wait();
     let device_exit = wait_child(&mut device, Duration::from_secs(20));
@@ -160,7 +201,69 @@ pub fn run_boot(
         stats,
         paths,
         duration: started.elapsed(),
+        restart,
     })
+}
+
+impl DeviceRestart {
+    /// One line for the run's output.
+    fn line(&self) -> String {
+        let secs = |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.2}", d.as_secs_f64()));
+        match &self.problem {
+            Some(problem) => format!("device restart failed: {problem}"),
+            None => format!(
+                "device killed (SIGKILL) and started again: listening after {} s, QEMU \
+                 reconnected after {} s",
+                secs(self.listening_after),
+                secs(self.reconnected_after)
+            ),
+        }
+    }
+}
+
+/// Kills the device with SIGKILL after [`RESTART_DELAY`], keeps its log
+/// and trace (`*.before-restart.*`), starts it again on the same image and
+/// socket and waits for QEMU to reconnect (the new device logs `frontend
+/// connected`).
+fn restart_device(device: &mut Child, paths: &BootPaths, args: &[String]) -> DeviceRestart {
+    std::thread::sleep(RESTART_DELAY);
+    let killed = Instant::now();
+    let mut outcome = DeviceRestart::default();
+    if let Err(error) = device.kill() {
+        outcome.problem = Some(format!("cannot kill icelab serve: {error}"));
+        return outcome;
+    }
+    let _ = device.wait();
+    for (path, kept) in [
+        (&paths.trace, "trace.before-restart.jsonl"),
+        (&paths.device_log, "device.before-restart.log"),
+    ] {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::rename(path, dir.join(kept));
+        }
+    }
+    match spawn_device(paths, args) {
+        Ok(child) => *device = child,
+        Err(error) => {
+            outcome.problem = Some(format!("cannot start icelab serve again: {error:#}"));
+            return outcome;
+        }
+    }
+    outcome.listening_after = Some(killed.elapsed());
+    while killed.elapsed() < RECONNECT_TIMEOUT {
+        let log = std::fs::read(&paths.device_log).unwrap_or_default();
+        if String::from_utf8_lossy(&log).contains("frontend connected") {
+            outcome.reconnected_after = Some(killed.elapsed());
+            return outcome;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    outcome.problem = Some(format!(
+        "QEMU did not reconnect to the restarted device within {} s:\n{}",
+        RECONNECT_TIMEOUT.as_secs(),
+        tail(&paths.device_log, 20)
+    ));
+    outcome
 }
 
 /// Starts `icelab serve` (this very binary) and waits for its socket.
@@ -214,8 +317,15 @@ struct GuestOutcome {
 }
 
 /// Follows the results file until the runner's `done` line, QEMU's exit or
-/// the timeout, printing each test as it arrives.
-fn stream_results(vm: &mut Child, path: &Path, boot: &str, timeout: Duration) -> GuestOutcome {
+/// the timeout, printing each test as it arrives and handing each signal
+/// line's name to `on_signal`.
+fn stream_results(
+    vm: &mut Child,
+    path: &Path,
+    boot: &str,
+    timeout: Duration,
+    on_signal: &mut dyn FnMut(&str),
+) -> GuestOutcome {
     let deadline = Instant::now() + timeout;
     let mut outcome = GuestOutcome {
         hello: Value::Null,
@@ -238,6 +348,7 @@ fn stream_results(vm: &mut Child, path: &Path, boot: &str, timeout: Duration) ->
                     println!("{}", result.line());
                     outcome.results.push(result);
                 }
+                Some("signal") => on_signal(value["name"].as_str().unwrap_or_default()),
                 Some("done") => done = true,
                 _ => {}
             }

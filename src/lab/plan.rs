@@ -5,7 +5,8 @@
 //! suite's plan is the contract of issue 4 between the host and the guest
 //! runner (guest-tests/README.md): the `ufs` boot writes a fresh image,
 //! `ufs-reboot` boots the SAME image again, `emmc` runs the same tests on
-//! a device with 4 DUN bytes, `pressure` gives the device 2 keyslots.
+//! a device with 4 DUN bytes, `pressure` gives the device 2 keyslots,
+//! `restart` writes while the host kills and restarts the device.
 
 use icelab_emulator::engine::{Capabilities, Fault, ProfileName};
 
@@ -21,6 +22,8 @@ pub enum Suite {
     LabReboot,
     /// The `pressure` boot of the lab plan alone.
     LabPressure,
+    /// The `restart` boot of the lab plan alone.
+    LabRestart,
     /// One `ufs` boot of the policy matrix (the fault runs use it).
     Matrix,
     /// One native boot of the guest's bench suite.
@@ -29,11 +32,12 @@ pub enum Suite {
 
 impl Suite {
     /// Every suite, in the order the help lists them.
-    pub const ALL: [Suite; 6] = [
+    pub const ALL: [Suite; 7] = [
         Suite::Smoke,
         Suite::Lab,
         Suite::LabReboot,
         Suite::LabPressure,
+        Suite::LabRestart,
         Suite::Matrix,
         Suite::Bench,
     ];
@@ -45,6 +49,7 @@ impl Suite {
             Suite::Lab => "lab",
             Suite::LabReboot => "lab-reboot",
             Suite::LabPressure => "lab-pressure",
+            Suite::LabRestart => "lab-restart",
             Suite::Matrix => "matrix",
             Suite::Bench => "bench",
         }
@@ -59,7 +64,11 @@ impl Suite {
     pub fn verifies(self) -> bool {
         matches!(
             self,
-            Suite::Lab | Suite::LabReboot | Suite::LabPressure | Suite::Matrix
+            Suite::Lab
+                | Suite::LabReboot
+                | Suite::LabPressure
+                | Suite::LabRestart
+                | Suite::Matrix
         )
     }
 }
@@ -107,6 +116,9 @@ pub struct BootPlan {
     pub traffic: Traffic,
     /// Run the verifier on the image after the boot.
     pub verify: bool,
+    /// Kill the device (SIGKILL) and start it again when the guest
+    /// signals `restart-device`; QEMU reconnects to it.
+    pub restart_device: bool,
 }
 
 /// Everything the plan depends on.
@@ -148,6 +160,7 @@ pub fn plan(input: &PlanInput) -> Vec<BootPlan> {
         seed: boot_seed(input.seed, 1),
         traffic,
         verify,
+        restart_device: false,
     };
     let ufs = BootPlan {
         name: "ufs",
@@ -158,6 +171,7 @@ pub fn plan(input: &PlanInput) -> Vec<BootPlan> {
         seed: boot_seed(input.seed, 1),
         traffic: Traffic::ReadWrite,
         verify: true,
+        restart_device: false,
     };
     let ufs_reboot = BootPlan {
         name: "ufs-reboot",
@@ -179,6 +193,13 @@ pub fn plan(input: &PlanInput) -> Vec<BootPlan> {
         seed: boot_seed(input.seed, 3),
         ..ufs.clone()
     };
+    let restart = BootPlan {
+        name: "restart",
+        guest_suite: "lab-restart",
+        seed: boot_seed(input.seed, 4),
+        restart_device: true,
+        ..ufs.clone()
+    };
     match input.suite {
         Suite::Smoke => {
             let mut boots = vec![single("native", "smoke", Traffic::ReadWrite, false)];
@@ -198,10 +219,11 @@ pub fn plan(input: &PlanInput) -> Vec<BootPlan> {
             ..ufs
         }],
         Suite::Bench => vec![single("native", "bench", Traffic::ReadWrite, false)],
-        Suite::Lab | Suite::LabReboot | Suite::LabPressure => {
+        Suite::Lab | Suite::LabReboot | Suite::LabPressure | Suite::LabRestart => {
             let boots = match input.suite {
-                Suite::Lab => vec![ufs, ufs_reboot, emmc, pressure],
+                Suite::Lab => vec![ufs, ufs_reboot, emmc, pressure, restart],
                 Suite::LabReboot => vec![ufs, ufs_reboot],
+                Suite::LabRestart => vec![restart],
                 _ => vec![pressure],
             };
             boots
@@ -321,10 +343,18 @@ mod tests {
     #[test]
     fn lab_plan_is_the_contract() {
         let boots = plan(&input(Suite::Lab, None));
-        assert_eq!(names(&boots), ["ufs", "ufs-reboot", "emmc", "pressure"]);
-        let [ufs, reboot, emmc, pressure] = &boots[..] else {
-            panic!("four boots");
+        assert_eq!(
+            names(&boots),
+            ["ufs", "ufs-reboot", "emmc", "pressure", "restart"]
+        );
+        let [ufs, reboot, emmc, pressure, restart] = &boots[..] else {
+            panic!("five boots");
         };
+        assert!(restart.restart_device);
+        assert!(boots[..4].iter().all(|b| !b.restart_device));
+        assert_eq!(restart.image, Image::Fresh(1 << 30));
+        assert!(guest_cmdline(restart).starts_with("icelab.suite=lab-restart icelab.profile=ufs"));
+        assert_eq!(names(&plan(&input(Suite::LabRestart, None))), ["restart"]);
         assert_eq!(ufs.image, Image::Fresh(1 << 30));
         assert_eq!(reboot.image, Image::SameAs("ufs"));
         assert_eq!(reboot.seed, ufs.seed, "the reboot recreates boot 1's keys");
@@ -377,7 +407,7 @@ mod tests {
     #[test]
     fn profile_selects_boots() {
         let ufs = plan(&input(Suite::Lab, Some(ProfileName::Ufs)));
-        assert_eq!(names(&ufs), ["ufs", "ufs-reboot", "pressure"]);
+        assert_eq!(names(&ufs), ["ufs", "ufs-reboot", "pressure", "restart"]);
         let emmc = plan(&input(Suite::Lab, Some(ProfileName::Emmc)));
         assert_eq!(names(&emmc), ["emmc"]);
         assert!(plan(&input(Suite::LabPressure, Some(ProfileName::Emmc))).is_empty());

@@ -51,6 +51,8 @@ pub struct VmSpec<'a> {
     pub inline_encryption: bool,
     /// KVM or TCG.
     pub accel: Accel,
+    /// Reconnect to the socket (every second) when the device goes away.
+    pub reconnect: bool,
 }
 
 /// Guest memory; shared with the device.
@@ -92,7 +94,11 @@ pub fn command(spec: &VmSpec<'_>) -> Command {
         ])
         .args(["-numa", "node,memdev=mem"])
         .arg("-chardev")
-        .arg(format!("socket,id=ice,path={}", spec.socket.display()))
+        .arg(format!(
+            "socket,id=ice,path={}{}",
+            spec.socket.display(),
+            if spec.reconnect { ",reconnect=1" } else { "" }
+        ))
         .args(["-device", &device])
         .arg("-kernel")
         .arg(&spec.artifacts.kernel)

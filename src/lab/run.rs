@@ -25,7 +25,7 @@ pub use super::boot::tail;
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// Test suite: smoke (native + control boot), lab (boots ufs, ufs-reboot, emmc,
-    /// pressure), lab-reboot (ufs, ufs-reboot), lab-pressure, matrix (one ufs boot
+    /// pressure, restart), lab-reboot (ufs, ufs-reboot), lab-pressure, lab-restart, matrix (one ufs boot
     /// of the policy matrix), bench.
     #[arg(long, default_value = "smoke")]
     pub suite: String,
@@ -310,6 +310,7 @@ fn run_one(
         cmdline: &cmdline,
         inline_encryption: boot.profile.is_some(),
         timeout: Duration::from_secs(args.timeout),
+        restart_device: boot.restart_device,
     };
     let outcome = match boot::run_boot(artifacts, accel, &spec) {
         Ok(outcome) => outcome,
@@ -333,6 +334,9 @@ fn run_one(
         &outcome.paths,
     ));
     results.push(checks::device_stats(boot, &outcome.stats));
+    if boot.restart_device {
+        results.push(checks::device_restart(boot.name, outcome.restart.as_ref()));
+    }
 
     // The verifier, on the image the device has let go of.
     let mut manifest = match boot.image {
@@ -440,7 +444,7 @@ mod tests {
         assert_eq!(c.suite, Suite::Lab);
         assert_eq!(c.seed, 0xc0ffee);
         assert_eq!(c.fault, Some(Fault::Plaintext));
-        assert_eq!(c.boots.len(), 4);
+        assert_eq!(c.boots.len(), 5);
         assert_eq!(c.boots[0].seed, plan::boot_seed(0xc0ffee, 1));
         assert_eq!(profiles(&c.boots), ["ufs", "emmc"]);
         let smoke = config(&[]).expect("defaults are valid");

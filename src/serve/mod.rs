@@ -94,7 +94,10 @@ fn serve_one(
     daemon: &mut VhostUserDaemon<Arc<BlockDevice>>,
     listener: &mut Listener,
 ) -> Result<(), vhost_user_backend::Error> {
-    let result = daemon.start(listener).and_then(|()| daemon.wait());
+    let result = daemon.start(listener).and_then(|()| {
+        tracing::info!("frontend connected");
+        daemon.wait()
+    });
     for handler in daemon.get_epoll_handlers() {
         handler.send_exit_event();
     }

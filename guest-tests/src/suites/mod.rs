@@ -19,6 +19,7 @@ pub fn tests(suite: SuiteName) -> &'static [TestDef] {
         SuiteName::Lab => lab::TESTS,
         SuiteName::LabReboot => lab::REBOOT_TESTS,
         SuiteName::LabPressure => lab::PRESSURE_TESTS,
+        SuiteName::LabRestart => lab::RESTART_TESTS,
         SuiteName::Matrix => lab::MATRIX_TESTS,
         SuiteName::Bench => bench::TESTS,
     }

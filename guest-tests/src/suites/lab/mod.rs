@@ -5,6 +5,8 @@
 //! - [`TESTS`] (`icelab.suite=lab`): the first boot;
 //! - [`REBOOT_TESTS`] (`lab-reboot`): the second boot on the same image;
 //! - [`PRESSURE_TESTS`] (`lab-pressure`): a device with 2 keyslots;
+//! - [`RESTART_TESTS`] (`lab-restart`): writes while the host kills and
+//!   restarts the device;
 //! - [`MATRIX_TESTS`] (`matrix`): the policy matrix alone.
 //!
 //! Modules: [`plan`] (the matrix as data), [`files`] (writing and reading
@@ -20,6 +22,7 @@ pub mod plan;
 pub mod pressure;
 pub mod provisioning;
 pub mod reboot;
+pub mod restart;
 
 use crate::runner::TestDef;
 
@@ -65,6 +68,15 @@ pub const PRESSURE_TESTS: &[TestDef] = &[
     matrix::UNMOUNT,
 ];
 
+/// `icelab.suite=lab-restart`.
+pub const RESTART_TESTS: &[TestDef] = &[
+    matrix::DRIVER_LOAD,
+    matrix::CRYPTO_SYSFS,
+    matrix::MKFS_MOUNT,
+    restart::WRITE_THROUGH_RESTART,
+    matrix::UNMOUNT,
+];
+
 /// `icelab.suite=matrix`: the policy matrix alone (the fault runs).
 pub const MATRIX_TESTS: &[TestDef] = &[
     matrix::DRIVER_LOAD,
@@ -96,7 +108,7 @@ mod tests {
 
     #[test]
     fn tables_are_ordered_and_end_with_unmount() {
-        for table in [TESTS, REBOOT_TESTS, MATRIX_TESTS] {
+        for table in [TESTS, REBOOT_TESTS, MATRIX_TESTS, RESTART_TESTS] {
             check_table(table);
             assert_eq!(table[0].name, "driver-load");
             assert_eq!(table.last().map(|t| t.name), Some("unmount"));
