@@ -208,7 +208,8 @@ pub fn run_boot(
 impl DeviceRestart {
     /// One line for the run's output.
     fn line(&self) -> String {
-        let secs = |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.2}", d.as_secs_f64()));
+        let secs =
+            |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.2}", d.as_secs_f64()));
         match &self.problem {
             Some(problem) => format!("device restart failed: {problem}"),
             None => format!(

@@ -64,11 +64,7 @@ impl Suite {
     pub fn verifies(self) -> bool {
         matches!(
             self,
-            Suite::Lab
-                | Suite::LabReboot
-                | Suite::LabPressure
-                | Suite::LabRestart
-                | Suite::Matrix
+            Suite::Lab | Suite::LabReboot | Suite::LabPressure | Suite::LabRestart | Suite::Matrix
         )
     }
 }

@@ -7,6 +7,8 @@ pub mod guest_io;
 pub mod image;
 pub mod refusal_log;
 pub mod request;
+#[cfg(test)]
+mod tests;
 
 pub use backend::{BlockDevice, DeviceConfig, GuestMemory};
 pub use error::RequestError;

@@ -1,0 +1,6 @@
+//! In-crate tests of the device that need more than one of its modules:
+//! descriptor chains on a real split virtqueue in guest memory, served by
+//! [`super::request::serve`] against a tempfile image, without a process
+//! or a socket.
+
+mod malformed;
