@@ -61,6 +61,26 @@ fn a_corrupt_avail_index_breaks_only_its_queue_and_never_hangs_the_device() {
     assert_eq!(stat_u64(&stats, "stats.rejected.by_kind.broken-ring"), 1);
 }
 
+/// An avail ring entry naming a descriptor past the table has no chain
+/// and cannot be returned: it used to log an error each time and leave
+/// the chains after it for the next kick. Now it is counted and logged as
+/// a refusal (rate-limited) and the chains after it are served at once.
+#[test]
+fn an_avail_entry_past_the_descriptor_table_is_dropped_and_the_rest_served() {
+    let mut session = Session::start(4 * MIB, &["--queues", "1"]);
+    let size = session.queues[0].queue().size();
+    for bogus in [size, size + 7, u16::MAX] {
+        session.queues[0].publish_raw_head(bogus).expect("publish");
+    }
+    // The valid request is published behind them, in the same kick.
+    session.expect(0, &Request::get_id(), Status::Ok);
+    let stats = session.finish();
+    assert_eq!(
+        stat_u64(&stats, "stats.rejected.by_kind.head-out-of-range"),
+        3
+    );
+}
+
 /// A reset by the frontend (QEMU's sequence when the guest resets the
 /// device: GET_VRING_BASE on every queue, then SET_FEATURES and the rings
 /// again) must empty every keyslot, as a hardware reset would.

@@ -288,6 +288,14 @@ impl Queue {
         Ok(head)
     }
 
+    /// Makes `head` available with no chain of this queue behind it: a
+    /// broken driver's ring entry (e.g. an index past the descriptor
+    /// table). Nothing waits for it; a correct device never returns it.
+    /// Does not kick.
+    pub fn publish_raw_head(&mut self, head: u16) -> Result<()> {
+        self.publish(head)
+    }
+
     fn write_descriptors(&self, descriptors: &[RawDescriptor], slots: &[u16]) -> Result<()> {
         for (raw, slot) in descriptors.iter().zip(slots) {
             self.memory

@@ -9,7 +9,7 @@
 //! queues: the control queue (docs/PROTOCOL.md, "Virtqueues").
 
 use super::image::Image;
-use super::refusal_log::RefusalLog;
+use super::refusal_log::{Admission, RefusalLog};
 use super::request::{self, Context, Limits, Scratch};
 use crate::engine::Engine;
 use crate::protocol::{
@@ -165,6 +165,28 @@ impl BlockDevice {
         corrupt
     }
 
+    /// Counts and logs (rate-limited) an avail ring entry naming a
+    /// descriptor past the table.
+    fn refuse_head(&self, queue: u16, head: u16, size: u16) {
+        const KIND: &str = "head-out-of-range";
+        self.engine.stats().count_rejection(KIND);
+        let message = format!(
+            "the guest made descriptor {head} available on queue {queue}, whose table has \
+             {size}: dropped (no status can be written)"
+        );
+        match self.refusals.admit(KIND, std::time::Instant::now()) {
+            Admission::Log | Admission::LogLast => tracing::warn!(queue, kind = KIND, "{message}"),
+            Admission::Summary { count, over } => tracing::warn!(
+                kind = KIND,
+                count,
+                "{count} more avail entries past the descriptor table in the last {:.1} s \
+                 (latest: {message})",
+                over.as_secs_f64()
+            ),
+            Admission::Quiet => {}
+        }
+    }
+
     /// Serves what the guest made available on one virtqueue; returns
     /// false when the ring is corrupt (nothing was served).
     fn serve_queue(&self, vring: &VringRwLock, queue: u16, role: QueueRole) -> io::Result<bool> {
@@ -188,6 +210,7 @@ impl BlockDevice {
             crypto_negotiated: self.crypto_negotiated.load(Ordering::Acquire),
             refusals: &self.refusals,
         };
+        let queue_size = vring.get_ref().get_queue().size();
         let mut served = false;
         loop {
             let chain = vring
@@ -196,6 +219,12 @@ impl BlockDevice {
                 .pop_descriptor_chain(mem.clone());
             let Some(chain) = chain else { break };
             let head = chain.head_index();
+            if head >= queue_size {
+                // No descriptor, and no used ring entry can name it: drop
+                // it and serve what follows.
+                self.refuse_head(queue, head, queue_size);
+                continue;
+            }
             let used = request::serve(&ctx, &*mem, chain, &mut scratch);
             if let Err(error) = vring.add_used(head, used) {
                 // The guest's used ring is unusable; keep the worker alive

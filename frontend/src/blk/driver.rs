@@ -66,6 +66,12 @@ impl BlkQueue {
         &self.queue
     }
 
+    /// Makes a head index available with no request behind it (see
+    /// [`Queue::publish_raw_head`]). Does not kick.
+    pub fn publish_raw_head(&mut self, head: u16) -> Result<()> {
+        self.queue.publish_raw_head(head)
+    }
+
     /// Gives the queue back; fails while requests are in flight.
     pub fn into_queue(self) -> Result<Queue> {
         if self.queue.in_flight() != 0 {
