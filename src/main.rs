@@ -1,11 +1,10 @@
 //! `icelab`: emulator and test lab for hardware inline encryption.
 
-mod bench;
-mod lab;
 mod serve;
 mod verify;
 
 use clap::{Parser, Subcommand};
+use icelab_lab::{self as lab, bench};
 
 /// icelab: an inline crypto engine (ICE) emulator and test lab.
 #[derive(Parser, Debug)]
@@ -67,15 +66,4 @@ fn init_logging() {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-}
-
-/// This very binary, for starting `icelab serve` from `run` and `bench`.
-/// `/proc/self/exe` still works when the file was replaced by a rebuild
-/// while we run; elsewhere fall back to the path we were started from.
-fn self_exe() -> std::path::PathBuf {
-    let proc_exe = std::path::PathBuf::from("/proc/self/exe");
-    if proc_exe.exists() {
-        return proc_exe;
-    }
-    std::env::current_exe().unwrap_or_else(|_| std::path::PathBuf::from("icelab"))
 }

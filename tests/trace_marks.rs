@@ -1,6 +1,6 @@
 //! The guest's marks: every GET_ID writes a `get_id` trace event, in order
 //! with the keyslot events around it, so the host can replay the trace up
-//! to the n-th mark (src/lab/marks.rs).
+//! to the n-th mark (lab/src/marks.rs).
 
 mod ice;
 mod support;

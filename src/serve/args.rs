@@ -4,6 +4,7 @@
 use anyhow::{Context, bail};
 use icelab_emulator::engine::capabilities::{DataUnitSizes, KeyTypes};
 use icelab_emulator::engine::{Capabilities, Fault, ProfileName};
+use icelab_lab::size::parse_size;
 use std::path::PathBuf;
 
 /// Options of `icelab serve`.
@@ -183,29 +184,6 @@ impl TryFrom<ServeArgs> for ServeConfig {
     }
 }
 
-/// Parses `4096`, `64K`, `64M`, `1G`, `1T` (binary multiples). Errors
-/// name the text, not an option: callers add which option it was.
-pub fn parse_size(text: &str) -> anyhow::Result<u64> {
-    let text = text.trim();
-    let (digits, shift) = match text.char_indices().last() {
-        Some((at, 'k' | 'K')) => (&text[..at], 10),
-        Some((at, 'm' | 'M')) => (&text[..at], 20),
-        Some((at, 'g' | 'G')) => (&text[..at], 30),
-        Some((at, 't' | 'T')) => (&text[..at], 40),
-        _ => (text, 0),
-    };
-    let value: u64 = digits
-        .parse()
-        .with_context(|| format!("{text:?} is not a size; write e.g. 64M or 1G"))?;
-    let bytes = value
-        .checked_mul(1 << shift)
-        .with_context(|| format!("{text:?} is too large"))?;
-    if bytes < 512 {
-        bail!("{text:?} is smaller than one 512-byte sector");
-    }
-    Ok(bytes)
-}
-
 fn parse_data_unit_sizes(sizes: &[u32]) -> anyhow::Result<DataUnitSizes> {
     let mut mask = 0;
     for size in sizes {
@@ -303,15 +281,5 @@ mod tests {
             config(&["--no-inline-encryption"]).unwrap().capabilities,
             None
         );
-    }
-
-    #[test]
-    fn sizes_parse_with_binary_suffixes() {
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert_eq!(parse_size("64K").unwrap(), 64 << 10);
-        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
-        assert!(parse_size("99999999999T").is_err());
-        let error = parse_size("12Q").unwrap_err().to_string();
-        assert!(!error.contains("--size"), "{error}");
     }
 }

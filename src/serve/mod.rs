@@ -2,12 +2,12 @@
 
 mod args;
 
-pub use args::{ServeArgs, ServeConfig, parse_size};
+pub use args::{ServeArgs, ServeConfig};
 
 use anyhow::Context;
 use icelab_emulator::device::{BlockDevice, DeviceConfig, GuestMemory, Image};
+use icelab_emulator::engine::stats::{DeviceInfo, StatsFile};
 use icelab_emulator::engine::{Engine, Trace};
-use serde_json::json;
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use std::path::Path;
 use std::sync::Arc;
@@ -130,22 +130,22 @@ impl Report {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let engine = self.device.engine();
         let caps = engine.capabilities();
-        let document = json!({
-            "device": {
-                "image": self.config.image,
-                "capacity_bytes": self.device.image().capacity(),
-                "queues": self.config.queues,
-                "read_only": self.config.read_only,
-                "profile": self.config.profile.name(),
-                "inline_encryption": caps.is_some(),
-                "fault": engine.fault().map(|f| f.name()),
-                "keyslots": caps.map(|c| c.slots),
-                "max_dun_bytes": caps.map(|c| c.max_dun_bytes),
-                "data_unit_sizes": caps.map(|c| c.data_unit_sizes.sizes().collect::<Vec<_>>()),
+        let document = StatsFile {
+            device: DeviceInfo {
+                image: self.config.image.clone(),
+                capacity_bytes: self.device.image().capacity(),
+                queues: self.config.queues,
+                read_only: self.config.read_only,
+                profile: self.config.profile.name().to_owned(),
+                inline_encryption: caps.is_some(),
+                fault: engine.fault().map(|f| f.name().to_owned()),
+                keyslots: caps.map(|c| c.slots),
+                max_dun_bytes: caps.map(|c| c.max_dun_bytes),
+                data_unit_sizes: caps.map(|c| c.data_unit_sizes.sizes().collect()),
             },
-            "stats": engine.stats().to_json(),
-        });
-        write_atomically(path, &serde_json::to_vec_pretty(&document)?)
+            stats: engine.stats().snapshot(),
+        };
+        write_atomically(path, &document.to_json()?)
             .with_context(|| format!("cannot write the stats file {}", path.display()))
     }
 

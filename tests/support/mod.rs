@@ -18,9 +18,10 @@
 // Each integration test is its own crate and uses only part of this module.
 #![allow(dead_code)]
 
-use std::ffi::{OsStr, OsString};
+use icelab_lab::serve_process::{Logs, ServeConfig, ServeProcess};
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -348,14 +349,12 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
 
 // --- the device ---------------------------------------------------------
 
-/// Options for starting `icelab serve`.
+/// Options for starting `icelab serve`: a [`ServeConfig`] whose options
+/// are given as command-line words, started by the lab's [`ServeProcess`]
+/// with the test binary's `icelab`.
 #[derive(Debug, Clone)]
 pub struct DeviceBuilder {
-    image: PathBuf,
-    socket: PathBuf,
-    stats: Option<PathBuf>,
-    args: Vec<OsString>,
-    envs: Vec<(OsString, OsString)>,
+    config: ServeConfig,
     start_timeout: Duration,
 }
 
@@ -364,24 +363,20 @@ impl DeviceBuilder {
     /// socket.
     pub fn new(image: impl Into<PathBuf>, socket: impl Into<PathBuf>) -> Self {
         Self {
-            image: image.into(),
-            socket: socket.into(),
-            stats: None,
-            args: Vec::new(),
-            envs: Vec::new(),
+            config: ServeConfig::new(image, socket),
             start_timeout: DEVICE_START_TIMEOUT,
         }
     }
 
     /// Adds `--stats PATH`; read it back with [`Device::stats`].
     pub fn stats(mut self, path: impl Into<PathBuf>) -> Self {
-        self.stats = Some(path.into());
+        self.config.stats = Some(path.into());
         self
     }
 
     /// Adds one more command-line argument (e.g. `--queues`, `2`).
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
-        self.args.push(arg.as_ref().to_owned());
+        self.config.device.extra.push(arg.as_ref().to_owned());
         self
     }
 
@@ -391,14 +386,17 @@ impl DeviceBuilder {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args
+        self.config
+            .device
+            .extra
             .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
     /// Sets an environment variable for the device (e.g. `RUST_LOG`).
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
-        self.envs
+        self.config
+            .env
             .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
         self
     }
@@ -411,19 +409,7 @@ impl DeviceBuilder {
 
     /// The command line this builder runs (for messages and debugging).
     pub fn command(&self) -> Command {
-        let mut command = Command::new(icelab_bin());
-        command
-            .arg("serve")
-            .arg("--image")
-            .arg(&self.image)
-            .arg("--socket")
-            .arg(&self.socket);
-        if let Some(stats) = &self.stats {
-            command.arg("--stats").arg(stats);
-        }
-        command.args(&self.args);
-        command.envs(self.envs.iter().map(|(k, v)| (k, v)));
-        command
+        self.config.command(icelab_bin())
     }
 
     /// Starts the device and waits until its socket exists.
@@ -431,53 +417,31 @@ impl DeviceBuilder {
     /// # Panics
     ///
     /// If the device exits before creating its socket, or does not create
-    /// it within the start timeout; the message shows its stderr.
+    /// it within the start timeout; the message shows its log.
     #[track_caller]
     pub fn spawn(self) -> Device {
         let log_dir = self
+            .config
             .socket
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_owned();
-        let command = self.command();
-        let description = format!("{command:?}");
-        let mut process = Process::spawn("icelab-serve", command, &log_dir);
-        let socket = self.socket.clone();
-        let mut exited = None;
-        let ready = wait_until(self.start_timeout, || {
-            if is_socket(&socket) {
-                return true;
-            }
-            exited = process.try_wait();
-            exited.is_some()
-        });
-        if let Some(status) = exited {
-            panic!(
-                "icelab serve exited ({status}) before creating its socket {}\ncommand: {description}\n{}",
-                socket.display(),
-                process.logs()
-            );
-        }
-        if !ready {
-            process.kill();
-            panic!(
-                "icelab serve did not create its socket {} within {:?}; killed it\ncommand: {description}\n{}",
-                socket.display(),
-                self.start_timeout,
-                process.logs()
-            );
-        }
+        let logs = Logs {
+            stdout: log_dir.join("icelab-serve.stdout"),
+            stderr: log_dir.join("icelab-serve.stderr"),
+        };
+        let description = format!("{:?}", self.command());
+        let process = ok_or_panic(
+            ServeProcess::spawn_icelab(icelab_bin(), &self.config, logs, self.start_timeout),
+            || format!("command: {description}"),
+        );
         Device {
             process,
-            socket: self.socket,
-            stats: self.stats,
+            socket: self.config.socket,
+            stats: self.config.stats,
         }
     }
-}
-
-fn is_socket(path: &Path) -> bool {
-    fs::metadata(path).is_ok_and(|m| m.file_type().is_socket())
 }
 
 /// A running `icelab serve`, killed on drop.
@@ -485,7 +449,7 @@ fn is_socket(path: &Path) -> bool {
 /// Its socket accepts one frontend: do not probe it with a test connection.
 #[derive(Debug)]
 pub struct Device {
-    process: Process,
+    process: ServeProcess,
     socket: PathBuf,
     stats: Option<PathBuf>,
 }
@@ -502,13 +466,17 @@ impl Device {
     }
 
     /// The underlying process (logs, pid, waits).
-    pub fn process(&mut self) -> &mut Process {
+    pub fn process(&mut self) -> &mut ServeProcess {
         &mut self.process
     }
 
     /// The device's log tails, for failure messages.
     pub fn logs(&self) -> String {
-        self.process.logs()
+        format!(
+            "--- icelab serve ({} and .stderr) ---\n{}",
+            self.process.logs().stdout.display(),
+            self.process.log_tail(TAIL_LINES)
+        )
     }
 
     /// Waits for the device to exit on its own (it does once its frontend
@@ -519,7 +487,16 @@ impl Device {
     /// On timeout, after killing it, with its logs and `context`.
     #[track_caller]
     pub fn wait_exit(&mut self, context: &str) -> ExitStatus {
-        self.process.wait_or_kill(DEVICE_EXIT_TIMEOUT, context)
+        match self.process.wait_timeout(DEVICE_EXIT_TIMEOUT) {
+            Some(status) => status,
+            None => {
+                self.process.kill();
+                panic!(
+                    "icelab serve did not exit within {DEVICE_EXIT_TIMEOUT:?}; killed it\n{}{context}",
+                    self.logs()
+                );
+            }
+        }
     }
 
     /// Waits for the device to exit and asserts that it exited with status 0.

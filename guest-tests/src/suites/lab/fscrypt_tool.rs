@@ -95,7 +95,7 @@ fn fscrypt_tool(ctx: &Ctx, state: &mut State, facts: &mut Facts) -> Result<Strin
     let dir = mnt.join(DIR);
     let dir_s = dir.display().to_string();
     steps::sync_and_drop_caches()?;
-    marks::mark(ctx, facts, "fscrypt-tool/start")?;
+    marks::mark(ctx, facts, marks::FSCRYPT_TOOL_START)?;
 
     let version = run(ctx, facts, &["--version"])?;
     facts.set("version", version.trim());
@@ -176,7 +176,7 @@ fn fscrypt_tool(ctx: &Ctx, state: &mut State, facts: &mut Facts) -> Result<Strin
     let _ = fs::write(KEY_FILE, [0u8; 32]);
     let _ = fs::remove_file(KEY_FILE);
     result?;
-    marks::mark(ctx, facts, "fscrypt-tool/end")?;
+    marks::mark(ctx, facts, marks::FSCRYPT_TOOL_END)?;
 
     let records = kmsg::read_all(Path::new("/dev/kmsg"))
         .map_err(|e| Failure(format!("cannot read /dev/kmsg: {e}")))?;

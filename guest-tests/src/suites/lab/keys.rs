@@ -56,18 +56,18 @@ fn key_removal(ctx: &Ctx, state: &mut State, facts: &mut Facts) -> Result<String
 
     // (a) Nothing open.
     let dir = path::policy_dir(ctx, state, facts, &IDLE)?;
-    marks::mark(ctx, facts, "removal/idle/start")?;
+    marks::mark(ctx, facts, marks::REMOVAL_IDLE_START)?;
     path::write_files(ctx, state, &IDLE, &dir, &IDLE_FILES, &mut manifest)?;
     path::set_manifest(ctx, facts, &manifest)?;
     steps::sync_and_drop_caches()?;
     path::read_files(ctx, state, &IDLE, &dir.path, &IDLE_FILES)?;
-    marks::mark(ctx, facts, "removal/idle/keys-in-use")?;
+    marks::mark(ctx, facts, marks::REMOVAL_IDLE_KEYS_IN_USE)?;
     let root = File::open(&mnt).map_err(|e| Failure(format!("cannot open {shown}: {e}")))?;
     ctx.step("FS_IOC_REMOVE_ENCRYPTION_KEY (idle)");
     let flags = fscrypt::remove_key(&root, &shown, &dir.id)?;
     forget(state, &dir.id);
     facts.set("idle_removal_flags", flags);
-    marks::mark(ctx, facts, "removal/idle/removed")?;
+    marks::mark(ctx, facts, marks::REMOVAL_IDLE_REMOVED)?;
     if flags != 0 {
         return fail(format!(
             "removing the idle key {} returned status flags {flags:#x}, expected 0 (no file open)",
@@ -86,7 +86,7 @@ fn key_removal(ctx: &Ctx, state: &mut State, facts: &mut Facts) -> Result<String
 
     // (b) One file held open.
     let dir = path::policy_dir(ctx, state, facts, &BUSY)?;
-    marks::mark(ctx, facts, "removal/busy/start")?;
+    marks::mark(ctx, facts, marks::REMOVAL_BUSY_START)?;
     path::write_files(ctx, state, &BUSY, &dir, &BUSY_FILES, &mut manifest)?;
     path::set_manifest(ctx, facts, &manifest)?;
     steps::sync_and_drop_caches()?;
@@ -96,13 +96,13 @@ fn key_removal(ctx: &Ctx, state: &mut State, facts: &mut Facts) -> Result<String
     let mut contents = Vec::new();
     held.read_to_end(&mut contents)
         .map_err(|e| Failure(format!("reading {}: {e}", held_path.display())))?;
-    marks::mark(ctx, facts, "removal/busy/open")?;
+    marks::mark(ctx, facts, marks::REMOVAL_BUSY_OPEN)?;
     ctx.step("FS_IOC_REMOVE_ENCRYPTION_KEY (busy)");
     let flags = fscrypt::remove_key(&root, &shown, &dir.id)?;
     facts.set("busy_removal_flags", flags);
     let (status, _, _) = fscrypt::key_status(&root, &shown, &dir.id)?;
     facts.set("busy_key_status", status);
-    marks::mark(ctx, facts, "removal/busy/busy")?;
+    marks::mark(ctx, facts, marks::REMOVAL_BUSY_BUSY)?;
     if flags & fscrypt::FSCRYPT_KEY_REMOVAL_STATUS_FLAG_FILES_BUSY == 0 {
         return fail(format!(
             "removing key {} with {} open returned flags {flags:#x}, expected FILES_BUSY (0x1)",
@@ -120,12 +120,12 @@ fn key_removal(ctx: &Ctx, state: &mut State, facts: &mut Facts) -> Result<String
     // The open file still reads (from the page cache or the device).
     drop(held);
     drop(contents);
-    marks::mark(ctx, facts, "removal/busy/closed")?;
+    marks::mark(ctx, facts, marks::REMOVAL_BUSY_CLOSED)?;
     ctx.step("FS_IOC_REMOVE_ENCRYPTION_KEY (after close)");
     let flags = fscrypt::remove_key(&root, &shown, &dir.id)?;
     forget(state, &dir.id);
     facts.set("second_removal_flags", flags);
-    marks::mark(ctx, facts, "removal/busy/removed")?;
+    marks::mark(ctx, facts, marks::REMOVAL_BUSY_REMOVED)?;
     if flags != 0 {
         return fail(format!(
             "the second removal of key {} returned flags {flags:#x}, expected 0",

@@ -26,37 +26,79 @@ pub mod restart;
 
 use crate::runner::TestDef;
 
-/// `icelab.suite=lab`: the matrix, then the key tests, then `unmount`
-/// (last: it removes every key the suite added).
-pub const TESTS: &[TestDef] = &[
+/// How many tests `parts` hold together.
+const fn total_len(parts: &[&[TestDef]]) -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    while i < parts.len() {
+        n += parts[i].len();
+        i += 1;
+    }
+    n
+}
+
+/// `parts` one after the other, every element of each (`N` is
+/// [`total_len`]`(parts)`; anything else fails the build).
+const fn concat<const N: usize>(parts: &[&[TestDef]]) -> [TestDef; N] {
+    // A placeholder in every slot; the loop overwrites all of them (the
+    // assert checks that it did).
+    let mut out = [matrix::UNMOUNT; N];
+    let mut n = 0;
+    let mut i = 0;
+    while i < parts.len() {
+        let mut j = 0;
+        while j < parts[i].len() {
+            out[n] = parts[i][j];
+            n += 1;
+            j += 1;
+        }
+        i += 1;
+    }
+    assert!(n == N, "concat: N is not the parts' total length");
+    out
+}
+
+/// A `&'static [TestDef]` of slices and whole arrays, concatenated at
+/// compile time, so that a table takes every element of an array such as
+/// [`matrix::POLICY_TESTS`] (no list of indices to keep up to date).
+macro_rules! table {
+    ($($part:expr),+ $(,)?) => {{
+        const PARTS: &[&[TestDef]] = &[$($part),+];
+        const ALL: [TestDef; total_len(PARTS)] = concat(PARTS);
+        &ALL
+    }};
+}
+
+/// What the matrix runs on before its policy tests.
+const MATRIX_SETUP: &[TestDef] = &[
     matrix::DRIVER_LOAD,
     matrix::CRYPTO_SYSFS,
     matrix::MKFS_MOUNT,
-    matrix::POLICY_TESTS[0],
-    matrix::POLICY_TESTS[1],
-    matrix::POLICY_TESTS[2],
-    matrix::POLICY_TESTS[3],
-    matrix::POLICY_TESTS[4],
-    matrix::POLICY_TESTS[5],
-    matrix::POLICY_TESTS[6],
-    path::PATH_SELECTION,
-    keys::KEY_REMOVAL,
-    provisioning::KEYRING_PROVISIONING,
-    fscrypt_tool::FSCRYPT_TOOL,
-    matrix::UNMOUNT,
+];
+
+/// `icelab.suite=lab`: the matrix, then the key tests, then `unmount`
+/// (last: it removes every key the suite added).
+pub const TESTS: &[TestDef] = table![
+    MATRIX_SETUP,
+    &matrix::POLICY_TESTS,
+    &[
+        path::PATH_SELECTION,
+        keys::KEY_REMOVAL,
+        provisioning::KEYRING_PROVISIONING,
+        fscrypt_tool::FSCRYPT_TOOL,
+        matrix::UNMOUNT,
+    ],
 ];
 
 /// `icelab.suite=lab-reboot`: reads what `lab` wrote, after a reboot.
-pub const REBOOT_TESTS: &[TestDef] = &[
-    matrix::DRIVER_LOAD,
-    matrix::CRYPTO_SYSFS,
-    reboot::MOUNT_EXISTING,
-    reboot::REREAD_TESTS[0],
-    reboot::REREAD_TESTS[1],
-    reboot::REREAD_TESTS[2],
-    reboot::REREAD_TESTS[3],
-    reboot::REREAD_TESTS[4],
-    matrix::UNMOUNT,
+pub const REBOOT_TESTS: &[TestDef] = table![
+    &[
+        matrix::DRIVER_LOAD,
+        matrix::CRYPTO_SYSFS,
+        reboot::MOUNT_EXISTING,
+    ],
+    &reboot::REREAD_TESTS,
+    &[matrix::UNMOUNT],
 ];
 
 /// `icelab.suite=lab-pressure`.
@@ -78,19 +120,8 @@ pub const RESTART_TESTS: &[TestDef] = &[
 ];
 
 /// `icelab.suite=matrix`: the policy matrix alone (the fault runs).
-pub const MATRIX_TESTS: &[TestDef] = &[
-    matrix::DRIVER_LOAD,
-    matrix::CRYPTO_SYSFS,
-    matrix::MKFS_MOUNT,
-    matrix::POLICY_TESTS[0],
-    matrix::POLICY_TESTS[1],
-    matrix::POLICY_TESTS[2],
-    matrix::POLICY_TESTS[3],
-    matrix::POLICY_TESTS[4],
-    matrix::POLICY_TESTS[5],
-    matrix::POLICY_TESTS[6],
-    matrix::UNMOUNT,
-];
+pub const MATRIX_TESTS: &[TestDef] =
+    table![MATRIX_SETUP, &matrix::POLICY_TESTS, &[matrix::UNMOUNT]];
 
 #[cfg(test)]
 mod tests {
@@ -104,6 +135,48 @@ mod tests {
                 assert!(names[..i].contains(need), "{} needs unknown {need}", t.name);
             }
         }
+    }
+
+    fn names(tests: &[TestDef]) -> Vec<&'static str> {
+        tests.iter().map(|t| t.name).collect()
+    }
+
+    /// Every test of `part` is in `table`, all of them in a row and in
+    /// order.
+    fn assert_includes(table: &[TestDef], table_name: &str, part: &[TestDef]) {
+        let have = names(table);
+        for t in part {
+            assert!(have.contains(&t.name), "{} is not in {table_name}", t.name);
+        }
+        let want = names(part);
+        assert!(
+            have.windows(want.len()).any(|w| w == want.as_slice()),
+            "{table_name} does not run {want:?} in a row, in that order"
+        );
+    }
+
+    #[test]
+    fn tables_include_every_policy_and_reread_test() {
+        assert_includes(TESTS, "TESTS", &matrix::POLICY_TESTS);
+        assert_includes(MATRIX_TESTS, "MATRIX_TESTS", &matrix::POLICY_TESTS);
+        assert_includes(REBOOT_TESTS, "REBOOT_TESTS", &reboot::REREAD_TESTS);
+        // One policy test per case of the plan, accepted or rejected; one
+        // reread per accepted case (the rejected ones wrote nothing).
+        let accepted = plan::CASES.iter().filter(|c| !c.rejected).count();
+        let rejected = plan::CASES.iter().filter(|c| c.rejected).count();
+        assert!(accepted > 0 && rejected > 0);
+        assert_eq!(matrix::POLICY_TESTS.len(), accepted + rejected);
+        assert_eq!(reboot::REREAD_TESTS.len(), accepted);
+        assert_eq!(reboot::ACCEPTED_CASES, accepted);
+        // The tables hold nothing else that looks like one of them.
+        let policy = |t: &&TestDef| t.name.starts_with("policy/");
+        assert_eq!(TESTS.iter().filter(policy).count(), accepted + rejected);
+        assert_eq!(
+            MATRIX_TESTS.iter().filter(policy).count(),
+            accepted + rejected
+        );
+        let reread = |t: &&TestDef| t.name.starts_with("reread/");
+        assert_eq!(REBOOT_TESTS.iter().filter(reread).count(), accepted);
     }
 
     #[test]

@@ -186,11 +186,11 @@ fn path_selection(ctx: &Ctx, state: &mut State, facts: &mut Facts) -> Result<Str
     let mut after = Vec::new();
     for (label, case) in &CASES {
         let dir = policy_dir(ctx, state, facts, case)?;
-        marks::mark(ctx, facts, &format!("path/{label}/start"))?;
+        marks::mark(ctx, facts, &marks::path(label, marks::PathEdge::Start))?;
         write_files(ctx, state, case, &dir, &FILES, &mut manifest)?;
         steps::sync_and_drop_caches()?;
         read_files(ctx, state, case, &dir.path, &FILES)?;
-        marks::mark(ctx, facts, &format!("path/{label}/end"))?;
+        marks::mark(ctx, facts, &marks::path(label, marks::PathEdge::End))?;
         set_manifest(ctx, facts, &manifest)?;
         let lines = impl_lines()?;
         after.push(json!({"after": label, "native_seq": lines.0, "fallback_seq": lines.1}));

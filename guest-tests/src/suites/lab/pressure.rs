@@ -174,7 +174,7 @@ fn keyslot_pressure(ctx: &Ctx, state: &mut State, facts: &mut Facts) -> Result<S
     }
     path::set_manifest(ctx, facts, &manifest)?;
     steps::sync_and_drop_caches()?;
-    marks::mark(ctx, facts, "pressure/start")?;
+    marks::mark(ctx, facts, marks::PRESSURE_START)?;
 
     // Worker w takes files w, w + WORKERS, ...: every worker switches keys
     // at every chunk, and they all run at once.
@@ -220,7 +220,7 @@ fn keyslot_pressure(ctx: &Ctx, state: &mut State, facts: &mut Facts) -> Result<S
         }
     }
     facts.set("workers", workers.clone());
-    marks::mark(ctx, facts, "pressure/end")?;
+    marks::mark(ctx, facts, marks::PRESSURE_END)?;
     if !errors.is_empty() {
         return fail(errors.join("; "));
     }

@@ -1,6 +1,7 @@
 //! Results of a lab run: the human summary (last line `N passed, N
 //! failed`) and the JSON report (fields in the README, "Reports").
 
+use icelab_contract::record::{Status, TestRecord};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -65,17 +66,19 @@ impl TestResult {
         }
     }
 
-    /// Parses a guest `{"type":"test",...}` line.
-    pub fn from_guest(boot: &str, line: &Value) -> Self {
-        let passed = line["status"].as_str() == Some("pass");
+    /// A guest test's result, from its line.
+    pub fn from_guest(boot: &str, test: TestRecord) -> Self {
         Self {
             boot: boot.to_owned(),
             source: Source::Guest,
-            name: line["name"].as_str().unwrap_or("unnamed").to_owned(),
-            outcome: if passed { Outcome::Pass } else { Outcome::Fail },
-            duration: Duration::from_millis(line["duration_ms"].as_u64().unwrap_or(0)),
-            message: line["message"].as_str().unwrap_or_default().to_owned(),
-            facts: line.get("facts").cloned().unwrap_or(Value::Null),
+            name: test.name,
+            outcome: match test.status {
+                Status::Pass => Outcome::Pass,
+                Status::Fail => Outcome::Fail,
+            },
+            duration: Duration::from_millis(test.duration_ms),
+            message: test.message,
+            facts: Value::Object(test.facts),
         }
     }
 
@@ -182,14 +185,18 @@ mod tests {
 
     #[test]
     fn json_counts_guest_and_host() {
+        let record = |value: Value| serde_json::from_value(value).expect("a test record");
         let guest = TestResult::from_guest(
             "ufs",
-            &json!({"type": "test", "name": "policy", "status": "pass", "duration_ms": 1500,
-                    "facts": {"n": 1}}),
+            record(
+                json!({"name": "policy", "status": "pass", "duration_ms": 1500,
+                    "message": "", "facts": {"n": 1}}),
+            ),
         );
         let failing = TestResult::from_guest(
             "ufs",
-            &json!({"type": "test", "name": "keys", "status": "fail", "message": "ENOKEY"}),
+            record(json!({"name": "keys", "status": "fail", "duration_ms": 3,
+                    "message": "ENOKEY"})),
         );
         let host = TestResult::host("ufs", "verify", false, "mismatch".into(), json!({}));
         let report = to_json(

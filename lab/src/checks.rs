@@ -1,9 +1,12 @@
 //! The host's own checks of a boot: the device exited cleanly, and its
-//! counters show the traffic the boot's plan demands.
+//! counters (the contract's [`StatsFile`]) show the traffic the boot's
+//! plan demands.
 
 use super::boot::{BootPaths, DeviceRestart, RESTART_SIGNAL, tail};
 use super::plan::{BootPlan, Traffic};
 use super::report::TestResult;
+use icelab_contract::device::{StatsFile, reject_kind};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -31,54 +34,60 @@ pub fn device_exit(boot: &str, status: Option<ExitStatus>, paths: &BootPaths) ->
     TestResult::host(boot, "device-exit", passed, message, Value::Null)
 }
 
+/// The device's stats file, read as JSON by the boot (`Null` when the
+/// device wrote none), as the contract's [`StatsFile`]; `Err` says why
+/// there are none.
+pub fn parse_stats(stats: &Value) -> Result<StatsFile, String> {
+    if stats.is_null() {
+        return Err("the device wrote no stats file (see device.log)".to_owned());
+    }
+    StatsFile::deserialize(stats).map_err(|error| format!("the device's stats file: {error}"))
+}
+
 /// `device-stats`: the emulator's counters against [`BootPlan::traffic`];
 /// no request is ever rejected; every keyslot program and evict arrived on
 /// the control queue; a boot with fewer keyslots than keys (pressure) must
 /// have programmed more keys than it has slots.
 pub fn device_stats(boot: &BootPlan, stats: &Value) -> TestResult {
-    let get = |path: &str| {
-        path.split('.')
-            .try_fold(stats, |node, key| node.get(key))
-            .and_then(Value::as_u64)
-    };
-    let programmed = get("stats.keyslots.programmed");
-    let evicted = get("stats.keyslots.evicted");
-    let crypto_out = get("stats.crypto_out.requests");
-    let crypto_in = get("stats.crypto_in.requests");
-    let rejected = get("stats.rejected.total");
+    let file = parse_stats(stats);
+    let counters = file.as_ref().ok().map(|f| &f.stats);
     // A restarted engine fails the crypto requests that reach it before
     // the driver has programmed its keyslots again (the driver resends
     // them): in a restart boot, those refusals are expected.
-    let slot_empty = get("stats.rejected.by_kind.slot-empty").unwrap_or(0);
-    let rejected = rejected.map(|r| {
+    let slot_empty = counters.map_or(0, |c| c.rejected.of_kind(reject_kind::SLOT_EMPTY));
+    let rejected = |total: u64| {
         if boot.restart_device {
-            r - slot_empty.min(r)
+            total - slot_empty.min(total)
         } else {
-            r
+            total
         }
-    });
-    let control_keyslot_commands = get("stats.control_queue.keyslot_commands");
+    };
     let facts = json!({
-        "keyslots_programmed": programmed,
-        "keyslots_evicted": evicted,
-        "keyslot_commands_on_the_control_queue": control_keyslot_commands,
-        "crypto_out_requests": crypto_out,
-        "crypto_in_requests": crypto_in,
-        "rejected_requests": rejected,
+        "keyslots_programmed": counters.map(|c| c.keyslots.programmed),
+        "keyslots_evicted": counters.map(|c| c.keyslots.evicted),
+        "keyslot_commands_on_the_control_queue":
+            counters.map(|c| c.control_queue.keyslot_commands),
+        "crypto_out_requests": counters.map(|c| c.crypto_out.requests),
+        "crypto_in_requests": counters.map(|c| c.crypto_in.requests),
+        "rejected_requests": counters.map(|c| rejected(c.rejected.total)),
         "slot_empty_refusals": slot_empty,
     });
-    let problem = match (programmed, crypto_out, crypto_in, rejected) {
-        (Some(p), Some(o), Some(i), Some(r)) => traffic_problem(boot, p, o, i, r).or_else(|| {
-            let keyslot_commands = p + evicted.unwrap_or(0);
-            (control_keyslot_commands != Some(keyslot_commands)).then(|| {
-                format!(
-                    "{keyslot_commands} keyslot programs and evictions, but {} arrived on the \
-                     control queue",
-                    control_keyslot_commands.map_or("none".to_owned(), |n| n.to_string())
-                )
+    let problem = match &file {
+        Err(problem) => Some(problem.clone()),
+        Ok(StatsFile { stats: c, .. }) => {
+            let p = c.keyslots.programmed;
+            let (o, i) = (c.crypto_out.requests, c.crypto_in.requests);
+            traffic_problem(boot, p, o, i, rejected(c.rejected.total)).or_else(|| {
+                let keyslot_commands = p + c.keyslots.evicted;
+                let on_control_queue = c.control_queue.keyslot_commands;
+                (on_control_queue != keyslot_commands).then(|| {
+                    format!(
+                        "{keyslot_commands} keyslot programs and evictions, but \
+                         {on_control_queue} arrived on the control queue"
+                    )
+                })
             })
-        }),
-        _ => Some("the device wrote no stats file (see device.log)".to_owned()),
+        }
     };
     TestResult::host(
         boot.name,
@@ -149,16 +158,24 @@ fn traffic_problem(boot: &BootPlan, p: u64, o: u64, i: u64, r: u64) -> Option<St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::plan::{PlanInput, Suite, plan};
+    use crate::plan::{PlanInput, Suite, plan};
+
+    fn file(p: u64, o: u64, i: u64, r: u64) -> StatsFile {
+        let mut file = StatsFile::default();
+        file.stats.keyslots.programmed = p;
+        file.stats.control_queue.keyslot_commands = p;
+        file.stats.crypto_out.requests = o;
+        file.stats.crypto_in.requests = i;
+        file.stats.rejected.total = r;
+        file
+    }
 
     fn stats(p: u64, o: u64, i: u64, r: u64) -> Value {
-        json!({"stats": {
-            "keyslots": {"programmed": p, "evicted": 0},
-            "control_queue": {"keyslot_commands": p},
-            "crypto_out": {"requests": o},
-            "crypto_in": {"requests": i},
-            "rejected": {"total": r},
-        }})
+        value_of(file(p, o, i, r))
+    }
+
+    fn value_of(file: StatsFile) -> Value {
+        serde_json::to_value(file).expect("serializes")
     }
 
     #[test]
@@ -172,7 +189,7 @@ mod tests {
         let (ufs, reboot, pressure) = (&boots[0], &boots[1], &boots[3]);
         assert!(device_stats(ufs, &stats(3, 10, 10, 0)).message.is_empty());
         let fail = device_stats(ufs, &stats(3, 0, 10, 0));
-        assert_eq!(fail.outcome, crate::lab::report::Outcome::Fail);
+        assert_eq!(fail.outcome, crate::report::Outcome::Fail);
         // The second boot need not write.
         assert!(device_stats(reboot, &stats(1, 0, 5, 0)).message.is_empty());
         assert!(!device_stats(reboot, &stats(1, 0, 0, 0)).message.is_empty());
@@ -187,11 +204,18 @@ mod tests {
                 .message
                 .is_empty()
         );
-        assert!(!device_stats(ufs, &Value::Null).message.is_empty());
+        let none = device_stats(ufs, &Value::Null);
+        assert!(none.message.contains("no stats file"), "{}", none.message);
+        let partial = device_stats(ufs, &json!({"stats": {"keyslots": {"programmed": 3}}}));
+        assert!(
+            partial.message.contains("the device's stats file"),
+            "{}",
+            partial.message
+        );
         // A program that did not come through the control queue.
-        let mut misrouted = stats(3, 10, 10, 0);
-        misrouted["stats"]["control_queue"]["keyslot_commands"] = json!(2);
-        let fail = device_stats(ufs, &misrouted);
+        let mut misrouted = file(3, 10, 10, 0);
+        misrouted.stats.control_queue.keyslot_commands = 2;
+        let fail = device_stats(ufs, &value_of(misrouted));
         assert!(fail.message.contains("control queue"), "{}", fail.message);
 
         let smoke = plan(&PlanInput {
@@ -222,19 +246,30 @@ mod tests {
         });
         let (ufs, restart) = (&boots[0], &boots[4]);
         assert!(restart.restart_device);
-        let mut refused = stats(3, 10, 10, 4);
-        refused["stats"]["rejected"]["by_kind"] = json!({"slot-empty": 4});
-        assert!(device_stats(restart, &refused).message.is_empty());
-        assert!(!device_stats(ufs, &refused).message.is_empty());
-        refused["stats"]["rejected"]["by_kind"] = json!({"slot-empty": 3, "dun-overflow": 1});
-        assert!(!device_stats(restart, &refused).message.is_empty());
+        let mut refused = file(3, 10, 10, 4);
+        let by_kind = &mut refused.stats.rejected.by_kind;
+        by_kind.insert(reject_kind::SLOT_EMPTY.to_owned(), 4);
+        assert!(
+            device_stats(restart, &value_of(refused.clone()))
+                .message
+                .is_empty()
+        );
+        assert!(
+            !device_stats(ufs, &value_of(refused.clone()))
+                .message
+                .is_empty()
+        );
+        let by_kind = &mut refused.stats.rejected.by_kind;
+        by_kind.insert(reject_kind::SLOT_EMPTY.to_owned(), 3);
+        by_kind.insert("dun-overflow".to_owned(), 1);
+        assert!(!device_stats(restart, &value_of(refused)).message.is_empty());
     }
 
     #[test]
     fn device_restart_needs_the_signal_and_a_reconnection() {
         assert_eq!(
             device_restart("restart", None).outcome,
-            crate::lab::report::Outcome::Fail
+            crate::report::Outcome::Fail
         );
         let failed = DeviceRestart {
             problem: Some("QEMU did not reconnect".to_owned()),
@@ -247,7 +282,7 @@ mod tests {
             reconnected_after: Some(Duration::from_millis(900)),
         };
         let result = device_restart("restart", Some(&done));
-        assert_eq!(result.outcome, crate::lab::report::Outcome::Pass);
+        assert_eq!(result.outcome, crate::report::Outcome::Pass);
         assert_eq!(result.facts["reconnected_after_kill_s"], json!(0.9));
     }
 }

@@ -1,14 +1,9 @@
-//! Host checks of one boot's device trace against the guest's marks.
+//! Host checks of one boot's device trace against the guest's marks,
+//! on the boot's [`Timeline`] (the trace with the marks placed in it).
 //!
-//! The guest marks points in time by reading its disk's serial: each read
-//! is one GET_ID, and the device writes a `get_id` event for each into
-//! its trace (`icelab serve --trace`), before the guest sees the answer.
-//! A guest test records `"marks": [{"label", "serial_reads": n}]` in its
-//! facts; here the n-th `get_id` event is that point of the trace, so the
-//! keyslot events (`program`, `evict`) between two marks are exactly
-//! those the device saw while the guest did what lies between them.
-//!
-//! The checks (each only when its guest test left marks in this boot):
+//! The checks, each only when its guest test left marks in this boot
+//! (the names and label prefixes are the contract's [`TraceCheckKind`],
+//! the labels its `icelab_contract::marks` constants):
 //! - `trace/path-selection`: which policies reached the engine and with
 //!   how many DUN bytes (eMMC: IV_INO_LBLK_64 never does, IV_INO_LBLK_32
 //!   does; UFS: both do, LBLK_64 with 8 DUN bytes);
@@ -19,36 +14,44 @@
 //!   device's counters agree with its trace;
 //! - `trace/fscrypt-tool`: Google's fscrypt's files went through the engine.
 
+use super::checks::parse_stats;
 use super::report::TestResult;
-use anyhow::{Context, bail};
+use super::timeline::{Marks, Timeline, evicts, explicit_evicts, programs};
+use anyhow::bail;
+use icelab_contract::device::{EvictCause, TraceEvent};
+use icelab_contract::marks::{
+    self as label, FSCRYPT_TOOL_END, FSCRYPT_TOOL_START, PATH_POLICIES, PRESSURE_END,
+    PRESSURE_START, PathEdge, REMOVAL_BUSY_BUSY, REMOVAL_BUSY_OPEN, REMOVAL_BUSY_REMOVED,
+    REMOVAL_BUSY_START, REMOVAL_IDLE_KEYS_IN_USE, REMOVAL_IDLE_REMOVED, REMOVAL_IDLE_START,
+    TraceCheckKind,
+};
 use icelab_emulator::engine::ProfileName;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Host checks of one boot's device trace against the guest's marks.
 pub struct TraceCheck<'a> {
     /// The boot's name (results are named `<boot>/trace/...`).
     pub boot: &'a str,
     /// The device's engine profile.
-    pub profile: icelab_emulator::engine::ProfileName,
+    pub profile: ProfileName,
     /// The device's keyslots.
     pub slots: u16,
     /// The `facts` of every guest test of the boot, in order.
-    pub guest_facts: Vec<&'a serde_json::Value>,
+    pub guest_facts: Vec<&'a Value>,
     /// The device's trace file.
     pub trace: &'a std::path::Path,
-    /// The device's stats (the `--stats` file's JSON).
-    pub stats: &'a serde_json::Value,
+    /// The device's stats (the `--stats` file's JSON, read as a
+    /// `StatsFile`).
+    pub stats: &'a Value,
 }
 
 /// Runs the checks whose guest tests left marks in this boot.
 pub fn check(input: &TraceCheck<'_>) -> Vec<TestResult> {
     let marks = Marks::from_facts(&input.guest_facts);
-    let wanted: Vec<(&str, CheckFn)> = CHECKS
-        .iter()
-        .filter(|(_, prefix, _)| marks.has_prefix(prefix))
-        .map(|(name, _, f)| (*name, *f))
+    let wanted: Vec<TraceCheckKind> = TraceCheckKind::ALL
+        .into_iter()
+        .filter(|kind| marks.has_prefix(kind.mark_prefix()))
         .collect();
     if wanted.is_empty() {
         return Vec::new();
@@ -58,22 +61,29 @@ pub fn check(input: &TraceCheck<'_>) -> Vec<TestResult> {
         Err(error) => {
             return wanted
                 .iter()
-                .map(|(name, _)| {
-                    TestResult::host(input.boot, name, false, format!("{error:#}"), Value::Null)
+                .map(|kind| {
+                    let message = format!("{error:#}");
+                    TestResult::host(input.boot, kind.name(), false, message, Value::Null)
                 })
                 .collect();
         }
     };
     wanted
         .into_iter()
-        .map(|(name, f)| {
+        .map(|kind| {
             let mut facts = serde_json::Map::new();
-            let outcome = f(input, &marks, &timeline, &mut facts);
+            let outcome = check_fn(kind)(input, &marks, &timeline, &mut facts);
             let (passed, message) = match outcome {
                 Ok(message) => (true, message),
                 Err(error) => (false, format!("{error:#}")),
             };
-            TestResult::host(input.boot, name, passed, message, Value::Object(facts))
+            TestResult::host(
+                input.boot,
+                kind.name(),
+                passed,
+                message,
+                Value::Object(facts),
+            )
         })
         .collect()
 }
@@ -81,201 +91,15 @@ pub fn check(input: &TraceCheck<'_>) -> Vec<TestResult> {
 type Facts = serde_json::Map<String, Value>;
 type CheckFn = fn(&TraceCheck<'_>, &Marks, &Timeline, &mut Facts) -> anyhow::Result<String>;
 
-/// Each check: its result name, the mark prefix that says its guest test
-/// ran, and the check.
-const CHECKS: &[(&str, &str, CheckFn)] = &[
-    ("trace/path-selection", "path/", path_selection),
-    ("trace/key-removal", "removal/", key_removal),
-    ("trace/keyslot-pressure", "pressure/", keyslot_pressure),
-    ("trace/fscrypt-tool", "fscrypt-tool/", fscrypt_tool),
-];
-
-// --- the trace ----------------------------------------------------------------------
-
-/// One trace event that matters here.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Event {
-    /// KEYSLOT_PROGRAM; `replaced` is the key it overwrote.
-    Program {
-        slot: u64,
-        fingerprint: String,
-        data_unit_size: u64,
-        dun_bytes: u64,
-        replaced: Option<String>,
-    },
-    /// An explicit KEYSLOT_EVICT (`cause` guest) or a reset.
-    Evict {
-        slot: u64,
-        fingerprint: Option<String>,
-        cause: String,
-    },
-    /// A GET_ID: a guest mark.
-    GetId,
-    /// Anything else (rejections).
-    Other,
-}
-
-/// The trace's events with the positions of the marks.
-#[derive(Debug, Default)]
-struct Timeline {
-    events: Vec<Event>,
-    /// Index in `events` of the n-th `get_id` (0-based n).
-    get_ids: Vec<usize>,
-}
-
-impl Timeline {
-    fn read(path: &Path) -> anyhow::Result<Timeline> {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!(
-                "cannot read the device trace {} (was icelab serve started with --trace?)",
-                path.display()
-            )
-        })?;
-        Timeline::parse(&text).with_context(|| format!("in {}", path.display()))
-    }
-
-    fn parse(text: &str) -> anyhow::Result<Timeline> {
-        let mut timeline = Timeline::default();
-        for (number, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let value: Value = serde_json::from_str(line)
-                .with_context(|| format!("line {} is not JSON", number + 1))?;
-            let event = parse_event(&value)
-                .with_context(|| format!("line {}: malformed event {line}", number + 1))?;
-            if event == Event::GetId {
-                timeline.get_ids.push(timeline.events.len());
-            }
-            timeline.events.push(event);
-        }
-        Ok(timeline)
-    }
-
-    /// Index of the event of mark `ordinal` (1-based).
-    fn at(&self, label: &str, ordinal: u64) -> anyhow::Result<usize> {
-        let index = usize::try_from(ordinal)
-            .ok()
-            .and_then(|n| n.checked_sub(1))
-            .and_then(|n| self.get_ids.get(n).copied());
-        match index {
-            Some(i) => Ok(i),
-            None => bail!(
-                "mark {label:?} is serial read {ordinal}, but the trace has {} get_id events \
-                 (a device without the get_id trace event, or reads the guest did not count)",
-                self.get_ids.len()
-            ),
-        }
-    }
-
-    /// The events strictly between two positions.
-    fn between(&self, from: usize, to: usize) -> &[Event] {
-        self.events.get(from + 1..to).unwrap_or(&[])
-    }
-
-    /// Slot contents after replaying the events before `pos`.
-    fn slots_at(&self, pos: usize) -> HashMap<u64, String> {
-        let mut slots = HashMap::new();
-        for event in &self.events[..pos.min(self.events.len())] {
-            match event {
-                Event::Program {
-                    slot, fingerprint, ..
-                } => {
-                    slots.insert(*slot, fingerprint.clone());
-                }
-                Event::Evict { slot, .. } => {
-                    slots.remove(slot);
-                }
-                Event::GetId | Event::Other => {}
-            }
-        }
-        slots
+/// The check of each kind.
+fn check_fn(kind: TraceCheckKind) -> CheckFn {
+    match kind {
+        TraceCheckKind::PathSelection => path_selection,
+        TraceCheckKind::KeyRemoval => key_removal,
+        TraceCheckKind::KeyslotPressure => keyslot_pressure,
+        TraceCheckKind::FscryptTool => fscrypt_tool,
     }
 }
-
-fn parse_event(value: &Value) -> Option<Event> {
-    let str_of = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
-    let u64_of = |key: &str| value.get(key).and_then(Value::as_u64);
-    Some(match value.get("event")?.as_str()? {
-        "program" => Event::Program {
-            slot: u64_of("slot")?,
-            fingerprint: str_of("fingerprint")?,
-            data_unit_size: u64_of("data_unit_size")?,
-            dun_bytes: u64_of("dun_bytes")?,
-            replaced: str_of("replaced"),
-        },
-        "evict" => Event::Evict {
-            slot: u64_of("slot")?,
-            fingerprint: str_of("fingerprint"),
-            cause: str_of("cause")?,
-        },
-        "get_id" => Event::GetId,
-        _ => Event::Other,
-    })
-}
-
-fn programs(events: &[Event]) -> impl Iterator<Item = (&String, u64, u64)> {
-    events.iter().filter_map(|e| match e {
-        Event::Program {
-            fingerprint,
-            dun_bytes,
-            data_unit_size,
-            ..
-        } => Some((fingerprint, *dun_bytes, *data_unit_size)),
-        _ => None,
-    })
-}
-
-fn explicit_evicts(events: &[Event]) -> impl Iterator<Item = &String> {
-    events.iter().filter_map(|e| match e {
-        Event::Evict {
-            fingerprint: Some(fp),
-            cause,
-            ..
-        } if cause == "guest" => Some(fp),
-        _ => None,
-    })
-}
-
-// --- the marks ----------------------------------------------------------------------
-
-/// Every mark of the boot's guest tests: label -> serial read ordinal.
-#[derive(Debug, Default)]
-struct Marks(BTreeMap<String, u64>);
-
-impl Marks {
-    fn from_facts(facts: &[&Value]) -> Marks {
-        let mut marks = BTreeMap::new();
-        for f in facts {
-            let Some(list) = f.get("marks").and_then(Value::as_array) else {
-                continue;
-            };
-            for m in list {
-                if let (Some(label), Some(n)) = (
-                    m.get("label").and_then(Value::as_str),
-                    m.get("serial_reads").and_then(Value::as_u64),
-                ) {
-                    marks.insert(label.to_owned(), n);
-                }
-            }
-        }
-        Marks(marks)
-    }
-
-    fn has_prefix(&self, prefix: &str) -> bool {
-        self.0.keys().any(|k| k.starts_with(prefix))
-    }
-
-    /// The trace position of mark `label`.
-    fn pos(&self, timeline: &Timeline, label: &str) -> anyhow::Result<usize> {
-        let Some(&n) = self.0.get(label) else {
-            bail!("the guest left no mark {label:?} (its test stopped before it?)");
-        };
-        timeline.at(label, n)
-    }
-}
-
-// --- the checks ---------------------------------------------------------------------
 
 /// `trace/path-selection`: the windows `path/<policy>/start..end`.
 fn path_selection(
@@ -284,8 +108,8 @@ fn path_selection(
     timeline: &Timeline,
     facts: &mut Facts,
 ) -> anyhow::Result<String> {
-    let max_dun_bytes = u64::from(input.profile.capabilities().max_dun_bytes);
-    let all_max = programs(&timeline.events).map(|p| p.1).max();
+    let max_dun_bytes = u32::from(input.profile.capabilities().max_dun_bytes);
+    let all_max = programs(&timeline.events).map(|p| p.dun_bytes).max();
     facts.insert("max_dun_bytes_programmed".into(), json!(all_max));
     facts.insert("profile_max_dun_bytes".into(), json!(max_dun_bytes));
     if let Some(max) = all_max
@@ -297,61 +121,61 @@ fn path_selection(
         );
     }
     let mut windows = BTreeMap::new();
-    for policy in ["default", "lblk32", "lblk64"] {
-        let start = marks.pos(timeline, &format!("path/{policy}/start"))?;
-        let end = marks.pos(timeline, &format!("path/{policy}/end"))?;
-        let dun: Vec<u64> = programs(timeline.between(start, end))
-            .map(|p| p.1)
+    for policy in PATH_POLICIES {
+        let start = marks.pos(timeline, &label::path(policy, PathEdge::Start))?;
+        let end = marks.pos(timeline, &label::path(policy, PathEdge::End))?;
+        let dun: Vec<u32> = programs(timeline.between(start, end))
+            .map(|p| p.dun_bytes)
             .collect();
         windows.insert(policy, dun);
     }
     facts.insert("program_dun_bytes_per_window".into(), json!(windows));
-    let count = |policy: &str, dun: Option<u64>| {
+    let count = |policy: &str, dun: Option<u32>| {
         windows[policy]
             .iter()
             .filter(|&&d| dun.is_none_or(|want| d == want))
             .count()
     };
-    if count("default", None) == 0 {
+    if count(label::PATH_DEFAULT, None) == 0 {
         bail!("no key was programmed while the guest used the default policy: not native");
     }
-    if count("lblk32", Some(4)) == 0 {
+    if count(label::PATH_LBLK32, Some(4)) == 0 {
         bail!(
             "no key with 4 DUN bytes was programmed while the guest used IV_INO_LBLK_32 \
              (programs there: {:?} DUN bytes): it did not use the engine",
-            windows["lblk32"]
+            windows[label::PATH_LBLK32]
         );
     }
     match input.profile {
         ProfileName::Emmc => {
-            if !windows["lblk64"].is_empty() {
+            if !windows[label::PATH_LBLK64].is_empty() {
                 bail!(
                     "under emmc (4 DUN bytes) IV_INO_LBLK_64 must fall back to \
                      blk-crypto-fallback, but {} keys were programmed in its window ({:?} DUN \
                      bytes)",
-                    windows["lblk64"].len(),
-                    windows["lblk64"]
+                    windows[label::PATH_LBLK64].len(),
+                    windows[label::PATH_LBLK64]
                 );
             }
             Ok(format!(
                 "emmc: default and IV_INO_LBLK_32 programmed keys ({} and {}), IV_INO_LBLK_64 \
                  none (fallback); no key ever with more than 4 DUN bytes",
-                windows["default"].len(),
-                windows["lblk32"].len()
+                windows[label::PATH_DEFAULT].len(),
+                windows[label::PATH_LBLK32].len()
             ))
         }
         ProfileName::Ufs => {
-            if count("lblk64", Some(8)) == 0 {
+            if count(label::PATH_LBLK64, Some(8)) == 0 {
                 bail!(
                     "under ufs IV_INO_LBLK_64 must be native with 8 DUN bytes, but its window \
                      programmed {:?} DUN bytes",
-                    windows["lblk64"]
+                    windows[label::PATH_LBLK64]
                 );
             }
             Ok(format!(
                 "ufs: keys programmed for default ({}), IV_INO_LBLK_32 (4 DUN bytes) and \
                  IV_INO_LBLK_64 (8 DUN bytes)",
-                windows["default"].len()
+                windows[label::PATH_DEFAULT].len()
             ))
         }
     }
@@ -363,7 +187,7 @@ fn keys_in_use(timeline: &Timeline, start: usize, end: usize) -> BTreeSet<String
     let slots = timeline.slots_at(end);
     let present: BTreeSet<&String> = slots.values().collect();
     programs(timeline.between(start, end))
-        .map(|p| p.0)
+        .map(|p| &p.fingerprint)
         .filter(|fp| present.contains(fp))
         .cloned()
         .collect()
@@ -388,8 +212,8 @@ fn gone_for_good(
     if !still.is_empty() {
         bail!("{what}: keys {still:?} are still in a keyslot after the removal");
     }
-    let again: Vec<&String> = programs(timeline.events.get(to..).unwrap_or(&[]))
-        .map(|p| p.0)
+    let again: Vec<&String> = programs(timeline.since(to))
+        .map(|p| &p.fingerprint)
         .filter(|fp| keys.contains(*fp))
         .collect();
     if !again.is_empty() {
@@ -407,9 +231,9 @@ fn key_removal(
 ) -> anyhow::Result<String> {
     let pos = |label: &str| marks.pos(timeline, label);
     // (a) No file open: the removal evicts every key in use.
-    let start = pos("removal/idle/start")?;
-    let in_use = pos("removal/idle/keys-in-use")?;
-    let removed = pos("removal/idle/removed")?;
+    let start = pos(REMOVAL_IDLE_START)?;
+    let in_use = pos(REMOVAL_IDLE_KEYS_IN_USE)?;
+    let removed = pos(REMOVAL_IDLE_REMOVED)?;
     let idle = keys_in_use(timeline, start, in_use);
     facts.insert("idle_keys".into(), json!(idle));
     if idle.is_empty() {
@@ -419,10 +243,10 @@ fn key_removal(
 
     // (b) A file open: nothing evicted until it is closed and the key
     // removed again.
-    let start = pos("removal/busy/start")?;
-    let open = pos("removal/busy/open")?;
-    let busy = pos("removal/busy/busy")?;
-    let removed = pos("removal/busy/removed")?;
+    let start = pos(REMOVAL_BUSY_START)?;
+    let open = pos(REMOVAL_BUSY_OPEN)?;
+    let busy = pos(REMOVAL_BUSY_BUSY)?;
+    let removed = pos(REMOVAL_BUSY_REMOVED)?;
     let held = keys_in_use(timeline, start, open);
     facts.insert("busy_keys".into(), json!(held));
     if held.is_empty() {
@@ -454,24 +278,16 @@ fn keyslot_pressure(
     timeline: &Timeline,
     facts: &mut Facts,
 ) -> anyhow::Result<String> {
-    let start = marks.pos(timeline, "pressure/start")?;
-    let end = marks.pos(timeline, "pressure/end")?;
+    let start = marks.pos(timeline, PRESSURE_START)?;
+    let end = marks.pos(timeline, PRESSURE_END)?;
     let window = timeline.between(start, end);
     let mut per_key: BTreeMap<&String, u64> = BTreeMap::new();
     let mut replacements = 0u64;
     let mut slots_used = BTreeSet::new();
-    for event in window {
-        if let Event::Program {
-            slot,
-            fingerprint,
-            replaced,
-            ..
-        } = event
-        {
-            *per_key.entry(fingerprint).or_default() += 1;
-            replacements += u64::from(replaced.is_some());
-            slots_used.insert(*slot);
-        }
+    for program in programs(window) {
+        *per_key.entry(&program.fingerprint).or_default() += 1;
+        replacements += u64::from(program.replaced.is_some());
+        slots_used.insert(program.slot);
     }
     let evicts = explicit_evicts(window).count() as u64;
     let reprogrammed = per_key.values().filter(|&&n| n > 1).count();
@@ -482,7 +298,7 @@ fn keyslot_pressure(
     facts.insert("explicit_evictions".into(), json!(evicts));
     facts.insert("keys_programmed_more_than_once".into(), json!(reprogrammed));
     facts.insert("slots_used".into(), json!(slots_used));
-    if let Some(bad) = slots_used.iter().find(|&&s| s >= u64::from(input.slots)) {
+    if let Some(bad) = slots_used.iter().find(|&&s| s >= u32::from(input.slots)) {
         bail!(
             "slot {bad} was programmed on a device with {} keyslots",
             input.slots
@@ -515,38 +331,33 @@ fn keyslot_pressure(
 }
 
 /// The device's counters against its whole trace.
-fn check_stats_agree(stats: &Value, events: &[Event], slots: u16) -> anyhow::Result<()> {
-    let get = |path: &str| {
-        path.split('.')
-            .try_fold(stats, |node, key| node.get(key))
-            .and_then(Value::as_u64)
-            .with_context(|| format!("the device stats have no {path}"))
+fn check_stats_agree(stats: &Value, events: &[TraceEvent], slots: u16) -> anyhow::Result<()> {
+    let counters = match parse_stats(stats) {
+        Ok(file) => file.stats,
+        Err(problem) => bail!("{problem}"),
     };
-    let programmed = events
-        .iter()
-        .filter(|e| matches!(e, Event::Program { .. }))
-        .count() as u64;
-    let by_cause = |want: &str| {
-        events
-            .iter()
-            .filter(|e| matches!(e, Event::Evict { cause, .. } if cause == want))
-            .count() as u64
-    };
+    let programmed = programs(events).count() as u64;
+    let by_cause = |cause| evicts(events, cause).count() as u64;
+    let keyslots = &counters.keyslots;
     let pairs = [
-        ("stats.keyslots.programmed", programmed),
-        ("stats.keyslots.evicted", by_cause("guest")),
-        ("stats.keyslots.evicted_by_reset", by_cause("reset")),
+        ("stats.keyslots.programmed", keyslots.programmed, programmed),
+        (
+            "stats.keyslots.evicted",
+            keyslots.evicted,
+            by_cause(EvictCause::Guest),
+        ),
+        (
+            "stats.keyslots.evicted_by_reset",
+            keyslots.evicted_by_reset,
+            by_cause(EvictCause::Reset),
+        ),
     ];
-    for (path, traced) in pairs {
-        let counted = get(path)?;
+    for (path, counted, traced) in pairs {
         if counted != traced {
             bail!("{path} is {counted}, but the trace has {traced} such events");
         }
     }
-    let per_slot = stats
-        .pointer("/stats/keyslots/uses_per_slot")
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len);
+    let per_slot = keyslots.uses_per_slot.len();
     if per_slot != usize::from(slots) {
         bail!("the stats count uses of {per_slot} slots, the device has {slots}");
     }
@@ -560,8 +371,8 @@ fn fscrypt_tool(
     timeline: &Timeline,
     facts: &mut Facts,
 ) -> anyhow::Result<String> {
-    let start = marks.pos(timeline, "fscrypt-tool/start")?;
-    let end = marks.pos(timeline, "fscrypt-tool/end")?;
+    let start = marks.pos(timeline, FSCRYPT_TOOL_START)?;
+    let end = marks.pos(timeline, FSCRYPT_TOOL_END)?;
     let n = programs(timeline.between(start, end)).count();
     facts.insert("programs".into(), json!(n));
     if n == 0 {
@@ -573,66 +384,86 @@ fn fscrypt_tool(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::report::Outcome;
+    use crate::report::Outcome;
+    use icelab_contract::device::{
+        EvictEvent, GetIdEvent, KeyMode, ProgramEvent, StatsFile, TraceLine,
+    };
+    use icelab_contract::marks::{Mark, MarksFact};
+    use std::collections::HashMap;
+    use std::path::Path;
 
-    /// Builds a trace as JSON lines.
+    /// Builds a trace as the device writes it.
     #[derive(Default)]
     struct Trace {
-        lines: Vec<Value>,
+        lines: Vec<TraceEvent>,
         get_ids: u64,
     }
 
     impl Trace {
-        fn program(&mut self, slot: u64, fp: &str, dun: u64) -> &mut Self {
-            let replaced = self
-                .slots()
-                .get(&slot)
-                .cloned()
-                .map_or(Value::Null, Value::String);
-            self.lines.push(
-                json!({"t": 0.0, "event": "program", "slot": slot, "queue": 0,
-                "fingerprint": fp, "mode": "AES-256-XTS", "data_unit_size": 4096,
-                "dun_bytes": dun, "replaced": replaced}),
-            );
+        fn program(&mut self, slot: u32, fp: &str, dun: u32) -> &mut Self {
+            let replaced = self.slots().get(&slot).cloned();
+            self.lines.push(TraceEvent::Program(ProgramEvent {
+                slot,
+                queue: 0,
+                fingerprint: fp.to_owned(),
+                mode: KeyMode::Aes256Xts,
+                data_unit_size: 4096,
+                dun_bytes: dun,
+                replaced,
+            }));
             self
         }
-        fn evict(&mut self, slot: u64) -> &mut Self {
-            let fp = self
-                .slots()
-                .get(&slot)
-                .cloned()
-                .map_or(Value::Null, Value::String);
-            self.lines
-                .push(json!({"t": 0.0, "event": "evict", "slot": slot, "queue": 0,
-                "cause": "guest", "fingerprint": fp}));
+        fn evict(&mut self, slot: u32) -> &mut Self {
+            let fingerprint = self.slots().get(&slot).cloned();
+            self.lines.push(TraceEvent::Evict(EvictEvent {
+                slot,
+                queue: Some(0),
+                cause: EvictCause::Guest,
+                fingerprint,
+            }));
             self
         }
         /// A GET_ID; returns its ordinal.
         fn mark(&mut self) -> u64 {
-            self.lines
-                .push(json!({"t": 0.0, "event": "get_id", "queue": 0}));
+            self.lines.push(TraceEvent::GetId(GetIdEvent { queue: 0 }));
             self.get_ids += 1;
             self.get_ids
         }
-        fn slots(&self) -> HashMap<u64, String> {
+        fn slots(&self) -> HashMap<u32, String> {
             let t = Timeline::parse(&self.text()).expect("parses");
             t.slots_at(t.events.len())
         }
         fn text(&self) -> String {
-            self.lines.iter().map(|l| format!("{l}\n")).collect()
+            self.lines
+                .iter()
+                .map(|event| {
+                    let line = TraceLine {
+                        t: 0.0,
+                        event: event.clone(),
+                    };
+                    line.to_json().expect("serializes") + "\n"
+                })
+                .collect()
         }
-        fn stats(&self) -> Value {
+        fn stats(&self) -> StatsFile {
             let t = Timeline::parse(&self.text()).expect("parses");
-            let programmed = programs(&t.events).count();
-            let evicted = explicit_evicts(&t.events).count();
-            json!({"stats": {"keyslots": {"programmed": programmed, "evicted": evicted,
-                "evicted_by_reset": 0, "uses_per_slot": [0, 0]}}})
+            let mut file = StatsFile::default();
+            file.stats.keyslots.programmed = programs(&t.events).count() as u64;
+            file.stats.keyslots.evicted = explicit_evicts(&t.events).count() as u64;
+            file.stats.keyslots.uses_per_slot = vec![0, 0];
+            file
         }
     }
 
     fn marks(list: &[(&str, u64)]) -> Value {
-        json!({"marks": list.iter().map(|(l, n)| json!({"label": l, "serial_reads": n}))
-            .collect::<Vec<_>>()})
+        let marks: Vec<Mark> = list
+            .iter()
+            .map(|(label, n)| Mark {
+                label: (*label).to_owned(),
+                serial_reads: *n,
+            })
+            .collect();
+        serde_json::to_value(MarksFact { marks }).expect("serializes")
     }
 
     fn run(
@@ -644,7 +475,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("trace.jsonl");
         std::fs::write(&path, trace.text()).expect("write");
-        let stats = trace.stats();
+        let stats = serde_json::to_value(trace.stats()).expect("serializes");
         let input = TraceCheck {
             boot: "b",
             profile,
@@ -661,7 +492,7 @@ mod tests {
 
     /// A path-selection trace: default and LBLK_32 program 4-byte keys,
     /// LBLK_64 programs `lblk64` (nothing when `None`).
-    fn path_trace(lblk64: Option<u64>) -> (Trace, Value) {
+    fn path_trace(lblk64: Option<u32>) -> (Trace, Value) {
         let mut t = Trace::default();
         t.mark(); // driver-load
         let mut m = Vec::new();
@@ -812,7 +643,7 @@ mod tests {
         let mut t = Trace::default();
         let start = t.mark();
         for round in 0..2 {
-            for k in 0..4u64 {
+            for k in 0..4u32 {
                 t.program(k % 2, &format!("k{k}"), 8);
             }
             if round == 0 {
@@ -828,8 +659,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("trace.jsonl");
         std::fs::write(&path, t.text()).expect("write");
-        let mut stats = t.stats();
-        stats["stats"]["keyslots"]["programmed"] = json!(9);
+        let mut file = t.stats();
+        file.stats.keyslots.programmed = 9;
+        let stats = serde_json::to_value(file).expect("serializes");
         let input = TraceCheck {
             boot: "b",
             profile: ProfileName::Ufs,
@@ -860,7 +692,7 @@ mod tests {
     #[test]
     fn an_unreadable_trace_fails_every_wanted_check() {
         let m = marks(&[("fscrypt-tool/start", 1)]);
-        let stats = json!({});
+        let stats = Value::Null;
         let input = TraceCheck {
             boot: "b",
             profile: ProfileName::Ufs,

@@ -269,7 +269,7 @@ fn run_one(
         Image::Fresh(_) => (dir.join("disk.img"), true),
         Image::SameAs(earlier) => (base.join(earlier).join("disk.img"), false),
     };
-    let device_args = plan::device_args(boot, config.fault);
+    let device = plan::device_options(boot, config.fault);
     let cmdline = plan::guest_cmdline(boot);
     let caps = plan::capabilities(boot);
     println!(
@@ -290,10 +290,10 @@ fn run_one(
     );
     let mut record = BootRecord {
         name: boot.name.to_owned(),
-        guest_suite: boot.guest_suite.to_owned(),
+        guest_suite: boot.guest_suite.name().to_owned(),
         profile: boot.profile.map(|p| p.name().to_owned()),
         seed: boot.seed,
-        device_args: device_args.clone(),
+        device_args: device.arg_strings(),
         cmdline: cmdline.clone(),
         hello: Value::Null,
         stats: Value::Null,
@@ -306,7 +306,7 @@ fn run_one(
         dir: &dir,
         image: &image,
         fresh_image,
-        device_args: &device_args,
+        device: &device,
         cmdline: &cmdline,
         inline_encryption: boot.profile.is_some(),
         timeout: Duration::from_secs(args.timeout),
@@ -347,15 +347,15 @@ fn run_one(
     if boot.verify {
         let mut merge_errors: Vec<MergeError> = Vec::new();
         for result in results.iter().filter(|r| r.source == Source::Guest) {
-            if let Some(fact) = result.facts.get("manifest")
-                && let Err(error) = manifest.add(&result.name, fact)
+            if let Some(fact) = result.facts.get(icelab_contract::record::FACT_MANIFEST)
+                && let Err(error) = manifest.add_fact(&result.name, fact)
             {
                 merge_errors.push(error);
             }
         }
         record.manifest_files = manifest.len();
         let manifest_path = dir.join("manifest.json");
-        if let Ok(text) = serde_json::to_vec_pretty(&manifest.to_json()) {
+        if let Ok(text) = serde_json::to_vec_pretty(&manifest.to_manifest()) {
             let _ = std::fs::write(&manifest_path, text);
         }
         println!(

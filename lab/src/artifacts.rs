@@ -45,12 +45,44 @@ pub struct Overrides {
     pub qemu: Option<PathBuf>,
 }
 
+/// A file every icelab checkout has, to recognise one.
+const REPO_MARKER: &str = "images/build-root.sh";
+
 /// The repository (for the recipe scripts): `$ICELAB_REPO`, else the
-/// source tree this binary was built from.
-pub fn repo_dir() -> PathBuf {
-    std::env::var_os("ICELAB_REPO")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+/// checkout around the running binary (`target/release/icelab` is inside
+/// it), else the one around the current directory. Never a path compiled
+/// in: a binary copied elsewhere or built in another tree must not run
+/// another checkout's recipes.
+pub fn repo_dir() -> anyhow::Result<PathBuf> {
+    if let Some(repo) = std::env::var_os("ICELAB_REPO") {
+        let repo = PathBuf::from(repo);
+        if !repo.join(REPO_MARKER).is_file() {
+            bail!(
+                "ICELAB_REPO={} is not an icelab checkout (no {REPO_MARKER}); point it at one",
+                repo.display()
+            );
+        }
+        return Ok(repo);
+    }
+    let exe = std::fs::canonicalize(crate::icelab_exe()).ok();
+    let cwd = std::env::current_dir().ok();
+    find_repo([exe.as_deref(), cwd.as_deref()].into_iter().flatten()).with_context(|| {
+        format!(
+            "cannot find the icelab checkout (a directory with {REPO_MARKER}) around the \
+             icelab binary or the current directory: run icelab from its checkout, or set \
+             ICELAB_REPO to it"
+        )
+    })
+}
+
+/// The first ancestor of `starts` (in order) holding [`REPO_MARKER`].
+fn find_repo<'a>(starts: impl IntoIterator<Item = &'a Path>) -> Option<PathBuf> {
+    starts.into_iter().find_map(|start| {
+        start
+            .ancestors()
+            .find(|dir| dir.join(REPO_MARKER).is_file())
+            .map(Path::to_path_buf)
+    })
 }
 
 /// `${XDG_CACHE_HOME:-$HOME/.cache}/icelab`.
@@ -67,7 +99,7 @@ pub fn cache_dir() -> anyhow::Result<PathBuf> {
 
 /// Builds (or finds) everything; progress goes to stderr.
 pub fn build(overrides: &Overrides) -> anyhow::Result<Artifacts> {
-    let repo = repo_dir();
+    let repo = repo_dir()?;
     if overrides.kernel.is_some() != overrides.modules_dir.is_some() {
         bail!(
             "--kernel and --modules-dir go together: a driver module must be built for the kernel you bring"
@@ -253,4 +285,22 @@ fn qemu_version(qemu: &Path) -> anyhow::Result<String> {
         .next()
         .unwrap_or_default()
         .to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checkout_is_found_above_the_binary_not_compiled_in() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = dir.path().join("clone");
+        std::fs::create_dir_all(repo.join("images")).expect("mkdir");
+        std::fs::write(repo.join(REPO_MARKER), "").expect("marker");
+        let exe = repo.join("target/release/icelab");
+        let elsewhere = dir.path().join("elsewhere/bin/icelab");
+        assert_eq!(find_repo([exe.as_path()]), Some(repo.clone()));
+        assert_eq!(find_repo([elsewhere.as_path(), exe.as_path()]), Some(repo));
+        assert_eq!(find_repo([elsewhere.as_path()]), None);
+    }
 }

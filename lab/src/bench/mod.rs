@@ -1,6 +1,7 @@
 //! `icelab bench`: performance measurements.
 
 pub mod all;
+pub mod baseline;
 pub mod crypto;
 pub mod device;
 pub mod guest;

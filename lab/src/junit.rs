@@ -203,7 +203,9 @@ mod tests {
     fn one_suite_per_boot_one_case_per_test() {
         let pass = TestResult::from_guest(
             "ufs",
-            &json!({"name": "policy/<lblk64>", "status": "pass", "duration_ms": 2500}),
+            serde_json::from_value(json!({"name": "policy/<lblk64>", "status": "pass",
+                "duration_ms": 2500, "message": ""}))
+            .expect("a test record"),
         );
         let fail = TestResult::host(
             "emmc",

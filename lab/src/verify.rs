@@ -11,8 +11,10 @@
 //! the files of the first boot are checked again after the second.
 
 use super::report::TestResult;
+use icelab_verifier::manifest::FileEntry;
 use icelab_verifier::{Manifest, Report};
-use serde_json::{Map, Value, json};
+use serde::Deserialize;
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -22,23 +24,18 @@ pub struct MergedManifest {
     /// The file system's UUID as the guest saw it, once any test said.
     fs_uuid: Option<String>,
     /// By inode: the last entry listed and the test that listed it.
-    files: BTreeMap<u64, (Value, String)>,
+    files: BTreeMap<u64, (FileEntry, String)>,
 }
 
 /// A manifest that cannot be merged.
 #[derive(Debug, PartialEq, Eq)]
 pub enum MergeError {
-    /// The `manifest` fact is not a JSON object with a `files` array.
+    /// The `manifest` fact does not fit the manifest's schema.
     Shape {
         /// The test that reported it.
         test: String,
-    },
-    /// A listed file has no inode number.
-    NoInode {
-        /// The test that reported it.
-        test: String,
-        /// Index in its `files`.
-        index: usize,
+        /// What does not fit.
+        why: String,
     },
     /// Two tests saw different file systems.
     Uuid {
@@ -54,13 +51,10 @@ pub enum MergeError {
 impl std::fmt::Display for MergeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Shape { test } => write!(
+            Self::Shape { test, why } => write!(
                 f,
-                "test {test}: the `manifest` fact is not an object with a `files` array"
+                "test {test}: the `manifest` fact does not fit the manifest schema: {why}"
             ),
-            Self::NoInode { test, index } => {
-                write!(f, "test {test}: files[{index}] has no numeric `inode`")
-            }
             Self::Uuid { test, theirs, ours } => write!(
                 f,
                 "test {test}: fs_uuid {theirs} differs from {ours} of earlier tests on the same image"
@@ -72,44 +66,41 @@ impl std::fmt::Display for MergeError {
 impl std::error::Error for MergeError {}
 
 impl MergedManifest {
+    /// Adds the manifest a guest test reported in its facts (the
+    /// serialization boundary: JSON in, [`Manifest`] out).
+    pub fn add_fact(&mut self, test: &str, fact: &Value) -> Result<(), MergeError> {
+        let manifest = Manifest::deserialize(fact).map_err(|error| MergeError::Shape {
+            test: test.to_owned(),
+            why: error.to_string(),
+        })?;
+        self.add(test, manifest)
+    }
+
     /// Adds the manifest `test` reported; later entries for an inode
     /// replace earlier ones.
-    pub fn add(&mut self, test: &str, manifest: &Value) -> Result<(), MergeError> {
-        let files = manifest
-            .get("files")
-            .and_then(Value::as_array)
-            .ok_or_else(|| MergeError::Shape {
-                test: test.to_owned(),
-            })?;
-        if let Some(uuid) = manifest.get("fs_uuid").and_then(Value::as_str) {
+    pub fn add(&mut self, test: &str, manifest: Manifest) -> Result<(), MergeError> {
+        if let Some(uuid) = manifest.fs_uuid {
             match &self.fs_uuid {
-                Some(ours) if !ours.eq_ignore_ascii_case(uuid) => {
+                Some(ours) if !ours.eq_ignore_ascii_case(&uuid) => {
                     return Err(MergeError::Uuid {
                         test: test.to_owned(),
-                        theirs: uuid.to_owned(),
+                        theirs: uuid,
                         ours: ours.clone(),
                     });
                 }
                 Some(_) => {}
-                None => self.fs_uuid = Some(uuid.to_owned()),
+                None => self.fs_uuid = Some(uuid),
             }
         }
-        for (index, file) in files.iter().enumerate() {
-            let inode =
-                file.get("inode")
-                    .and_then(Value::as_u64)
-                    .ok_or_else(|| MergeError::NoInode {
-                        test: test.to_owned(),
-                        index,
-                    })?;
-            self.files.insert(inode, (file.clone(), test.to_owned()));
+        for file in manifest.files {
+            self.files.insert(file.inode, (file, test.to_owned()));
         }
         Ok(())
     }
 
     /// The name the manifest gives `inode`, if any.
     pub fn name(&self, inode: u64) -> Option<&str> {
-        self.files.get(&inode)?.0.get("name")?.as_str()
+        self.files.get(&inode)?.0.name.as_deref()
     }
 
     /// Number of distinct files listed.
@@ -122,23 +113,12 @@ impl MergedManifest {
         self.files.is_empty()
     }
 
-    /// The merged manifest as JSON (the schema of verifier/README.md).
-    pub fn to_json(&self) -> Value {
-        let mut document = Map::new();
-        if let Some(uuid) = &self.fs_uuid {
-            document.insert("fs_uuid".into(), uuid.clone().into());
+    /// The merged manifest.
+    pub fn to_manifest(&self) -> Manifest {
+        Manifest {
+            fs_uuid: self.fs_uuid.clone(),
+            files: self.files.values().map(|(file, _)| file.clone()).collect(),
         }
-        document.insert(
-            "files".into(),
-            self.files.values().map(|(file, _)| file.clone()).collect(),
-        );
-        Value::Object(document)
-    }
-
-    /// The merged manifest as the verifier's type; `Err` names what does
-    /// not fit the verifier's schema.
-    pub fn to_manifest(&self) -> Result<Manifest, serde_json::Error> {
-        serde_json::from_value(self.to_json())
     }
 }
 
@@ -250,15 +230,7 @@ pub fn verify(
                 .to_owned(),
         );
     }
-    let manifest = match merged.to_manifest() {
-        Ok(manifest) => manifest,
-        Err(error) => {
-            return fail(format!(
-                "the merged manifest does not fit the verifier's schema \
-                 (verifier/README.md): {error}"
-            ));
-        }
-    };
+    let manifest = merged.to_manifest();
     let report = match icelab_verifier::verify(image, &manifest) {
         Ok(report) => report,
         Err(error) => {
@@ -338,19 +310,19 @@ mod tests {
     fn last_entry_per_inode_wins() {
         let mut merged = MergedManifest::default();
         merged
-            .add(
+            .add_fact(
                 "a",
                 &json!({"fs_uuid": "U", "files": [file(12, 1, 1), file(13, 2, 2)]}),
             )
             .expect("merges");
         merged
-            .add("b", &json!({"fs_uuid": "u", "files": [file(12, 4097, 3)]}))
+            .add_fact("b", &json!({"fs_uuid": "u", "files": [file(12, 4097, 3)]}))
             .expect("same uuid, other case");
         merged
-            .add("c", &json!({"files": [file(14, 0, 4)]}))
+            .add_fact("c", &json!({"files": [file(14, 0, 4)]}))
             .expect("no uuid is fine");
         assert_eq!(merged.len(), 3);
-        let manifest = merged.to_manifest().expect("fits the schema");
+        let manifest = merged.to_manifest();
         assert_eq!(manifest.fs_uuid.as_deref(), Some("U"));
         let twelve = manifest
             .files
@@ -364,31 +336,28 @@ mod tests {
     fn bad_manifests_are_named() {
         let mut merged = MergedManifest::default();
         merged
-            .add("a", &json!({"fs_uuid": "U1", "files": []}))
+            .add_fact("a", &json!({"fs_uuid": "U1", "files": []}))
             .expect("merges");
         assert_eq!(
-            merged.add("b", &json!({"fs_uuid": "U2", "files": []})),
+            merged.add_fact("b", &json!({"fs_uuid": "U2", "files": []})),
             Err(MergeError::Uuid {
                 test: "b".into(),
                 theirs: "U2".into(),
                 ours: "U1".into()
             })
         );
-        assert_eq!(
-            merged.add("c", &json!({"files": {}})),
-            Err(MergeError::Shape { test: "c".into() })
-        );
-        assert_eq!(
-            merged.add("d", &json!({"files": [{"name": "x"}]})),
-            Err(MergeError::NoInode {
-                test: "d".into(),
-                index: 0
-            })
-        );
-        let mut bad = MergedManifest::default();
-        bad.add("e", &json!({"files": [{"inode": 5, "bogus": 1}]}))
-            .expect("merging does not check the schema");
-        assert!(bad.to_manifest().is_err());
+        for (test, fact) in [
+            ("c", json!({"files": {}})),
+            ("d", json!({"files": [{"name": "x"}]})),
+            ("e", json!({"files": [{"inode": 5, "bogus": 1}]})),
+        ] {
+            let error = merged.add_fact(test, &fact).expect_err("does not fit");
+            assert!(
+                matches!(&error, MergeError::Shape { test: t, .. } if t == test),
+                "{error}"
+            );
+        }
+        assert_eq!(merged.len(), 0);
     }
 
     #[test]
@@ -399,12 +368,12 @@ mod tests {
         assert!(v.result.message.contains("listed no files"));
         assert!(v.report.is_none());
         let mut one = MergedManifest::default();
-        one.add("a", &json!({"files": [file(12, 1, 1)]}))
+        one.add_fact("a", &json!({"files": [file(12, 1, 1)]}))
             .expect("merges");
         let v = verify("ufs", image, &one, &[], false);
         assert!(v.result.message.contains("not run"));
         let v = verify("ufs", image, &one, &[], true);
-        assert_eq!(v.result.outcome, crate::lab::report::Outcome::Fail);
+        assert_eq!(v.result.outcome, crate::report::Outcome::Fail);
         assert!(v.result.message.contains("/nonexistent/disk.img"));
     }
 
@@ -450,7 +419,7 @@ mod tests {
         };
         let mut merged = MergedManifest::default();
         merged
-            .add("t", &json!({"files": [file(12, 1, 1)]}))
+            .add_fact("t", &json!({"files": [file(12, 1, 1)]}))
             .expect("merges");
         let q = quote(&report, &merged);
         assert_eq!(q.lines().count(), QUOTED_FINDINGS + 2);

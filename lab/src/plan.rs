@@ -8,6 +8,9 @@
 //! a device with 4 DUN bytes, `pressure` gives the device 2 keyslots,
 //! `restart` writes while the host kills and restarts the device.
 
+use crate::serve_process::DeviceOptions;
+use icelab_contract::cmdline::{Engine, GuestPlan};
+use icelab_contract::suite::{Expect, GuestSuite, Profile};
 use icelab_emulator::engine::{Capabilities, Fault, ProfileName};
 
 /// A suite the host knows how to run.
@@ -99,7 +102,7 @@ pub struct BootPlan {
     /// Name in reports (`ufs`, `control`, ...) and directory under `--keep`.
     pub name: &'static str,
     /// The guest runner's suite (`icelab.suite=`).
-    pub guest_suite: &'static str,
+    pub guest_suite: GuestSuite,
     /// Engine profile; `None` for a device without inline encryption.
     pub profile: Option<ProfileName>,
     /// Keyslots, overriding the profile's (`icelab serve --slots`).
@@ -137,6 +140,8 @@ pub const SMOKE_IMAGE_SIZE: u64 = 512 << 20;
 pub const LAB_IMAGE_SIZE: u64 = 1 << 30;
 /// Keyslots of the pressure boot.
 pub const PRESSURE_SLOTS: u16 = 2;
+/// Request queues of every boot's device (and QEMU's `num-queues`).
+pub const QUEUES: u16 = 2;
 
 /// The boots of `input.suite`, in order. Empty when `--profile` leaves no
 /// boot of the suite (lab-pressure with `--profile emmc`): the caller
@@ -160,7 +165,7 @@ pub fn plan(input: &PlanInput) -> Vec<BootPlan> {
     };
     let ufs = BootPlan {
         name: "ufs",
-        guest_suite: "lab",
+        guest_suite: GuestSuite::Lab,
         profile: Some(ProfileName::Ufs),
         slots: None,
         image: Image::Fresh(LAB_IMAGE_SIZE),
@@ -171,7 +176,7 @@ pub fn plan(input: &PlanInput) -> Vec<BootPlan> {
     };
     let ufs_reboot = BootPlan {
         name: "ufs-reboot",
-        guest_suite: "lab-reboot",
+        guest_suite: GuestSuite::LabReboot,
         image: Image::SameAs("ufs"),
         traffic: Traffic::Read,
         ..ufs.clone()
@@ -184,21 +189,26 @@ pub fn plan(input: &PlanInput) -> Vec<BootPlan> {
     };
     let pressure = BootPlan {
         name: "pressure",
-        guest_suite: "lab-pressure",
+        guest_suite: GuestSuite::LabPressure,
         slots: Some(PRESSURE_SLOTS),
         seed: boot_seed(input.seed, 3),
         ..ufs.clone()
     };
     let restart = BootPlan {
         name: "restart",
-        guest_suite: "lab-restart",
+        guest_suite: GuestSuite::LabRestart,
         seed: boot_seed(input.seed, 4),
         restart_device: true,
         ..ufs.clone()
     };
     match input.suite {
         Suite::Smoke => {
-            let mut boots = vec![single("native", "smoke", Traffic::ReadWrite, false)];
+            let mut boots = vec![single(
+                "native",
+                GuestSuite::Smoke,
+                Traffic::ReadWrite,
+                false,
+            )];
             if !input.no_control {
                 boots.push(BootPlan {
                     name: "control",
@@ -210,11 +220,16 @@ pub fn plan(input: &PlanInput) -> Vec<BootPlan> {
             boots
         }
         Suite::Matrix => vec![BootPlan {
-            guest_suite: "matrix",
+            guest_suite: GuestSuite::Matrix,
             profile: Some(input.profile.unwrap_or(ProfileName::Ufs)),
             ..ufs
         }],
-        Suite::Bench => vec![single("native", "bench", Traffic::ReadWrite, false)],
+        Suite::Bench => vec![single(
+            "native",
+            GuestSuite::Bench,
+            Traffic::ReadWrite,
+            false,
+        )],
         Suite::Lab | Suite::LabReboot | Suite::LabPressure | Suite::LabRestart => {
             let boots = match input.suite {
                 Suite::Lab => vec![ufs, ufs_reboot, emmc, pressure, restart],
@@ -227,6 +242,27 @@ pub fn plan(input: &PlanInput) -> Vec<BootPlan> {
                 .filter(|b| b.profile.is_some_and(wanted))
                 .collect()
         }
+    }
+}
+
+/// The boot of `icelab bench guest`: the guest's bench suite on a fresh
+/// image of `image_size` bytes, on a `ufs` device (`native`) or a device
+/// without inline encryption (blk-crypto-fallback).
+pub fn bench_boot(name: &'static str, native: bool, image_size: u64) -> BootPlan {
+    BootPlan {
+        name,
+        guest_suite: GuestSuite::Bench,
+        profile: native.then_some(ProfileName::Ufs),
+        slots: None,
+        image: Image::Fresh(image_size),
+        seed: 0,
+        traffic: if native {
+            Traffic::ReadWrite
+        } else {
+            Traffic::None
+        },
+        verify: false,
+        restart_device: false,
     }
 }
 
@@ -246,46 +282,57 @@ pub fn capabilities(boot: &BootPlan) -> Option<Capabilities> {
     Some(caps)
 }
 
-/// `icelab serve` arguments of a boot, besides image, socket, stats and
+/// `icelab serve` options of a boot, besides image, socket, stats and
 /// trace (which the boot runner adds).
-pub fn device_args(boot: &BootPlan, fault: Option<Fault>) -> Vec<String> {
-    let mut args: Vec<String> = vec!["--queues".into(), "2".into()];
-    if let Image::Fresh(size) = boot.image {
-        args.extend(["--size".into(), format!("{}M", size >> 20)]);
+pub fn device_options(boot: &BootPlan, fault: Option<Fault>) -> DeviceOptions {
+    DeviceOptions {
+        size: match boot.image {
+            Image::Fresh(size) => Some(size),
+            Image::SameAs(_) => None,
+        },
+        queues: Some(QUEUES),
+        profile: boot.profile,
+        slots: boot.profile.and(boot.slots),
+        no_inline_encryption: boot.profile.is_none(),
+        fault: boot.profile.and(fault),
+        ..DeviceOptions::default()
     }
-    match boot.profile {
-        Some(profile) => {
-            args.extend(["--profile".into(), profile.name().into()]);
-            if let Some(slots) = boot.slots {
-                args.extend(["--slots".into(), slots.to_string()]);
-            }
-            if let Some(fault) = fault {
-                args.extend(["--fault".into(), fault.name().into()]);
-            }
-        }
-        None => args.push("--no-inline-encryption".into()),
+}
+
+/// What the guest runner is told in a boot (its `icelab.*` parameters).
+pub fn guest_plan(boot: &BootPlan) -> GuestPlan {
+    let engine = match (boot.profile, capabilities(boot)) {
+        (Some(profile), Some(caps)) => Some(Engine {
+            profile: guest_profile(profile),
+            slots: u32::from(caps.slots),
+            max_dun_bits: u32::from(caps.max_dun_bytes) * 8,
+            modes: caps.data_unit_sizes.0,
+        }),
+        _ => None,
+    };
+    GuestPlan {
+        expect: if engine.is_some() {
+            Expect::Native
+        } else {
+            Expect::Fallback
+        },
+        engine,
+        seed: Some(boot.seed),
+        ..GuestPlan::new(boot.guest_suite, Expect::Native)
     }
-    args
 }
 
 /// The guest's `icelab.*` kernel parameters for a boot.
 pub fn guest_cmdline(boot: &BootPlan) -> String {
-    let mut words = vec![format!("icelab.suite={}", boot.guest_suite)];
-    match (boot.profile, capabilities(boot)) {
-        (Some(profile), Some(caps)) => {
-            words.push(format!("icelab.profile={}", profile.name()));
-            words.push("icelab.expect=native".into());
-            words.push(format!("icelab.slots={}", caps.slots));
-            words.push(format!(
-                "icelab.max_dun_bits={}",
-                u32::from(caps.max_dun_bytes) * 8
-            ));
-            words.push(format!("icelab.modes={:#x}", caps.data_unit_sizes.0));
-        }
-        _ => words.push("icelab.expect=fallback".into()),
+    guest_plan(boot).to_cmdline()
+}
+
+/// The engine profile as the guest names it.
+fn guest_profile(profile: ProfileName) -> Profile {
+    match profile {
+        ProfileName::Ufs => Profile::Ufs,
+        ProfileName::Emmc => Profile::Emmc,
     }
-    words.push(format!("icelab.seed={:016x}", boot.seed));
-    words.join(" ")
 }
 
 /// A random run seed (from the OS), for when `--seed` is not given.
@@ -349,7 +396,9 @@ mod tests {
         assert!(restart.restart_device);
         assert!(boots[..4].iter().all(|b| !b.restart_device));
         assert_eq!(restart.image, Image::Fresh(1 << 30));
-        assert!(guest_cmdline(restart).starts_with("icelab.suite=lab-restart icelab.profile=ufs"));
+        assert!(
+            guest_cmdline(restart).starts_with("icelab.suite=lab-restart icelab.expect=native")
+        );
         assert_eq!(names(&plan(&input(Suite::LabRestart, None))), ["restart"]);
         assert_eq!(ufs.image, Image::Fresh(1 << 30));
         assert_eq!(reboot.image, Image::SameAs("ufs"));
@@ -361,12 +410,21 @@ mod tests {
         assert_eq!(
             guest_cmdline(ufs),
             format!(
-                "icelab.suite=lab icelab.profile=ufs icelab.expect=native icelab.slots=32 \
+                "icelab.suite=lab icelab.expect=native icelab.profile=ufs icelab.slots=32 \
                  icelab.max_dun_bits=64 icelab.modes=0x1e00 icelab.seed={:016x}",
                 ufs.seed
             )
         );
-        assert!(guest_cmdline(reboot).starts_with("icelab.suite=lab-reboot icelab.profile=ufs"));
+        assert!(guest_cmdline(reboot).starts_with("icelab.suite=lab-reboot icelab.expect=native"));
+        // What the host writes, the contract reads back as the same plan.
+        for boot in &boots {
+            assert_eq!(
+                GuestPlan::parse(&guest_cmdline(boot)),
+                Ok(guest_plan(boot)),
+                "{}",
+                boot.name
+            );
+        }
         assert!(guest_cmdline(emmc).contains("icelab.profile=emmc"));
         assert!(guest_cmdline(emmc).contains("icelab.max_dun_bits=32"));
         assert!(guest_cmdline(pressure).starts_with("icelab.suite=lab-pressure"));
@@ -377,21 +435,21 @@ mod tests {
     fn device_args_per_boot() {
         let boots = plan(&input(Suite::Lab, None));
         assert_eq!(
-            device_args(&boots[0], None),
-            ["--queues", "2", "--size", "1024M", "--profile", "ufs"]
+            device_options(&boots[0], None).arg_strings(),
+            ["--queues", "2", "--size", "1G", "--profile", "ufs"]
         );
         // The second boot must not name a size: the image is reused as is.
         assert_eq!(
-            device_args(&boots[1], Some(Fault::Plaintext)),
+            device_options(&boots[1], Some(Fault::Plaintext)).arg_strings(),
             ["--queues", "2", "--profile", "ufs", "--fault", "plaintext"]
         );
         assert_eq!(
-            device_args(&boots[3], None),
+            device_options(&boots[3], None).arg_strings(),
             [
                 "--queues",
                 "2",
                 "--size",
-                "1024M",
+                "1G",
                 "--profile",
                 "ufs",
                 "--slots",
@@ -409,7 +467,7 @@ mod tests {
         assert!(plan(&input(Suite::LabPressure, Some(ProfileName::Emmc))).is_empty());
         let matrix = plan(&input(Suite::Matrix, Some(ProfileName::Emmc)));
         assert_eq!(matrix[0].profile, Some(ProfileName::Emmc));
-        assert_eq!(matrix[0].guest_suite, "matrix");
+        assert_eq!(matrix[0].guest_suite, GuestSuite::Matrix);
     }
 
     #[test]
@@ -418,7 +476,7 @@ mod tests {
         assert_eq!(names(&boots), ["native", "control"]);
         assert!(boots.iter().all(|b| !b.verify));
         assert_eq!(
-            device_args(&boots[1], Some(Fault::Plaintext)),
+            device_options(&boots[1], Some(Fault::Plaintext)).arg_strings(),
             ["--queues", "2", "--size", "512M", "--no-inline-encryption"]
         );
         assert!(guest_cmdline(&boots[1]).contains("icelab.expect=fallback"));

@@ -5,6 +5,7 @@
 //! each load so that drift hits them alike. Writes JSON, a markdown table
 //! and an SVG plot; `--baseline` turns it into a regression check.
 
+use super::baseline::regressions;
 use super::device::{self, Load, Measurement, Pattern, Target};
 use super::{crypto, guest, plot};
 use anyhow::{Context, bail};
@@ -92,7 +93,7 @@ impl TryFrom<AllArgs> for Config {
         if !(0.0..100.0).contains(&args.threshold) {
             bail!("--threshold {}: use 0 to 100 (percent)", args.threshold);
         }
-        let size = crate::serve::parse_size(&args.size)
+        let size = crate::size::parse_size(&args.size)
             .map_err(|error| anyhow::anyhow!("--size: {error}"))?;
         let sweep = if args.quick {
             vec![4 << 10, 128 << 10, 1 << 20]
@@ -107,7 +108,7 @@ impl TryFrom<AllArgs> for Config {
             Some(guest::Plan::new(
                 5,
                 64 << 20,
-                crate::lab::qemu::Accel::Auto,
+                crate::qemu::Accel::Auto,
                 600,
             )?)
         };
@@ -355,49 +356,6 @@ fn ratios(points: &[Point]) -> Vec<Value> {
     out
 }
 
-/// Every tracked ratio of `run` more than `threshold` percent below the
-/// same ratio in `baseline`, described.
-pub(super) fn regressions(
-    run: &Value,
-    baseline: &Value,
-    threshold: f64,
-) -> anyhow::Result<Vec<String>> {
-    let Some(base) = baseline["ratios"].as_array() else {
-        bail!("the baseline has no \"ratios\" array: is it `icelab bench all --json` output?");
-    };
-    let mut out = Vec::new();
-    let current = run["ratios"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    // Every ratio of the baseline is checked: one missing from the run (a
-    // renamed or lost measurement) is a regression too, not a silent skip.
-    for old in base {
-        let name = old["name"].as_str().unwrap_or_default();
-        let Some(old) = old["value"].as_f64() else {
-            continue;
-        };
-        let Some(new) = current
-            .iter()
-            .find(|c| c["name"].as_str() == Some(name))
-            .and_then(|c| c["value"].as_f64())
-        else {
-            out.push(format!(
-                "{name}: in the baseline ({old:.3}) but missing from this run (renamed, or not \
-                 measured with these options?)"
-            ));
-            continue;
-        };
-        if new < old * (1.0 - threshold / 100.0) {
-            out.push(format!(
-                "{name}: {new:.3} against {old:.3} ({:+.1}%)",
-                (new / old - 1.0) * 100.0
-            ));
-        }
-    }
-    Ok(out)
-}
-
 /// The run as a markdown table: the key loads per target, the ratios
 /// against their goals, the engine ratio.
 fn markdown(doc: &Value) -> String {
@@ -479,36 +437,4 @@ fn markdown(doc: &Value) -> String {
         let _ = writeln!(s, "\nqsd-luks image: {note}.");
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn doc(values: &[(&str, f64)]) -> Value {
-        json!({ "ratios": values.iter().map(|(n, v)| json!({"name": n, "value": v})).collect::<Vec<_>>() })
-    }
-
-    #[test]
-    fn a_fall_past_the_threshold_is_named() {
-        let base = doc(&[("a", 1.0), ("b", 2.0)]);
-        let run = doc(&[("a", 0.95), ("b", 1.7)]);
-        let found = regressions(&run, &base, 10.0).unwrap();
-        assert_eq!(found.len(), 1);
-        assert!(found[0].starts_with("b:"), "{found:?}");
-    }
-
-    #[test]
-    fn a_ratio_missing_from_the_run_is_a_regression() {
-        let base = doc(&[("a", 1.0), ("b", 2.0)]);
-        let run = doc(&[("a", 1.0), ("b renamed", 2.0)]);
-        let found = regressions(&run, &base, 10.0).unwrap();
-        assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].starts_with("b:") && found[0].contains("missing"));
-    }
-
-    #[test]
-    fn a_baseline_without_ratios_is_refused() {
-        assert!(regressions(&doc(&[]), &json!({}), 10.0).is_err());
-    }
 }

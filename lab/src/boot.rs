@@ -8,11 +8,13 @@
 use super::artifacts::Artifacts;
 use super::qemu::{self, Accel, VmSpec};
 use super::report::TestResult;
-use anyhow::{Context, bail};
+use super::serve_process::{DeviceOptions, Logs, START_TIMEOUT, ServeConfig, ServeProcess};
+use anyhow::Context;
+use icelab_contract::record::{Record, SIGNAL_RESTART_DEVICE};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Seek};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 /// What to boot.
@@ -23,10 +25,10 @@ pub struct BootSpec<'a> {
     pub dir: &'a Path,
     /// The disk image the device serves.
     pub image: &'a Path,
-    /// Delete `image` first (a fresh image; `device_args` then need `--size`).
+    /// Delete `image` first (a fresh image; `device` then needs a size).
     pub fresh_image: bool,
-    /// `icelab serve` arguments besides image, socket, stats and trace.
-    pub device_args: &'a [String],
+    /// `icelab serve` options besides image, socket, stats and trace.
+    pub device: &'a DeviceOptions,
     /// The guest's kernel parameters (`icelab.*`).
     pub cmdline: &'a str,
     /// Ask QEMU to forward inline encryption to the guest.
@@ -39,7 +41,7 @@ pub struct BootSpec<'a> {
 }
 
 /// The guest's signal (a `{"type":"signal"}` line) for a device restart.
-pub const RESTART_SIGNAL: &str = "restart-device";
+pub const RESTART_SIGNAL: &str = SIGNAL_RESTART_DEVICE;
 
 /// How long the guest writes on after its signal before the device is
 /// killed: long enough for requests to be in flight.
@@ -135,7 +137,8 @@ pub fn run_boot(
     for file in stale {
         let _ = std::fs::remove_file(file);
     }
-    let mut device = spawn_device(&paths, spec.device_args)?;
+    let serve = serve_config(&paths, spec.device);
+    let mut device = spawn_device(&paths, &serve)?;
     let mut restart = None;
     let vm_spec = VmSpec {
         artifacts,
@@ -143,7 +146,7 @@ pub fn run_boot(
         append: spec.cmdline.to_owned(),
         console_log: paths.console.clone(),
         results_log: paths.results.clone(),
-        queues: 2,
+        queues: spec.device.queues.unwrap_or(1),
         inline_encryption: spec.inline_encryption,
         accel,
         reconnect: spec.restart_device,
@@ -156,8 +159,7 @@ pub fn run_boot(
     {
         Ok(vm) => vm,
         Err(error) => {
-            let _ = device.kill();
-            let _ = device.wait();
+            device.kill();
             return Err(error)
                 .with_context(|| format!("cannot start {}", artifacts.qemu.display()));
         }
@@ -169,7 +171,7 @@ pub fn run_boot(
         spec.timeout,
         &mut |signal| {
             if signal == RESTART_SIGNAL && spec.restart_device && restart.is_none() {
-                let done = restart_device(&mut device, &paths, spec.device_args);
+                let done = restart_device(&mut device, &paths, &serve);
                 println!("{}", done.line());
                 restart = Some(done);
             }
@@ -177,7 +179,8 @@ pub fn run_boot(
     );
     let _ = vm.kill();
     let _ = vm.wait();
-    let device_exit = wait_child(&mut device, Duration::from_secs(20));
+    let device_exit = device.wait_timeout(Duration::from_secs(20));
+    device.kill();
     let mut results = guest.results;
     let guest_completed = guest.problem.is_none();
     if let Some(problem) = guest.problem {
@@ -226,15 +229,15 @@ impl DeviceRestart {
 /// and trace (`*.before-restart.*`), starts it again on the same image and
 /// socket and waits for QEMU to reconnect (the new device logs `frontend
 /// connected`).
-fn restart_device(device: &mut Child, paths: &BootPaths, args: &[String]) -> DeviceRestart {
+fn restart_device(
+    device: &mut ServeProcess,
+    paths: &BootPaths,
+    serve: &ServeConfig,
+) -> DeviceRestart {
     std::thread::sleep(RESTART_DELAY);
     let killed = Instant::now();
     let mut outcome = DeviceRestart::default();
-    if let Err(error) = device.kill() {
-        outcome.problem = Some(format!("cannot kill icelab serve: {error}"));
-        return outcome;
-    }
-    let _ = device.wait();
+    device.kill();
     for (path, kept) in [
         (&paths.trace, "trace.before-restart.jsonl"),
         (&paths.device_log, "device.before-restart.log"),
@@ -243,7 +246,7 @@ fn restart_device(device: &mut Child, paths: &BootPaths, args: &[String]) -> Dev
             let _ = std::fs::rename(path, dir.join(kept));
         }
     }
-    match spawn_device(paths, args) {
+    match spawn_device(paths, serve) {
         Ok(child) => *device = child,
         Err(error) => {
             outcome.problem = Some(format!("cannot start icelab serve again: {error:#}"));
@@ -267,46 +270,24 @@ fn restart_device(device: &mut Child, paths: &BootPaths, args: &[String]) -> Dev
     outcome
 }
 
-/// Starts `icelab serve` (this very binary) and waits for its socket.
-fn spawn_device(paths: &BootPaths, extra: &[String]) -> anyhow::Result<Child> {
-    let exe = crate::self_exe();
-    let _ = std::fs::remove_file(&paths.socket);
-    let log = std::fs::File::create(&paths.device_log)?;
-    let mut child = Command::new(exe)
-        .arg("serve")
-        .arg("--image")
-        .arg(&paths.image)
-        .arg("--socket")
-        .arg(&paths.socket)
-        .arg("--stats")
-        .arg(&paths.stats)
-        .arg("--trace")
-        .arg(&paths.trace)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("cannot start icelab serve")?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !paths.socket.exists() {
-        if let Ok(Some(status)) = child.try_wait() {
-            bail!(
-                "icelab serve exited ({status}) before listening:\n{}",
-                tail(&paths.device_log, 20)
-            );
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "icelab serve did not create its socket within 20 s:\n{}",
-                tail(&paths.device_log, 20)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+/// The `icelab serve` of a boot: its files, and `device`.
+fn serve_config(paths: &BootPaths, device: &DeviceOptions) -> ServeConfig {
+    ServeConfig {
+        stats: Some(paths.stats.clone()),
+        trace: Some(paths.trace.clone()),
+        device: device.clone(),
+        ..ServeConfig::new(&paths.image, &paths.socket)
     }
-    Ok(child)
+}
+
+/// Starts `icelab serve` (this very binary) and waits for its socket.
+fn spawn_device(paths: &BootPaths, serve: &ServeConfig) -> anyhow::Result<ServeProcess> {
+    ServeProcess::spawn_icelab(
+        &crate::icelab_exe(),
+        serve,
+        Logs::combined(&paths.device_log),
+        START_TIMEOUT,
+    )
 }
 
 /// What the guest reported.
@@ -338,20 +319,18 @@ fn stream_results(
     loop {
         let exited = matches!(vm.try_wait(), Ok(Some(_)));
         for line in follower.new_lines(path) {
-            let Ok(value) = serde_json::from_str::<Value>(line.trim().trim_start_matches('\0'))
-            else {
-                continue;
-            };
-            match value["type"].as_str() {
-                Some("hello") => outcome.hello = value,
-                Some("test") => {
-                    let result = TestResult::from_guest(boot, &value);
+            match Record::from_line(&line) {
+                Some(hello @ Record::Hello { .. }) => {
+                    outcome.hello = serde_json::to_value(&hello).unwrap_or(Value::Null);
+                }
+                Some(Record::Test(test)) => {
+                    let result = TestResult::from_guest(boot, test);
                     println!("{}", result.line());
                     outcome.results.push(result);
                 }
-                Some("signal") => on_signal(value["name"].as_str().unwrap_or_default()),
-                Some("done") => done = true,
-                _ => {}
+                Some(Record::Signal { name }) => on_signal(&name),
+                Some(Record::Done { .. }) => done = true,
+                None => {}
             }
         }
         if done || exited {

@@ -12,12 +12,15 @@
 //! attributed to a path only when the guest's kernel log named it
 //! (`blk-crypto-path`) and the device's counters agree.
 
-use super::all::regressions;
-use crate::lab::artifacts::{self, Artifacts, Overrides};
-use crate::lab::boot::{self as lab_boot, BootSpec};
-use crate::lab::qemu::{self, Accel};
-use crate::lab::report::{Outcome, Source, TestResult};
+use super::baseline::regressions;
+use crate::artifacts::{self, Artifacts, Overrides};
+use crate::boot::{self as lab_boot, BootSpec};
+use crate::plan as lab_plan;
+use crate::qemu::{self, Accel};
+use crate::report::{Outcome, Source, TestResult};
 use anyhow::{Context, bail};
+use icelab_contract::cmdline::{Fio, GuestPlan};
+use icelab_contract::device::Counters;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -201,7 +204,7 @@ impl Point {
 /// Runs `icelab bench guest`.
 pub fn run(args: GuestArgs) -> anyhow::Result<()> {
     let seconds = args.seconds.unwrap_or(if args.quick { 1 } else { 5 });
-    let size = crate::serve::parse_size(args.size.as_deref().unwrap_or(if args.quick {
+    let size = crate::size::parse_size(args.size.as_deref().unwrap_or(if args.quick {
         "16M"
     } else {
         "64M"
@@ -293,7 +296,7 @@ pub fn measure(plan: &Plan) -> anyhow::Result<Value> {
             "encrypted": boot.encrypted_label(),
             "wall_seconds": outcome.wall.as_secs_f64(),
             "kernel_log": outcome.path_line,
-            "device_stats": outcome.stats["stats"],
+            "device_stats": outcome.stats,
         }));
     }
     let (ratios, drift) = ratios(&points);
@@ -378,17 +381,18 @@ fn check_attribution(boot: Boot, outcome: &BootOutcome) -> anyhow::Result<()> {
             path.message
         );
     }
-    let count = |key: &str| outcome.stats["stats"][key]["requests"].as_u64();
-    match (boot, count("crypto_out"), count("crypto_in")) {
-        (_, None, _) | (_, _, None) => bail!(
+    let stats = outcome.stats.as_ref();
+    let counts = stats.map(|c| (c.crypto_out.requests, c.crypto_in.requests));
+    match (boot, counts) {
+        (_, None) => bail!(
             "the {} boot's device wrote no stats (see its device.log with --keep)",
             boot.name()
         ),
-        (Boot::Native, Some(o), Some(i)) if o == 0 || i == 0 => bail!(
+        (Boot::Native, Some((o, i))) if o == 0 || i == 0 => bail!(
             "native boot: the device saw {o} CRYPTO_OUT and {i} CRYPTO_IN requests; \
              the engine did not do the encryption"
         ),
-        (Boot::Fallback, Some(o), Some(i)) if o + i > 0 => bail!(
+        (Boot::Fallback, Some((o, i))) if o + i > 0 => bail!(
             "fallback boot: a device without inline encryption saw {o} CRYPTO_OUT and {i} \
              CRYPTO_IN requests"
         ),
@@ -505,7 +509,8 @@ pub fn markdown(doc: &Value) -> String {
 /// What a boot produced.
 struct BootOutcome {
     results: Vec<GuestTest>,
-    stats: Value,
+    /// The device's counters (`None`: it wrote no stats file).
+    stats: Option<Counters>,
     path_line: Value,
     wall: Duration,
 }
@@ -531,26 +536,20 @@ fn run_boot(
     };
     // Two fio files, the filesystem's own blocks, room to spare.
     let disk = (2 * plan.size + (256 << 20)).max(512 << 20);
-    let mut device_args = vec![
-        "--size".to_owned(),
-        disk.to_string(),
-        "--queues".to_owned(),
-        "2".to_owned(),
-    ];
-    device_args.push(match boot {
-        Boot::Native => "--profile=ufs".to_owned(),
-        Boot::Fallback => "--no-inline-encryption".to_owned(),
-    });
+    let boot_plan = lab_plan::bench_boot(boot.name(), boot == Boot::Native, disk);
+    let device = lab_plan::device_options(&boot_plan, None);
     // The guest's fio tests allow 600 s each before this factor.
     let factor = 1 + u64::from(plan.seconds) * 2 / 400;
-    let cmdline = format!(
-        "icelab.suite=bench icelab.expect={} icelab.fio_seconds={} icelab.fio_size={} \
-         icelab.fio_loads={} icelab.timeout_factor={factor}",
-        boot.name(),
-        plan.seconds,
-        plan.size,
-        plan.loads.join(",")
-    );
+    let cmdline = GuestPlan {
+        timeout_factor: Some(u32::try_from(factor).unwrap_or(u32::MAX)),
+        fio: Some(Fio {
+            seconds: plan.seconds,
+            size: plan.size,
+            loads: plan.loads.iter().map(|l| (*l).to_owned()).collect(),
+        }),
+        ..lab_plan::guest_plan(&boot_plan)
+    }
+    .to_cmdline();
     eprintln!(
         "--- boot {} (encrypted directory: {})",
         boot.name(),
@@ -565,7 +564,7 @@ fn run_boot(
             dir: &dir,
             image: &image,
             fresh_image: true,
-            device_args: &device_args,
+            device: &device,
             cmdline: &cmdline,
             inline_encryption: boot == Boot::Native,
             timeout: plan.timeout,
@@ -602,7 +601,9 @@ fn run_boot(
         .map_or(Value::Null, |r| r.facts["matched_line"].clone());
     Ok(BootOutcome {
         results,
-        stats: outcome.stats,
+        stats: crate::checks::parse_stats(&outcome.stats)
+            .ok()
+            .map(|file| file.stats),
         path_line,
         wall: started.elapsed(),
     })
@@ -611,6 +612,7 @@ fn run_boot(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use icelab_contract::device::Traffic;
 
     fn point(boot: Boot, dir: &'static str, load: &str, mb: f64) -> Point {
         Point {
@@ -683,14 +685,17 @@ mod tests {
 
     fn result(name: &str, passed: bool, facts: Value) -> GuestTest {
         let line = json!({
-            "type": "test",
             "name": name,
             "status": if passed { "pass" } else { "fail" },
             "message": "why",
-            "facts": facts,
+            // The guest always writes an object; a test of "no facts" is an empty one.
+            "facts": if facts.is_null() { json!({}) } else { facts },
             "duration_ms": 1500,
         });
-        GuestTest::from_result(&TestResult::from_guest("native", &line))
+        GuestTest::from_result(&TestResult::from_guest(
+            "native",
+            serde_json::from_value(line).expect("a test record"),
+        ))
     }
 
     #[test]
@@ -734,7 +739,17 @@ mod tests {
     fn outcome(path_passed: bool, out: u64, r#in: u64) -> BootOutcome {
         BootOutcome {
             results: vec![result("blk-crypto-path", path_passed, Value::Null)],
-            stats: json!({"stats": {"crypto_out": {"requests": out}, "crypto_in": {"requests": r#in}}}),
+            stats: Some(Counters {
+                crypto_out: Traffic {
+                    requests: out,
+                    bytes: 0,
+                },
+                crypto_in: Traffic {
+                    requests: r#in,
+                    bytes: 0,
+                },
+                ..Counters::default()
+            }),
             path_line: Value::Null,
             wall: Duration::ZERO,
         }
@@ -748,7 +763,7 @@ mod tests {
         assert!(check_attribution(Boot::Native, &outcome(true, 0, 7)).is_err());
         assert!(check_attribution(Boot::Fallback, &outcome(true, 1, 0)).is_err());
         let mut no_stats = outcome(true, 1, 1);
-        no_stats.stats = Value::Null;
+        no_stats.stats = None;
         assert!(check_attribution(Boot::Native, &no_stats).is_err());
     }
 

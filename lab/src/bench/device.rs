@@ -13,10 +13,11 @@ use icelab_frontend::{Frontend, FrontendOptions};
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::peers;
+use crate::serve_process::{DeviceOptions, Logs, START_TIMEOUT, ServeConfig, ServeProcess};
 
 /// Access pattern.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -128,52 +129,47 @@ impl Target {
     pub fn start(&self, size: u64, queues: u16) -> anyhow::Result<Backend> {
         if let Target::External { socket, .. } = self {
             return Ok(Backend {
-                child: None,
+                process: None,
                 dir: None,
                 socket: socket.clone(),
-                log: None,
                 note: String::new(),
             });
         }
         let dir = tempfile::Builder::new().prefix("icelab-bench-").tempdir()?;
         let socket = dir.path().join("backend.sock");
-        let log = dir.path().join("backend.log");
+        let logs = Logs::combined(dir.path().join("backend.log"));
         let image = dir.path().join("disk.img");
         let mut note = String::new();
-        let mut command = match self {
+        let process = match self {
             Target::Icelab { .. } => {
-                let mut command = Command::new(crate::self_exe());
-                command
-                    .arg("serve")
-                    .arg("--image")
-                    .arg(&image)
-                    .args(["--size", &size.to_string(), "--queues", &queues.to_string()])
-                    .arg("--socket")
-                    .arg(&socket);
-                command
+                let config = ServeConfig {
+                    device: DeviceOptions {
+                        size: Some(size),
+                        queues: Some(queues),
+                        ..DeviceOptions::default()
+                    },
+                    ..ServeConfig::new(&image, &socket)
+                };
+                ServeProcess::spawn_icelab(&crate::icelab_exe(), &config, logs, START_TIMEOUT)
             }
             Target::QsdRaw => {
                 std::fs::File::create(&image)?.set_len(size)?;
-                qsd_command(&image, None, &socket, queues)
+                let command = qsd_command(&image, None, &socket, queues);
+                ServeProcess::spawn(self.name(), command, &socket, logs, START_TIMEOUT)
             }
             Target::QsdLuks => {
                 let (format, why) = peers::make_luks_image(dir.path(), &image, size)?;
                 note = format!("{format}: {why}");
-                qsd_command(&image, Some(format), &socket, queues)
+                let command = qsd_command(&image, Some(format), &socket, queues);
+                ServeProcess::spawn(self.name(), command, &socket, logs, START_TIMEOUT)
             }
             Target::External { .. } => unreachable!("handled above"),
-        };
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .with_context(|| format!("cannot start the {} backend", self.name()))?;
+        }
+        .with_context(|| format!("cannot start the {} backend", self.name()))?;
         Ok(Backend {
-            child: Some(child),
+            process: Some(process),
             dir: Some(dir),
             socket,
-            log: Some(log),
             note,
         })
     }
@@ -210,32 +206,29 @@ fn qsd_command(
     command
 }
 
-/// A running backend; a started one is killed when dropped.
+/// A running backend; a started one is killed when dropped (its process
+/// first, then its directory).
 #[derive(Debug)]
 pub struct Backend {
-    child: Option<Child>,
+    process: Option<ServeProcess>,
     dir: Option<tempfile::TempDir>,
     socket: PathBuf,
-    log: Option<PathBuf>,
     /// What was used and why (e.g. which LUKS format), empty when nothing to say.
     pub note: String,
 }
 
 impl Backend {
     fn log_tail(&self) -> String {
-        self.log
-            .as_deref()
-            .map(|log| format!("; its log:\n{}", crate::lab::run::tail(log, 20)))
+        self.process
+            .as_ref()
+            .map(|p| format!("; its log:\n{}", p.log_tail(20)))
             .unwrap_or_default()
     }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let _ = self.process.take();
         let _ = self.dir.take();
     }
 }
@@ -329,10 +322,10 @@ impl Measurement {
 
 /// Runs the measurements and prints a table with ratios to the first.
 pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
-    let block_size = crate::serve::parse_size(&args.block_size)
+    let block_size = crate::size::parse_size(&args.block_size)
         .map_err(|error| anyhow::anyhow!("--block-size: {error}"))?;
     let size =
-        crate::serve::parse_size(&args.size).map_err(|error| anyhow::anyhow!("--size: {error}"))?;
+        crate::size::parse_size(&args.size).map_err(|error| anyhow::anyhow!("--size: {error}"))?;
     let ice = match args.ice.as_deref() {
         Some("on") => true,
         Some("off") => false,
@@ -450,7 +443,7 @@ pub fn measure(target: &Target, backend: &Backend, load: &Load) -> anyhow::Resul
             );
         }
     }
-    let pid = backend.child.as_ref().map(Child::id);
+    let pid = backend.process.as_ref().map(ServeProcess::id);
     let cpu_before = pid.and_then(process_cpu);
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(load.seconds);
