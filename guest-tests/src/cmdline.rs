@@ -6,11 +6,13 @@
 //! guest. Unknown `icelab.*` keys are kept as warnings, not errors, so a
 //! host that passes keys for a later suite does not break an older runner.
 
+use icelab_contract::cmdline as keys;
+pub use icelab_contract::suite::{Expect, GuestSuite as SuiteName, Profile};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// The prefix of every parameter the runner reads.
-pub const PREFIX: &str = "icelab.";
+pub const PREFIX: &str = keys::PREFIX;
 
 /// Default results device: the guest's second serial port.
 pub const DEFAULT_RESULTS: &str = "/dev/ttyS1";
@@ -141,105 +143,30 @@ fn split_words(cmdline: &str) -> Result<Vec<String>> {
 
 /// Every key the runner reads (without the prefix).
 const KNOWN_KEYS: &[&str] = &[
-    "suite",
-    "expect",
-    "slots",
-    "max_dun_bits",
-    "modes",
+    keys::SUITE,
+    keys::EXPECT,
+    keys::SLOTS,
+    keys::MAX_DUN_BITS,
+    keys::MODES,
     "results",
-    "seed",
+    keys::SEED,
     "module",
     "disk",
     "mountpoint",
     "mount_data",
     "preload",
-    "timeout_factor",
+    keys::TIMEOUT_FACTOR,
     "fault",
-    "profile",
-    "fio_seconds",
-    "fio_size",
-    "fio_loads",
+    keys::PROFILE,
+    keys::FIO_SECONDS,
+    keys::FIO_SIZE,
+    keys::FIO_LOADS,
 ];
 
-/// The suites the runner knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SuiteName {
-    /// The smoke suite of issue 3: driver, sysfs, ext4 + fscrypt round trip,
-    /// kernel log, unmount.
-    Smoke,
-    /// The lab suite of issue 4 (first boot): policy matrix, path
-    /// selection, key removal, keyring provisioning, the `fscrypt` tool.
-    Lab,
-    /// The lab suite's second boot: the first boot's files read back after
-    /// their keys are added again.
-    LabReboot,
-    /// Keyslot pressure: many keys through a device with few keyslots.
-    LabPressure,
-    /// Writes through a restart of the device (the host kills and
-    /// restarts `icelab serve` mid-write).
-    LabRestart,
-    /// The policy matrix alone (the fault-injection runs).
-    Matrix,
-    /// fio on an inlinecrypt ext4 file (issue 5's guest benchmark).
-    Bench,
-}
-
-impl SuiteName {
-    /// The name as written on the command line and in the results.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SuiteName::Smoke => "smoke",
-            SuiteName::Lab => "lab",
-            SuiteName::LabReboot => "lab-reboot",
-            SuiteName::LabPressure => "lab-pressure",
-            SuiteName::LabRestart => "lab-restart",
-            SuiteName::Matrix => "matrix",
-            SuiteName::Bench => "bench",
-        }
-    }
-}
-
-/// Which blk-crypto implementation the suite expects fscrypt to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expect {
-    /// The device offers inline encryption: `queue/crypto/` exists and
-    /// fscrypt logs "blk-crypto (native)".
-    Native,
-    /// The device does not: no `queue/crypto/`, and fscrypt logs
-    /// "blk-crypto-fallback".
-    Fallback,
-}
-
-impl Expect {
-    /// The name as written on the command line and in the results.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Expect::Native => "native",
-            Expect::Fallback => "fallback",
-        }
-    }
-}
-
-/// The device's engine profile (`icelab.profile`), as `icelab serve
-/// --profile` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Profile {
-    /// UFSHCI-like: 64-bit DUNs, every policy runs natively.
-    Ufs,
-    /// eMMC-like: 32-bit DUNs, so IV_INO_LBLK_64 falls back to
-    /// blk-crypto-fallback while IV_INO_LBLK_32 runs natively.
-    Emmc,
-}
-
-impl Profile {
-    /// The name as written on the command line and in the results.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Profile::Ufs => "ufs",
-            Profile::Emmc => "emmc",
-        }
-    }
-}
+/// What a bad `icelab.suite` is told (a unit test checks it names every
+/// suite of the contract).
+const SUITES_HINT: &str =
+    "known suites: smoke, lab, lab-reboot, lab-pressure, lab-restart, matrix, bench";
 
 /// A fault the runner injects into itself (`icelab.fault=KIND:TEST`), to
 /// prove its own safety nets: a panic must be reported and power the
@@ -347,54 +274,34 @@ impl Config {
     /// Checks `params` over the defaults for the given mode.
     pub fn from_params(params: &Params, init: bool) -> Result<Config> {
         let mut config = Config::defaults(init);
-        if let Some(v) = params.get("suite") {
-            config.suite = match v {
-                "smoke" => SuiteName::Smoke,
-                "lab" => SuiteName::Lab,
-                "lab-reboot" => SuiteName::LabReboot,
-                "lab-pressure" => SuiteName::LabPressure,
-                "lab-restart" => SuiteName::LabRestart,
-                "matrix" => SuiteName::Matrix,
-                "bench" => SuiteName::Bench,
-                _ => {
-                    return Err(bad(
-                        "suite",
-                        v,
-                        "known suites: smoke, lab, lab-reboot, lab-pressure, lab-restart, matrix, bench",
-                    ));
-                }
-            };
+        if let Some(v) = params.get(keys::SUITE) {
+            config.suite =
+                SuiteName::from_name(v).ok_or_else(|| bad(keys::SUITE, v, SUITES_HINT))?;
         }
-        if let Some(v) = params.get("expect") {
-            config.expect = match v {
-                "native" => Expect::Native,
-                "fallback" => Expect::Fallback,
-                _ => return Err(bad("expect", v, "expected native or fallback")),
-            };
+        if let Some(v) = params.get(keys::EXPECT) {
+            config.expect = Expect::from_name(v)
+                .ok_or_else(|| bad(keys::EXPECT, v, "expected native or fallback"))?;
         }
-        if let Some(v) = params.get("profile") {
-            config.profile = match v {
-                "ufs" => Profile::Ufs,
-                "emmc" => Profile::Emmc,
-                _ => return Err(bad("profile", v, "expected ufs or emmc")),
-            };
+        if let Some(v) = params.get(keys::PROFILE) {
+            config.profile = Profile::from_name(v)
+                .ok_or_else(|| bad(keys::PROFILE, v, "expected ufs or emmc"))?;
         }
         config.slots = params
-            .get("slots")
-            .map(|v| parse_u32("slots", v))
+            .get(keys::SLOTS)
+            .map(|v| parse_u32(keys::SLOTS, v))
             .transpose()?;
         config.max_dun_bits = params
-            .get("max_dun_bits")
-            .map(|v| parse_u32("max_dun_bits", v))
+            .get(keys::MAX_DUN_BITS)
+            .map(|v| parse_u32(keys::MAX_DUN_BITS, v))
             .transpose()?;
         config.modes = params
-            .get("modes")
-            .map(|v| parse_u32("modes", v))
+            .get(keys::MODES)
+            .map(|v| parse_u32(keys::MODES, v))
             .transpose()?;
         if let Some(v) = params.get("results") {
             config.results = PathBuf::from(nonempty("results", v)?);
         }
-        config.seed = params.get("seed").map(parse_seed).transpose()?;
+        config.seed = params.get(keys::SEED).map(parse_seed).transpose()?;
         if let Some(v) = params.get("module") {
             config.module = PathBuf::from(nonempty("module", v)?);
             config.module_given = true;
@@ -415,31 +322,31 @@ impl Config {
                 .map(str::to_owned)
                 .collect();
         }
-        if let Some(v) = params.get("timeout_factor") {
-            config.timeout_factor = match parse_u32("timeout_factor", v)? {
-                0 => return Err(bad("timeout_factor", v, "must be at least 1")),
+        if let Some(v) = params.get(keys::TIMEOUT_FACTOR) {
+            config.timeout_factor = match parse_u32(keys::TIMEOUT_FACTOR, v)? {
+                0 => return Err(bad(keys::TIMEOUT_FACTOR, v, "must be at least 1")),
                 n => n,
             };
         }
         config.fault = params.get("fault").map(parse_fault).transpose()?;
-        if let Some(v) = params.get("fio_seconds") {
-            config.fio_seconds = match parse_u32("fio_seconds", v)? {
+        if let Some(v) = params.get(keys::FIO_SECONDS) {
+            config.fio_seconds = match parse_u32(keys::FIO_SECONDS, v)? {
                 n @ 1..=3600 => n,
-                _ => return Err(bad("fio_seconds", v, "expected 1 to 3600")),
+                _ => return Err(bad(keys::FIO_SECONDS, v, "expected 1 to 3600")),
             };
         }
-        if let Some(v) = params.get("fio_size") {
+        if let Some(v) = params.get(keys::FIO_SIZE) {
             config.fio_size = parse_size(v)
                 .filter(|n| n.is_multiple_of(4096) && (1 << 20..=1 << 40).contains(n))
                 .ok_or_else(|| {
                     bad(
-                        "fio_size",
+                        keys::FIO_SIZE,
                         v,
                         "expected a multiple of 4 KiB from 1M to 1T, like 64M",
                     )
                 })?;
         }
-        if let Some(v) = params.get("fio_loads") {
+        if let Some(v) = params.get(keys::FIO_LOADS) {
             config.fio_loads = v
                 .split(',')
                 .filter(|l| !l.is_empty())
@@ -530,9 +437,9 @@ fn parse_seed(v: &str) -> Result<u64> {
         .or_else(|| v.strip_prefix("0X"))
         .unwrap_or(v);
     if hex.is_empty() || hex.len() > 16 {
-        return Err(bad("seed", v, "expected 1 to 16 hex digits"));
+        return Err(bad(keys::SEED, v, "expected 1 to 16 hex digits"));
     }
-    u64::from_str_radix(hex, 16).map_err(|_| bad("seed", v, "expected 1 to 16 hex digits"))
+    u64::from_str_radix(hex, 16).map_err(|_| bad(keys::SEED, v, "expected 1 to 16 hex digits"))
 }
 
 #[cfg(test)]
@@ -727,7 +634,7 @@ mod tests {
         ] {
             let parsed = config(&format!("icelab.suite={word}")).expect(word);
             assert_eq!(parsed.suite, suite);
-            assert_eq!(parsed.suite.as_str(), word);
+            assert_eq!(parsed.suite.name(), word);
         }
         assert_eq!(config("").expect("defaults").profile, Profile::Ufs);
         assert_eq!(
@@ -735,5 +642,66 @@ mod tests {
             Profile::Emmc
         );
         assert!(config("icelab.profile=nvme").is_err());
+    }
+
+    /// The host writes the guest's parameters with the contract's
+    /// [`icelab_contract::cmdline::GuestPlan`]; whatever it writes, this
+    /// runner must read as the same values. A renamed key, suite or
+    /// profile on either side fails here, not in a boot.
+    #[test]
+    fn the_runner_reads_what_the_host_writes() {
+        use icelab_contract::cmdline::{Engine, Fio, GuestPlan};
+        let mut plans: Vec<GuestPlan> = SuiteName::ALL
+            .iter()
+            .map(|&suite| GuestPlan::new(suite, Expect::Fallback))
+            .collect();
+        plans.push(GuestPlan {
+            engine: Some(Engine {
+                profile: Profile::Emmc,
+                slots: 2,
+                max_dun_bits: 32,
+                modes: 0x1e00,
+            }),
+            seed: Some(0xfeed_f00d_0123_4567),
+            timeout_factor: Some(4),
+            fio: Some(Fio {
+                seconds: 7,
+                size: 32 << 20,
+                loads: vec!["seqread-128k".into()],
+            }),
+            ..GuestPlan::new(SuiteName::Bench, Expect::Native)
+        });
+        for plan in plans {
+            let line = plan.to_cmdline();
+            let params = Params::parse(&line).expect("words");
+            assert!(params.unknown_keys().is_empty(), "{line}");
+            let config = Config::from_params(&params, true).expect(&line);
+            assert_eq!(config.suite, plan.suite, "{line}");
+            assert_eq!(config.expect, plan.expect, "{line}");
+            assert_eq!(config.seed, plan.seed, "{line}");
+            assert_eq!(config.timeout_factor, plan.timeout_factor.unwrap_or(1));
+            if let Some(engine) = &plan.engine {
+                assert_eq!(config.profile, engine.profile);
+                assert_eq!(config.slots, Some(engine.slots));
+                assert_eq!(config.max_dun_bits, Some(engine.max_dun_bits));
+                assert_eq!(config.modes, Some(engine.modes));
+            }
+            if let Some(fio) = &plan.fio {
+                assert_eq!(config.fio_seconds, fio.seconds);
+                assert_eq!(config.fio_size, fio.size);
+                assert_eq!(config.fio_loads, fio.loads);
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_suite_lists_every_suite_of_the_contract() {
+        for suite in SuiteName::ALL {
+            assert!(
+                SUITES_HINT.contains(suite.name()),
+                "{} missing from the hint",
+                suite.name()
+            );
+        }
     }
 }

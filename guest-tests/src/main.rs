@@ -133,11 +133,11 @@ fn run(init: bool, args: Args) -> bool {
 
     let suite = config.as_ref().map_or_else(
         |_| params.get("suite").unwrap_or("smoke"),
-        |c| c.suite.as_str(),
+        |c| c.suite.name(),
     );
     let expect = config.as_ref().map_or_else(
         |_| params.get("expect").unwrap_or("native"),
-        |c| c.expect.as_str(),
+        |c| c.expect.name(),
     );
     report::with(|r| r.hello(&uname.release, &uname.version, suite, expect));
 
@@ -160,9 +160,9 @@ fn run(init: bool, args: Args) -> bool {
         console,
         &format!(
             "suite {} ({} tests), expect {}, disk {}, seed {}",
-            ctx.config.suite.as_str(),
+            ctx.config.suite.name(),
             tests.len(),
-            ctx.config.expect.as_str(),
+            ctx.config.expect.name(),
             ctx.config.disk.display(),
             data::seed_hex(seed)
         ),

@@ -10,12 +10,17 @@
 //! Only the runner process reads the serial (worker processes never do),
 //! and only through [`read_serial`], or the count would drift from the
 //! device's.
+//!
+//! The labels, and the [`Mark`] a test's facts carry, are the contract's
+//! (`icelab_contract::marks`, re-exported here): the host looks for the
+//! same constants.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::sync::Mutex;
 
-use serde_json::{Value, json};
+pub use icelab_contract::marks::*;
+use serde::Deserialize;
 
 use crate::report::Facts;
 use crate::runner::{Ctx, Failure};
@@ -46,8 +51,9 @@ pub fn read_serial(disk_name: &str) -> io::Result<(String, u64)> {
     Ok((serial, *count))
 }
 
-/// Records the mark `label` in `facts["marks"]` (appending): reads the
-/// serial and stores `{"label", "serial_reads"}`. Returns the ordinal.
+/// Records the mark `label` (one of the contract's labels) in the test's
+/// facts (appending to [`MARKS_FACT`]): reads the serial and stores a
+/// [`Mark`]. Returns the ordinal.
 pub fn mark(ctx: &Ctx, facts: &mut Facts, label: &str) -> Result<u64, Failure> {
     let disk = ctx.config.disk_name();
     ctx.step(format!("mark {label}"));
@@ -61,33 +67,41 @@ pub fn mark(ctx: &Ctx, facts: &mut Facts, label: &str) -> Result<u64, Failure> {
     Ok(ordinal)
 }
 
-/// Appends one mark to `facts["marks"]`.
+/// Appends one mark to the facts' [`MARKS_FACT`].
 pub fn push_mark(facts: &mut Facts, label: &str, ordinal: u64) {
-    let entry = json!({ "label": label, "serial_reads": ordinal });
-    let mut marks = match facts.get("marks") {
-        Some(Value::Array(list)) => list.clone(),
-        _ => Vec::new(),
-    };
-    marks.push(entry);
-    facts.set("marks", marks);
+    let mut marks = facts
+        .get(MARKS_FACT)
+        .and_then(|list| Vec::<Mark>::deserialize(list).ok())
+        .unwrap_or_default();
+    marks.push(Mark {
+        label: label.to_owned(),
+        serial_reads: ordinal,
+    });
+    facts.set(MARKS_FACT, serde_json::to_value(&marks).unwrap_or_default());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn marks_append_in_order() {
         let mut facts = Facts::new();
-        push_mark(&mut facts, "a/start", 3);
-        push_mark(&mut facts, "a/end", 4);
+        push_mark(&mut facts, PRESSURE_START, 3);
+        push_mark(&mut facts, PRESSURE_END, 4);
         assert_eq!(
             facts.get("marks"),
             Some(&json!([
-                {"label": "a/start", "serial_reads": 3},
-                {"label": "a/end", "serial_reads": 4}
+                {"label": "pressure/start", "serial_reads": 3},
+                {"label": "pressure/end", "serial_reads": 4}
             ]))
         );
+        // What the host reads back.
+        let read =
+            MarksFact::deserialize(&json!({MARKS_FACT: facts.get(MARKS_FACT)})).expect("parses");
+        assert_eq!(read.marks[1].label, PRESSURE_END);
+        assert_eq!(read.marks[1].serial_reads, 4);
     }
 
     #[test]

@@ -23,23 +23,14 @@ use std::sync::Mutex;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-/// A test's verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// The test passed.
-    Pass,
-    /// The test failed (or could not run).
-    Fail,
-}
+pub use icelab_contract::record::Status;
+use icelab_contract::record::{Record, TestRecord};
 
-impl Status {
-    /// `PASS` or `FAIL`, for the console.
-    pub fn label(self) -> &'static str {
-        match self {
-            Status::Pass => "PASS",
-            Status::Fail => "FAIL",
-        }
+/// `PASS` or `FAIL`, for the console.
+fn console_label(status: Status) -> &'static str {
+    match status {
+        Status::Pass => "PASS",
+        Status::Fail => "FAIL",
     }
 }
 
@@ -64,59 +55,6 @@ impl Facts {
     /// The value of one fact.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.0.get(key)
-    }
-}
-
-/// One line of the results stream.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum Record<'a> {
-    /// First line: who is running what.
-    Hello {
-        /// `uname -r`.
-        kernel_release: &'a str,
-        /// `uname -v`.
-        kernel_version: &'a str,
-        /// The suite's name.
-        suite: &'a str,
-        /// `native` or `fallback`.
-        expect: &'a str,
-    },
-    /// One per test, in the order they ran.
-    Test {
-        /// The test's name (stable; the host matches on it).
-        name: &'a str,
-        /// `pass` or `fail`.
-        status: Status,
-        /// Wall time the test took.
-        duration_ms: u64,
-        /// One line for humans: what was checked or what went wrong.
-        message: &'a str,
-        /// What the test observed.
-        facts: &'a Facts,
-    },
-    /// Asks the host to do something now, in the middle of a test (the
-    /// host acts on the names it knows; see `icelab run`).
-    Signal {
-        /// What to do, e.g. `restart-device`.
-        name: &'a str,
-    },
-    /// Last line.
-    Done {
-        /// Tests that passed.
-        passed: u32,
-        /// Tests that failed.
-        failed: u32,
-    },
-}
-
-impl Record<'_> {
-    /// The record as one line of JSON, without the newline.
-    pub fn to_line(&self) -> String {
-        // Serializing these types cannot fail: every key is a string and
-        // every value is a string, a number, or a JSON value already.
-        serde_json::to_string(self)
-            .unwrap_or_else(|e| format!(r#"{{"type":"error","message":{:?}}}"#, e.to_string()))
     }
 }
 
@@ -229,10 +167,10 @@ impl Reporter {
     /// Writes the hello line.
     pub fn hello(&mut self, kernel_release: &str, kernel_version: &str, suite: &str, expect: &str) {
         self.write_record(&Record::Hello {
-            kernel_release,
-            kernel_version,
-            suite,
-            expect,
+            kernel_release: kernel_release.to_owned(),
+            kernel_version: kernel_version.to_owned(),
+            suite: suite.to_owned(),
+            expect: expect.to_owned(),
         });
     }
 
@@ -249,16 +187,16 @@ impl Reporter {
             Status::Pass => self.passed += 1,
             Status::Fail => self.failed += 1,
         }
-        self.write_record(&Record::Test {
-            name,
+        self.write_record(&Record::Test(TestRecord {
+            name: name.to_owned(),
             status,
             duration_ms,
-            message,
-            facts,
-        });
+            message: message.to_owned(),
+            facts: facts.0.clone(),
+        }));
         self.say(&format!(
             "{} {name} ({duration_ms} ms): {message}",
-            status.label()
+            console_label(status)
         ));
     }
 
@@ -276,7 +214,9 @@ impl Reporter {
 
     /// Writes a signal line: the host acts on it at once.
     pub fn signal(&mut self, name: &str) {
-        self.write_record(&Record::Signal { name });
+        self.write_record(&Record::Signal {
+            name: name.to_owned(),
+        });
     }
 
     /// One human line on the console, prefixed with the runner's name.
@@ -284,7 +224,7 @@ impl Reporter {
         say(self.console, line);
     }
 
-    fn write_record(&mut self, record: &Record<'_>) {
+    fn write_record(&mut self, record: &Record) {
         let mut line = record.to_line();
         line.push('\n');
         if let Err(e) = self.write_line(line.as_bytes()) {
@@ -404,10 +344,10 @@ mod tests {
     #[test]
     fn hello_line_is_exact() {
         let line = Record::Hello {
-            kernel_release: "7.3.4+deb14-cloud-amd64",
-            kernel_version: "#1 SMP Debian",
-            suite: "smoke",
-            expect: "native",
+            kernel_release: "7.3.4+deb14-cloud-amd64".into(),
+            kernel_version: "#1 SMP Debian".into(),
+            suite: "smoke".into(),
+            expect: "native".into(),
         }
         .to_line();
         assert_eq!(
@@ -422,13 +362,13 @@ mod tests {
         facts
             .set("num_keyslots", 32)
             .set("path", "/sys/block/vda/queue/crypto");
-        let line = Record::Test {
-            name: "crypto-sysfs",
+        let line = Record::Test(TestRecord {
+            name: "crypto-sysfs".into(),
             status: Status::Fail,
             duration_ms: 12,
-            message: "expected \"0x1e00\"\nnewline",
-            facts: &facts,
-        }
+            message: "expected \"0x1e00\"\nnewline".into(),
+            facts: facts.0.clone(),
+        })
         .to_line();
         assert_eq!(
             line,
@@ -451,13 +391,13 @@ mod tests {
     fn lines_round_trip_through_json() {
         let mut facts = Facts::new();
         facts.set("files", json!([{"name": "a", "size": 1}]));
-        let line = Record::Test {
-            name: "x",
+        let line = Record::Test(TestRecord {
+            name: "x".into(),
             status: Status::Pass,
             duration_ms: 0,
-            message: "",
-            facts: &facts,
-        }
+            message: String::new(),
+            facts: facts.0.clone(),
+        })
         .to_line();
         let v: Value = serde_json::from_str(&line).expect("valid JSON");
         assert_eq!(v["type"], "test");

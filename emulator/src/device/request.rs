@@ -11,11 +11,11 @@ use super::guest_io;
 use super::image::Image;
 use super::refusal_log::{Admission, RefusalLog};
 use crate::engine::Engine;
+use crate::engine::trace::{GetIdEvent, RejectEvent, RejectStatus, TraceEvent};
 use crate::protocol::{
     CryptoMsg, DEVICE_ID_BYTES, DiscardSegment, KeyDesc, OutHeader, QueueRole, RequestType,
     SECTOR_SIZE, Status,
 };
-use serde_json::json;
 use std::sync::atomic::Ordering::Relaxed;
 use vm_memory::{Bytes, GuestMemory};
 use zeroize::Zeroizing;
@@ -149,21 +149,18 @@ fn reject(ctx: &Context<'_>, header: Option<&OutHeader>, error: &RequestError) {
     }
     if let Some(trace) = ctx.engine.trace() {
         let status = match error.status() {
-            Status::Ok => "OK",
-            Status::IoErr => "IOERR",
-            Status::Unsupp => "UNSUPP",
+            Status::Ok => RejectStatus::Ok,
+            Status::IoErr => RejectStatus::IoErr,
+            Status::Unsupp => RejectStatus::Unsupp,
         };
-        trace.event(
-            "reject",
-            json!({
-                "queue": ctx.queue,
-                "request": request,
-                "sector": sector,
-                "kind": kind,
-                "status": status,
-                "message": message,
-            }),
-        );
+        trace.event(TraceEvent::Reject(RejectEvent {
+            queue: ctx.queue,
+            request,
+            sector,
+            kind: kind.to_owned(),
+            status,
+            message,
+        }));
     }
 }
 
@@ -289,7 +286,7 @@ fn execute<M: GuestMemory>(
             // guest sees the completion, so it orders guest actions
             // against keyslot events.
             if let Some(trace) = ctx.engine.trace() {
-                trace.event("get_id", json!({ "queue": ctx.queue }));
+                trace.event(TraceEvent::GetId(GetIdEvent { queue: ctx.queue }));
             }
             Ok(id.len() as u32)
         }

@@ -21,10 +21,9 @@ use super::fault::Fault;
 use super::fingerprint::{Fingerprint, Fingerprinter};
 use super::secure::{SecureBox, scrub_stack};
 use super::stats::Stats;
-use super::trace::Trace;
+use super::trace::{EvictCause, EvictEvent, KeyMode, ProgramEvent, Trace, TraceEvent};
 use super::xts::{Direction, XtsKey};
 use crate::protocol::{CryptoMode, CryptoMsg, Dun, KeyDesc, KeyType};
-use serde_json::json;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
 use zeroize::Zeroizing;
@@ -237,18 +236,15 @@ impl Engine {
         self.stats.slots_programmed.fetch_add(1, Relaxed);
         tracing::debug!(slot = desc.slot, %fingerprint, queue, "keyslot programmed");
         if let Some(trace) = &self.trace {
-            trace.event(
-                "program",
-                json!({
-                    "slot": desc.slot,
-                    "queue": queue,
-                    "fingerprint": fingerprint.to_string(),
-                    "mode": "AES-256-XTS",
-                    "data_unit_size": 1u32 << desc.data_unit_size_bits,
-                    "dun_bytes": desc.dun_bytes,
-                    "replaced": replaced.map(|old| old.fingerprint.to_string()),
-                }),
-            );
+            trace.event(TraceEvent::Program(ProgramEvent {
+                slot: desc.slot,
+                queue,
+                fingerprint: fingerprint.to_string(),
+                mode: KeyMode::Aes256Xts,
+                data_unit_size: 1u32 << desc.data_unit_size_bits,
+                dun_bytes: desc.dun_bytes,
+                replaced: replaced.map(|old| old.fingerprint.to_string()),
+            }));
         }
         Ok(fingerprint)
     }
@@ -273,7 +269,7 @@ impl Engine {
         let slot = self.slot(desc.slot)?;
         let evicted = write(slot).take().map(|key| key.fingerprint);
         self.stats.slots_evicted.fetch_add(1, Relaxed);
-        self.trace_evict(desc.slot, evicted, Some(queue), "guest");
+        self.trace_evict(desc.slot, evicted, Some(queue), EvictCause::Guest);
         Ok(evicted)
     }
 
@@ -288,7 +284,7 @@ impl Engine {
         for (index, slot) in self.slots.iter().enumerate() {
             if let Some(key) = write(slot).take() {
                 self.stats.slots_reset.fetch_add(1, Relaxed);
-                self.trace_evict(index as u32, Some(key.fingerprint), None, "reset");
+                self.trace_evict(index as u32, Some(key.fingerprint), None, EvictCause::Reset);
             }
         }
     }
@@ -343,19 +339,16 @@ impl Engine {
         slot: u32,
         evicted: Option<Fingerprint>,
         queue: Option<u16>,
-        cause: &str,
+        cause: EvictCause,
     ) {
-        tracing::debug!(slot, cause, "keyslot evicted");
+        tracing::debug!(slot, ?cause, "keyslot evicted");
         if let Some(trace) = &self.trace {
-            trace.event(
-                "evict",
-                json!({
-                    "slot": slot,
-                    "queue": queue,
-                    "cause": cause,
-                    "fingerprint": evicted.map(|fp| fp.to_string()),
-                }),
-            );
+            trace.event(TraceEvent::Evict(EvictEvent {
+                slot,
+                queue,
+                cause,
+                fingerprint: evicted.map(|fp| fp.to_string()),
+            }));
         }
     }
 }

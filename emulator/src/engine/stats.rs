@@ -1,9 +1,12 @@
-//! Engine and device counters, written as JSON by `--stats`.
+//! Engine and device counters, written by `--stats` as the contract's
+//! [`StatsFile`] (`icelab_contract::device`, re-exported here for
+//! `icelab serve`).
 //!
 //! Hot counters are relaxed atomics; rejections, which only a misbehaving
 //! guest causes, go through a mutex-protected map keyed by a stable kind.
 
-use serde_json::{Value, json};
+use icelab_contract::device::{ControlQueueCounters, KeyslotCounters, Rejections};
+pub use icelab_contract::device::{Counters, DeviceInfo, StatsFile};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -32,8 +35,11 @@ impl Traffic {
         self.bytes.load(Relaxed)
     }
 
-    fn to_json(&self) -> Value {
-        json!({ "requests": self.requests(), "bytes": self.bytes() })
+    fn snapshot(&self) -> icelab_contract::device::Traffic {
+        icelab_contract::device::Traffic {
+            requests: self.requests(),
+            bytes: self.bytes(),
+        }
     }
 }
 
@@ -118,37 +124,88 @@ impl Stats {
         rejected.values().sum()
     }
 
-    /// The counters as JSON.
-    pub fn to_json(&self) -> Value {
+    /// The counters now (what `--stats` writes as `stats`).
+    pub fn snapshot(&self) -> Counters {
         let rejected = self
             .rejected
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
-        let per_slot: Vec<u64> = self.per_slot_uses.iter().map(|c| c.load(Relaxed)).collect();
-        json!({
-            "keyslots": {
-                "programmed": self.slots_programmed.load(Relaxed),
-                "evicted": self.slots_evicted.load(Relaxed),
-                "evicted_by_reset": self.slots_reset.load(Relaxed),
-                "uses_per_slot": per_slot,
+        Counters {
+            keyslots: KeyslotCounters {
+                programmed: self.slots_programmed.load(Relaxed),
+                evicted: self.slots_evicted.load(Relaxed),
+                evicted_by_reset: self.slots_reset.load(Relaxed),
+                uses_per_slot: self.per_slot_uses.iter().map(|c| c.load(Relaxed)).collect(),
             },
-            "crypto_in": self.crypto_reads.to_json(),
-            "crypto_out": self.crypto_writes.to_json(),
-            "plain_in": self.plain_reads.to_json(),
-            "plain_out": self.plain_writes.to_json(),
-            "flush": self.flushes.load(Relaxed),
-            "discard": self.discards.load(Relaxed),
-            "write_zeroes": self.write_zeroes.load(Relaxed),
-            "queries": self.queries.load(Relaxed),
-            "control_queue": {
-                "commands": self.control_commands.load(Relaxed),
-                "keyslot_commands": self.control_keyslot_commands.load(Relaxed),
+            crypto_in: self.crypto_reads.snapshot(),
+            crypto_out: self.crypto_writes.snapshot(),
+            plain_in: self.plain_reads.snapshot(),
+            plain_out: self.plain_writes.snapshot(),
+            flush: self.flushes.load(Relaxed),
+            discard: self.discards.load(Relaxed),
+            write_zeroes: self.write_zeroes.load(Relaxed),
+            queries: self.queries.load(Relaxed),
+            control_queue: ControlQueueCounters {
+                commands: self.control_commands.load(Relaxed),
+                keyslot_commands: self.control_keyslot_commands.load(Relaxed),
             },
-            "rejected": {
-                "total": rejected.values().sum::<u64>(),
-                "by_kind": rejected,
+            rejected: Rejections {
+                total: rejected.values().sum(),
+                by_kind: rejected
+                    .into_iter()
+                    .map(|(kind, count)| (kind.to_owned(), count))
+                    .collect(),
             },
-        })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineError;
+    use icelab_contract::device::reject_kind;
+
+    #[test]
+    fn the_snapshot_is_the_contracts_stats_file() {
+        let stats = Stats::new(4);
+        stats.slots_programmed.fetch_add(3, Relaxed);
+        stats.slots_evicted.fetch_add(1, Relaxed);
+        stats.crypto_writes.add(4096);
+        stats.crypto_reads.add(8192);
+        stats.count_slot_use(2);
+        stats.count_slot_use(9);
+        stats.control_keyslot_commands.fetch_add(4, Relaxed);
+        stats.count_rejection("slot-empty");
+        stats.count_rejection("slot-empty");
+        stats.count_rejection("misaligned");
+        let file = StatsFile {
+            device: DeviceInfo::default(),
+            stats: stats.snapshot(),
+        };
+        let parsed = StatsFile::from_json(&file.to_json().expect("serializes")).expect("parses");
+        let counters = parsed.stats;
+        assert_eq!(counters.keyslots.programmed, 3);
+        assert_eq!(counters.keyslots.evicted, 1);
+        assert_eq!(counters.keyslots.uses_per_slot, [0, 0, 1, 0]);
+        assert_eq!(
+            (counters.crypto_out.requests, counters.crypto_out.bytes),
+            (1, 4096)
+        );
+        assert_eq!(counters.crypto_in.bytes, 8192);
+        assert_eq!(counters.control_queue.keyslot_commands, 4);
+        assert_eq!(counters.rejected.total, 3);
+        assert_eq!(counters.rejected.of_kind(reject_kind::SLOT_EMPTY), 2);
+        assert_eq!(stats.rejections(), 3);
+    }
+
+    /// The kind the host tolerates in a restart boot is the engine's.
+    #[test]
+    fn slot_empty_is_the_contracts_kind() {
+        assert_eq!(
+            EngineError::SlotEmpty { slot: 5 }.kind(),
+            reject_kind::SLOT_EMPTY
+        );
     }
 }

@@ -1,5 +1,7 @@
-//! `--trace FILE`: one JSON line per keyslot event and per rejected
-//! request. Lines carry fingerprints, never key material.
+//! `--trace FILE`: one JSON line per keyslot event, per rejected request
+//! and per GET_ID, each the contract's [`TraceLine`]
+//! (`icelab_contract::device`, re-exported here). Lines carry
+//! fingerprints, never key material.
 //!
 //! The guest decides how many events there are (a refused request or a
 //! keyslot change each writes one), so the file has a size cap
@@ -7,7 +9,10 @@
 //! and later events are only counted. The device's stats keep counting
 //! everything.
 
-use serde_json::{Value, json};
+pub use icelab_contract::device::{
+    EvictCause, EvictEvent, GetIdEvent, KeyMode, ProgramEvent, RejectEvent, RejectStatus,
+    TraceEvent, TraceLine, TruncatedEvent,
+};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
@@ -60,15 +65,11 @@ impl Trace {
             .dropped
     }
 
-    /// Appends one event: `fields` (a JSON object) plus `t` (seconds since
-    /// start) and `event`. Events are rare (keyslot changes, rejections), so
-    /// each line is flushed at once; a write error is logged, not fatal.
-    pub fn event(&self, event: &str, fields: Value) {
+    /// Appends one event, timed (`t`: seconds since start). Events are
+    /// rare (keyslot changes, rejections, GET_IDs), so each line is flushed
+    /// at once; a write error is logged, not fatal.
+    pub fn event(&self, event: TraceEvent) {
         let t = self.start.elapsed().as_secs_f64();
-        let mut line = json!({ "t": t, "event": event });
-        if let (Some(line), Value::Object(fields)) = (line.as_object_mut(), fields) {
-            line.extend(fields);
-        }
         let mut out = self
             .out
             .lock()
@@ -77,29 +78,30 @@ impl Trace {
             out.dropped += 1;
             return;
         }
-        let mut bytes = match serde_json::to_vec(&line) {
+        let mut bytes = match encode(TraceLine { t, event }) {
             Ok(bytes) => bytes,
             Err(error) => {
                 tracing::error!("cannot encode a trace event: {error}");
                 return;
             }
         };
-        bytes.push(b'\n');
         if out.written + bytes.len() as u64 > self.max_bytes {
             out.dropped = 1;
             tracing::warn!(
                 max_bytes = self.max_bytes,
                 "the trace reached its size cap (--trace-max-bytes); later events are counted, not written"
             );
-            bytes = json!({
-                "t": t,
-                "event": "trace-truncated",
-                "max_bytes": self.max_bytes,
-                "message": "the trace reached --trace-max-bytes; later events were dropped (the stats count them)",
-            })
-            .to_string()
-            .into_bytes();
-            bytes.push(b'\n');
+            let truncated = TraceEvent::Truncated(TruncatedEvent::at(self.max_bytes));
+            bytes = match encode(TraceLine {
+                t,
+                event: truncated,
+            }) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    tracing::error!("cannot encode a trace event: {error}");
+                    return;
+                }
+            };
         }
         out.written += bytes.len() as u64;
         let written = out.file.write_all(&bytes).and_then(|()| out.file.flush());
@@ -107,6 +109,13 @@ impl Trace {
             tracing::error!("cannot write the trace file: {error}");
         }
     }
+}
+
+/// One line of the file, newline included.
+fn encode(line: TraceLine) -> serde_json::Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec(&line)?;
+    bytes.push(b'\n');
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -119,17 +128,28 @@ mod tests {
         let path = dir.path().join("trace.jsonl");
         let trace = Trace::with_limit(&path, 1000).expect("trace");
         for slot in 0..100 {
-            trace.event("evict", json!({ "slot": slot }));
+            trace.event(TraceEvent::Evict(EvictEvent {
+                slot,
+                queue: None,
+                cause: EvictCause::Reset,
+                fingerprint: None,
+            }));
         }
         let text = std::fs::read_to_string(&path).expect("read");
-        let lines: Vec<Value> = text
+        let lines: Vec<TraceLine> = text
             .lines()
-            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .map(|l| TraceLine::from_json(l).expect(l))
             .collect();
         assert!(text.len() < 1200, "{} bytes", text.len());
-        assert_eq!(
-            lines.last().and_then(|l| l["event"].as_str()),
-            Some("trace-truncated")
+        assert!(
+            matches!(
+                lines.last().map(|l| &l.event),
+                Some(TraceEvent::Truncated(TruncatedEvent {
+                    max_bytes: 1000,
+                    ..
+                }))
+            ),
+            "{text}"
         );
         let written = lines.len() as u64 - 1;
         assert_eq!(trace.dropped(), 100 - written);

@@ -382,7 +382,7 @@ fn blk_crypto_path(ctx: &Ctx, _state: &mut State, facts: &mut Facts) -> Result<S
     let expect = ctx.config.expect;
     let want = steps::impl_message(AES_256_XTS, expect);
     facts.set("expected_line", want.clone());
-    facts.set("expect", expect.as_str());
+    facts.set("expect", expect.name());
     let records = kmsg::read_all(Path::new("/dev/kmsg"))
         .map_err(|e| Failure(format!("cannot read /dev/kmsg: {e}")))?;
     let found = steps::find_impl_lines(&records, AES_256_XTS, expect);
@@ -397,7 +397,7 @@ fn blk_crypto_path(ctx: &Ctx, _state: &mut State, facts: &mut Facts) -> Result<S
                 "fscrypt used {:?}, not {want:?} (icelab.expect={}): the encrypted figures are \
                  not the path the host asked for",
                 other.text,
-                expect.as_str()
+                expect.name()
             ))
         }
         (None, None) => fail(format!(

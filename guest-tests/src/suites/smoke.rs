@@ -350,7 +350,7 @@ fn blk_crypto_path(ctx: &Ctx, _state: &mut State, facts: &mut Facts) -> Result<S
         (None, Some(other)) => fail(format!(
             "fscrypt used the other implementation: {:?} (expected {want:?}, icelab.expect={})",
             other.text,
-            expect.as_str()
+            expect.name()
         )),
         (None, None) => fail(format!(
             "no {want:?} in the kernel log ({} records read): fscrypt did not use blk-crypto \

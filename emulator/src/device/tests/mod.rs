@@ -3,4 +3,5 @@
 //! [`super::request::serve`] against a tempfile image, without a process
 //! or a socket.
 
+mod contract;
 mod malformed;

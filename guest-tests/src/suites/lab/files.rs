@@ -7,7 +7,8 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use serde_json::{Value, json};
+use icelab_contract::manifest::{FileEntry, Manifest, Plaintext, PolicySpec};
+use serde_json::Value;
 
 use super::plan::{BLOCK_SIZE, Case, DIRECT_CHUNKS, FileSpec, Shape};
 use crate::data;
@@ -207,12 +208,17 @@ fn compare(shown: &str, got: &[u8], want: &[u8], dus: u64) -> Result<(), Failure
 }
 
 /// The policy part of a manifest entry.
-pub fn policy_json(case: &Case) -> Value {
-    json!({
-        "contents_mode": "AES-256-XTS",
-        "flags": case.scheme.flag_names(),
-        "log2_data_unit_size": case.log2_dus,
-    })
+pub fn policy_spec(case: &Case) -> PolicySpec {
+    PolicySpec {
+        contents_mode: "AES-256-XTS".to_owned(),
+        flags: case
+            .scheme
+            .flag_names()
+            .iter()
+            .map(|f| (*f).to_owned())
+            .collect(),
+        log2_data_unit_size: case.log2_dus,
+    }
 }
 
 /// One file's manifest entry (verifier/README.md): the key as its seed,
@@ -223,16 +229,29 @@ pub fn manifest_entry(
     key_seed: u64,
     content_seed: u64,
     meta: &fs::Metadata,
-) -> Value {
-    let ranges: Vec<[u64; 2]> = spec.ranges().into_iter().map(|(s, e)| [s, e]).collect();
-    json!({
-        "name": case.file_name(spec),
-        "inode": meta.ino(),
-        "size": meta.len(),
-        "policy": policy_json(case),
-        "master_key_seed": data::seed_hex(key_seed),
-        "plaintext": {"generator": "splitmix64", "seed": content_seed, "ranges": ranges},
+) -> FileEntry {
+    FileEntry {
+        name: Some(case.file_name(spec)),
+        inode: meta.ino(),
+        size: Some(meta.len()),
+        policy: Some(policy_spec(case)),
+        master_key_hex: None,
+        master_key_seed: Some(data::seed_hex(key_seed)),
+        plaintext: Plaintext::Splitmix64 {
+            seed: content_seed,
+            ranges: Some(spec.ranges().into_iter().map(|(s, e)| [s, e]).collect()),
+        },
+    }
+}
+
+/// The `manifest` fact of a test: `entries` on the filesystem `fs_uuid`
+/// (the guest's side of the serialization boundary).
+pub fn manifest_fact(fs_uuid: &str, entries: &[FileEntry]) -> Value {
+    serde_json::to_value(Manifest {
+        fs_uuid: Some(fs_uuid.to_owned()),
+        files: entries.to_vec(),
     })
+    .unwrap_or(Value::Null)
 }
 
 /// `s_feature_compat` bit of ext4's `stable_inodes`.
@@ -280,6 +299,7 @@ pub fn check_features(disk: &Path) -> Result<(), Failure> {
 mod tests {
     use super::*;
     use crate::suites::lab::plan::CASES;
+    use serde_json::json;
 
     #[test]
     fn aligned_buffers_are_aligned() {
@@ -321,7 +341,9 @@ mod tests {
         let meta = fs::metadata(&path).expect("stat");
         let case = CASES.iter().find(|c| c.log2_dus == 9).expect("dus512");
         let spec = case.files()[1];
-        let e = manifest_entry(case, &spec, 0xab, 7, &meta);
+        let entry = manifest_entry(case, &spec, 0xab, 7, &meta);
+        let fact = manifest_fact("5e9e0e69-8096-44d2-b149-79c608aea629", &[entry]);
+        let e = &fact["files"][0];
         assert_eq!(e["master_key_seed"], "00000000000000ab");
         assert_eq!(e["size"], 1);
         assert_eq!(e["plaintext"]["seed"], 7);
@@ -329,6 +351,9 @@ mod tests {
         assert_eq!(e["policy"]["log2_data_unit_size"], 9);
         assert_eq!(e["name"], format!("{}/1", case.name));
         assert!(e.get("master_key_hex").is_none());
+        // The host reads it back as the contract's manifest.
+        let back: Manifest = serde_json::from_value(fact).expect("the contract's schema");
+        assert_eq!(back.files[0].inode, meta.ino());
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::report::Facts;
 use crate::runner::{Ctx, Failure, State, TestDef, TestFn, fail};
 use crate::suites::{smoke, steps};
 use crate::sys;
+use icelab_contract::record::FACT_MANIFEST;
 
 /// `driver-load` (smoke's).
 pub const DRIVER_LOAD: TestDef = TestDef {
@@ -180,7 +181,7 @@ pub fn expected_path(ctx: &Ctx, case: &Case, facts: &mut Facts) -> &'static str 
         "fallback"
     };
     facts
-        .set("profile", ctx.config.profile.as_str())
+        .set("profile", ctx.config.profile.name())
         .set("scheme", scheme_name(case.scheme))
         .set("data_unit_size", case.data_unit_size())
         .set("dun_bytes", case.dun_bytes())
@@ -261,7 +262,7 @@ fn run_case(
         entries.push(files::manifest_entry(case, spec, key_seed, seed, &meta));
         // Reported as soon as known: a later failure still leaves the
         // files written so far checkable.
-        facts.set("manifest", json!({"fs_uuid": uuid, "files": entries}));
+        facts.set(FACT_MANIFEST, files::manifest_fact(&uuid, &entries));
     }
     if let Some(m) = misaligned {
         facts.set("direct_write_at_512", m);

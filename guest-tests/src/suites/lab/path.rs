@@ -22,7 +22,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::files;
 use super::matrix::{add_seeded_key, check_policy};
@@ -35,6 +35,8 @@ use crate::marks;
 use crate::report::Facts;
 use crate::runner::{Ctx, Failure, State, TestDef, fail};
 use crate::suites::steps;
+use icelab_contract::manifest::FileEntry;
+use icelab_contract::record::FACT_MANIFEST;
 
 /// `path-selection`.
 pub const PATH_SELECTION: TestDef = TestDef {
@@ -109,7 +111,7 @@ pub fn write_files(
     case: &Case,
     dir: &PolicyDir,
     specs: &[FileSpec],
-    manifest: &mut Vec<Value>,
+    manifest: &mut Vec<FileEntry>,
 ) -> Result<(), Failure> {
     for spec in specs {
         let path = dir.path.join(spec.leaf);
@@ -143,9 +145,9 @@ pub fn read_files(
 }
 
 /// Sets `facts["manifest"]` to `entries` on the disk's filesystem.
-pub fn set_manifest(ctx: &Ctx, facts: &mut Facts, entries: &[Value]) -> Result<(), Failure> {
+pub fn set_manifest(ctx: &Ctx, facts: &mut Facts, entries: &[FileEntry]) -> Result<(), Failure> {
     let uuid = steps::read_ext4_uuid(&ctx.config.disk)?;
-    facts.set("manifest", json!({"fs_uuid": uuid, "files": entries}));
+    facts.set(FACT_MANIFEST, files::manifest_fact(&uuid, entries));
     Ok(())
 }
 
@@ -173,7 +175,7 @@ fn impl_lines() -> Result<(Option<u64>, Option<u64>), Failure> {
 
 fn path_selection(ctx: &Ctx, state: &mut State, facts: &mut Facts) -> Result<String, Failure> {
     let profile = ctx.config.profile;
-    facts.set("profile", profile.as_str());
+    facts.set("profile", profile.name());
     // Nothing of earlier tests may still be on its way to the disk: only
     // this test's I/O programs keys inside its windows.
     steps::sync_and_drop_caches()?;

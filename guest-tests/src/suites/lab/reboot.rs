@@ -14,8 +14,6 @@ use std::fs::{self, File};
 use std::io;
 use std::time::Duration;
 
-use serde_json::json;
-
 use super::files;
 use super::matrix::{self, add_seeded_key, check_policy};
 use super::plan::{self, Case};
@@ -23,6 +21,7 @@ use crate::data;
 use crate::report::Facts;
 use crate::runner::{Ctx, Failure, State, TestDef, TestFn, fail};
 use crate::suites::steps;
+use icelab_contract::record::FACT_MANIFEST;
 
 /// `mount-existing`: mounts what the first boot left, no mkfs.
 pub const MOUNT_EXISTING: TestDef = TestDef {
@@ -144,7 +143,7 @@ fn reread_case(
         files::read_back(&file_path, spec, seed, dus)?;
         entries.push(files::manifest_entry(case, spec, key_seed, seed, &meta));
     }
-    facts.set("manifest", json!({"fs_uuid": uuid, "files": entries}));
+    facts.set(FACT_MANIFEST, files::manifest_fact(&uuid, &entries));
     let units = case.data_units();
     facts.set("data_units", units);
     Ok(format!(

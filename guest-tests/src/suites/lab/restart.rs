@@ -39,7 +39,7 @@ pub const WRITE_THROUGH_RESTART: TestDef = TestDef {
 };
 
 /// The signal the host answers by restarting the device.
-pub const RESTART_SIGNAL: &str = "restart-device";
+pub const RESTART_SIGNAL: &str = icelab_contract::record::SIGNAL_RESTART_DEVICE;
 /// What the driver logs when it has programmed the keyslots again.
 pub const REPROGRAM_LOG: &str = "keyslots programmed again";
 /// Bytes per write+fdatasync.
