@@ -198,6 +198,47 @@ pub fn finit_module(file: &std::fs::File, what: &str, flags: libc::c_int) -> Res
     }
 }
 
+/// `BLKDISCARD`: discard a byte range of a block device.
+pub const BLKDISCARD: libc::c_ulong = 0x1277;
+/// `BLKZEROOUT`: write zeroes to a byte range of a block device.
+pub const BLKZEROOUT: libc::c_ulong = 0x127f;
+
+/// A block device range ioctl (`BLKDISCARD`, `BLKZEROOUT`) on
+/// `[offset, offset + len)`.
+pub fn block_range_ioctl(
+    file: &std::fs::File,
+    request: libc::c_ulong,
+    call: &'static str,
+    offset: u64,
+    len: u64,
+) -> Result<()> {
+    let range: [u64; 2] = [offset, len];
+    // SAFETY: the fd is open for the call and `range` is the two u64s the
+    // request reads.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), request, range.as_ptr()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(SysError::last(
+            call,
+            format!("bytes {offset}..{}", offset + len),
+        ))
+    }
+}
+
+/// delete_module(2) with O_NONBLOCK: unloads module `name` (fails with
+/// EBUSY while it is in use).
+pub fn delete_module(name: &str) -> Result<()> {
+    let c_name = CString::new(name).map_err(|_| SysError::last("delete_module", name))?;
+    // SAFETY: `c_name` is a valid NUL-terminated string for the call.
+    let rc = unsafe { libc::syscall(libc::SYS_delete_module, c_name.as_ptr(), libc::O_NONBLOCK) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(SysError::last("delete_module", name))
+    }
+}
+
 /// sync(2): flushes every filesystem's dirty data.
 pub fn sync() {
     // SAFETY: sync has no arguments and cannot fail.

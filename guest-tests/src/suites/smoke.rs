@@ -14,7 +14,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -46,6 +46,13 @@ pub const TESTS: &[TestDef] = &[
         run: crypto_sysfs,
     },
     TestDef {
+        name: "raw-io",
+        timeout: Duration::from_secs(60),
+        needs: &[],
+        fatal: false,
+        run: raw_io,
+    },
+    TestDef {
         name: "mkfs-mount",
         timeout: Duration::from_secs(120),
         needs: &[],
@@ -75,7 +82,171 @@ pub const TESTS: &[TestDef] = &[
         fatal: false,
         run: unmount,
     },
+    TestDef {
+        name: "driver-reload",
+        timeout: Duration::from_secs(90),
+        needs: &["unmount"],
+        fatal: false,
+        run: driver_reload,
+    },
+    TestDef {
+        name: "kernel-clean",
+        timeout: Duration::from_secs(10),
+        needs: &[],
+        fatal: false,
+        run: kernel_clean,
+    },
 ];
+
+/// Bytes `raw-io` writes, zeroes and discards, at the end of the disk
+/// (before `mkfs-mount` puts a filesystem there).
+const RAW_IO_BYTES: usize = 256 << 10;
+
+/// `raw-io`: plain block I/O through the driver, no filesystem: O_DIRECT
+/// write and read back, BLKZEROOUT (WRITE_ZEROES) reads back zeroes,
+/// BLKDISCARD (DISCARD) is accepted.
+fn raw_io(ctx: &Ctx, _state: &mut State, facts: &mut Facts) -> Result<String, Failure> {
+    let disk = &ctx.config.disk;
+    let shown = disk.display().to_string();
+    let size = steps::disk_size(&ctx.config.disk_name())
+        .ok_or_else(|| Failure(format!("cannot read the size of {shown}")))?;
+    let len = RAW_IO_BYTES as u64;
+    if size < 2 * len {
+        return fail(format!("{shown} has only {size} bytes"));
+    }
+    let offset = (size - 2 * len) & !4095;
+    facts.set("offset", offset).set("bytes", len);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(disk)
+        .map_err(|e| Failure(format!("cannot open {shown} with O_DIRECT: {e}")))?;
+    let mut raw = vec![0u8; RAW_IO_BYTES + 4096];
+    let start = raw.as_ptr().align_offset(4096);
+    let buf = &mut raw[start..start + RAW_IO_BYTES];
+    data::fill_at(0x7261_772d_696f, offset, buf);
+    let want = buf.to_vec();
+    ctx.step(format!(
+        "O_DIRECT write and read of {len} bytes at {offset}"
+    ));
+    file.write_all_at(buf, offset)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| Failure(format!("O_DIRECT write of {shown} at {offset}: {e}")))?;
+    buf.fill(0);
+    file.read_exact_at(buf, offset)
+        .map_err(|e| Failure(format!("O_DIRECT read of {shown} at {offset}: {e}")))?;
+    if let Some(at) = data::first_difference(buf, &want) {
+        return fail(format!(
+            "{shown}: byte {} read back differs",
+            offset + at as u64
+        ));
+    }
+    ctx.step("BLKZEROOUT, read back");
+    sys::block_range_ioctl(&file, sys::BLKZEROOUT, "BLKZEROOUT", offset, len)?;
+    file.read_exact_at(buf, offset)
+        .map_err(|e| Failure(format!("O_DIRECT read of {shown} at {offset}: {e}")))?;
+    if let Some(at) = buf.iter().position(|&b| b != 0) {
+        return fail(format!(
+            "{shown}: byte {} is not zero after BLKZEROOUT",
+            offset + at as u64
+        ));
+    }
+    ctx.step("BLKDISCARD");
+    sys::block_range_ioctl(&file, sys::BLKDISCARD, "BLKDISCARD", offset, len)?;
+    Ok(format!(
+        "{len} bytes at {offset}: O_DIRECT write read back, BLKZEROOUT reads zeroes, BLKDISCARD accepted"
+    ))
+}
+
+/// The driver module's name (KBUILD_MODNAME).
+const MODULE_NAME: &str = "icelab_vblk";
+
+/// `driver-reload`: the driver unloads (its disk goes away) and loads
+/// again (the disk, and with an engine its crypto sysfs, come back).
+fn driver_reload(ctx: &Ctx, _state: &mut State, facts: &mut Facts) -> Result<String, Failure> {
+    let config = &ctx.config;
+    if !(ctx.init || config.module_given) {
+        return fail(
+            "not run: the runner did not load the driver (--no-init without icelab.module)",
+        );
+    }
+    let disk = &config.disk;
+    let shown = disk.display().to_string();
+    ctx.step(format!("delete_module {MODULE_NAME}"));
+    sys::delete_module(MODULE_NAME)?;
+    let deadline = std::time::Instant::now() + ctx.scaled(DISK_WAIT);
+    while disk.exists() {
+        if std::time::Instant::now() > deadline {
+            return fail(format!(
+                "{shown} is still there after unloading {MODULE_NAME}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut load = Facts::new();
+    steps::load_driver(ctx, &mut load)?;
+    let waited = steps::wait_for_block_device(disk, ctx.scaled(DISK_WAIT))?;
+    facts.set(
+        "disk_wait_ms",
+        u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+    );
+    let crypto = Path::new("/sys/block")
+        .join(config.disk_name())
+        .join("queue/crypto");
+    let present = crypto.is_dir();
+    facts.set("crypto_sysfs_present", present);
+    let want = config.expect == Expect::Native;
+    if present != want {
+        return fail(format!(
+            "after the reload {} {}, expected {}",
+            crypto.display(),
+            if present { "exists" } else { "is absent" },
+            if want { "present" } else { "absent" }
+        ));
+    }
+    Ok(format!(
+        "{MODULE_NAME} unloaded ({shown} gone) and loaded again; {shown} back after {} ms{}",
+        waited.as_millis(),
+        if present { ", crypto sysfs back" } else { "" }
+    ))
+}
+
+/// Kernel log lines that mean the kernel itself complained.
+const KERNEL_COMPLAINTS: &[&str] = &[
+    "WARNING:",
+    "BUG:",
+    "Oops",
+    "Call Trace:",
+    "general protection",
+];
+
+/// `kernel-clean`: no kernel warning, BUG, oops or call trace in the log
+/// of the whole run.
+fn kernel_clean(_ctx: &Ctx, _state: &mut State, facts: &mut Facts) -> Result<String, Failure> {
+    let records = kmsg::read_all(Path::new("/dev/kmsg"))
+        .map_err(|e| Failure(format!("cannot read /dev/kmsg: {e}")))?;
+    let complaints: Vec<&str> = records
+        .iter()
+        .map(|r| r.text.as_str())
+        .filter(|t| KERNEL_COMPLAINTS.iter().any(|c| t.contains(c)))
+        .collect();
+    facts
+        .set("records", records.len())
+        .set("complaints", complaints.clone());
+    if complaints.is_empty() {
+        Ok(format!(
+            "{} kernel log records, no warning, BUG, oops or call trace",
+            records.len()
+        ))
+    } else {
+        fail(format!(
+            "the kernel complained {} time(s), first: {}",
+            complaints.len(),
+            complaints[0]
+        ))
+    }
+}
 
 /// How long the disk may take to appear (before `icelab.timeout_factor`).
 const DISK_WAIT: Duration = Duration::from_secs(20);
@@ -413,13 +584,24 @@ mod tests {
             [
                 "driver-load",
                 "crypto-sysfs",
+                "raw-io",
                 "mkfs-mount",
                 "fscrypt-roundtrip",
                 "blk-crypto-path",
-                "unmount"
+                "unmount",
+                "driver-reload",
+                "kernel-clean"
             ]
         );
         assert!(TESTS[0].fatal);
+    }
+
+    #[test]
+    fn kernel_complaints_are_recognised() {
+        let line = "WARNING: CPU: 1 PID: 77 at block/blk-crypto-profile.c:123";
+        assert!(KERNEL_COMPLAINTS.iter().any(|c| line.contains(c)));
+        let fine = "fscrypt: AES-256-XTS using blk-crypto (native)";
+        assert!(!KERNEL_COMPLAINTS.iter().any(|c| fine.contains(c)));
     }
 
     #[test]
