@@ -95,8 +95,9 @@ pub fn master_key_from_seed(seed: u64) -> [u8; SEEDED_KEY_SIZE] {
     key
 }
 
-/// Bytes from hex digits (an even number of them).
-fn from_hex(s: &str) -> Option<Vec<u8>> {
+/// Bytes from hex digits (either case, an even number of them, no
+/// separators).
+pub fn from_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return None;
     }

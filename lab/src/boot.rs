@@ -36,12 +36,9 @@ pub struct BootSpec<'a> {
     /// Longest the guest may run.
     pub timeout: Duration,
     /// Kill the device and start it again when the guest signals
-    /// [`RESTART_SIGNAL`]; QEMU reconnects.
+    /// [`SIGNAL_RESTART_DEVICE`]; QEMU reconnects.
     pub restart_device: bool,
 }
-
-/// The guest's signal (a `{"type":"signal"}` line) for a device restart.
-pub const RESTART_SIGNAL: &str = SIGNAL_RESTART_DEVICE;
 
 /// How long the guest writes on after its signal before the device is
 /// killed: long enough for requests to be in flight.
@@ -170,7 +167,7 @@ pub fn run_boot(
         spec.name,
         spec.timeout,
         &mut |signal| {
-            if signal == RESTART_SIGNAL && spec.restart_device && restart.is_none() {
+            if signal == SIGNAL_RESTART_DEVICE && spec.restart_device && restart.is_none() {
                 let done = restart_device(&mut device, &paths, &serve);
                 println!("{}", done.line());
                 restart = Some(done);

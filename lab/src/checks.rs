@@ -2,10 +2,11 @@
 //! counters (the contract's [`StatsFile`]) show the traffic the boot's
 //! plan demands.
 
-use super::boot::{BootPaths, DeviceRestart, RESTART_SIGNAL, tail};
+use super::boot::{BootPaths, DeviceRestart, tail};
 use super::plan::{BootPlan, Traffic};
 use super::report::TestResult;
 use icelab_contract::device::{StatsFile, reject_kind};
+use icelab_contract::record::SIGNAL_RESTART_DEVICE;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::process::ExitStatus;
@@ -107,7 +108,7 @@ pub fn device_restart(boot: &str, restart: Option<&DeviceRestart>) -> TestResult
     let (problem, facts) = match restart {
         None => (
             Some(format!(
-                "the guest never signalled {RESTART_SIGNAL:?}: the device was not restarted"
+                "the guest never signalled {SIGNAL_RESTART_DEVICE:?}: the device was not restarted"
             )),
             Value::Null,
         ),

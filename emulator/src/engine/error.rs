@@ -115,7 +115,7 @@ impl EngineError {
         match self {
             Self::NoInlineEncryption => "no-inline-encryption",
             Self::SlotOutOfRange { .. } => "slot-out-of-range",
-            Self::SlotEmpty { .. } => "slot-empty",
+            Self::SlotEmpty { .. } => icelab_contract::device::reject_kind::SLOT_EMPTY,
             Self::UnsupportedMode(_) => "unsupported-mode",
             Self::UnsupportedKeyType(_) => "unsupported-key-type",
             Self::WrongKeySize { .. } => "wrong-key-size",

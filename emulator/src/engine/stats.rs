@@ -164,7 +164,6 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::EngineError;
     use icelab_contract::device::reject_kind;
 
     #[test]
@@ -198,14 +197,5 @@ mod tests {
         assert_eq!(counters.rejected.total, 3);
         assert_eq!(counters.rejected.of_kind(reject_kind::SLOT_EMPTY), 2);
         assert_eq!(stats.rejections(), 3);
-    }
-
-    /// The kind the host tolerates in a restart boot is the engine's.
-    #[test]
-    fn slot_empty_is_the_contracts_kind() {
-        assert_eq!(
-            EngineError::SlotEmpty { slot: 5 }.kind(),
-            reject_kind::SLOT_EMPTY
-        );
     }
 }

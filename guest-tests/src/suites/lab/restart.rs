@@ -28,6 +28,7 @@ use crate::kmsg;
 use crate::report::{self, Facts};
 use crate::runner::{Ctx, Failure, State, TestDef, fail};
 use crate::suites::steps;
+use icelab_contract::record::SIGNAL_RESTART_DEVICE;
 
 /// `write-through-restart`.
 pub const WRITE_THROUGH_RESTART: TestDef = TestDef {
@@ -38,8 +39,6 @@ pub const WRITE_THROUGH_RESTART: TestDef = TestDef {
     run: write_through_restart,
 };
 
-/// The signal the host answers by restarting the device.
-pub const RESTART_SIGNAL: &str = icelab_contract::record::SIGNAL_RESTART_DEVICE;
 /// What the driver logs when it has programmed the keyslots again.
 pub const REPROGRAM_LOG: &str = "keyslots programmed again";
 /// Bytes per write+fdatasync.
@@ -99,7 +98,7 @@ fn write_loop(ctx: &Ctx, file: &std::fs::File, shown: &str, seed: u64) -> Result
             ctx.step(format!(
                 "{BEFORE_SIGNAL} chunks written: asking the host to restart the device"
             ));
-            report::with(|r| r.signal(RESTART_SIGNAL));
+            report::with(|r| r.signal(SIGNAL_RESTART_DEVICE));
         }
         if seen.chunks > BEFORE_SIGNAL && seen.reprogrammed_at.is_none() && i % KMSG_EVERY == 0 {
             let log = kmsg::read_all(Path::new("/dev/kmsg"))
@@ -121,7 +120,7 @@ fn write_loop(ctx: &Ctx, file: &std::fs::File, shown: &str, seed: u64) -> Result
     fail(format!(
         "{} chunks written, longest write+fdatasync {:.2} s, but the driver never logged \
          {REPROGRAM_LOG:?}: the device was not restarted during the writes (did the host act \
-         on the {RESTART_SIGNAL} signal?)",
+         on the {SIGNAL_RESTART_DEVICE} signal?)",
         seen.chunks,
         seen.longest.as_secs_f64()
     ))
