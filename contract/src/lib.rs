@@ -12,6 +12,7 @@
 //!
 //! Serde only: it builds for the static guest runner as for the host.
 
+pub mod bench;
 pub mod cmdline;
 pub mod device;
 pub mod manifest;

@@ -23,7 +23,8 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use icelab_contract::bench::{FACT_FIO_ENCRYPTED, FACT_FIO_PLAIN, FioFigures, Percentiles};
+use serde_json::Value;
 
 use super::steps::{self, AES_256_XTS};
 use crate::command;
@@ -137,7 +138,7 @@ const IODEPTH: u32 = 16;
 
 /// The two directories every load runs in: (facts key, directory name).
 /// `plain` has no policy (the baseline), `enc` the fscrypt v2 policy.
-pub const DIRS: [(&str, &str); 2] = [("plain", "plain"), ("encrypted", "enc")];
+pub const DIRS: [(&str, &str); 2] = [(FACT_FIO_PLAIN, "plain"), (FACT_FIO_ENCRYPTED, "enc")];
 
 /// The fio file in a directory.
 const FIO_FILE: &str = "fio.dat";
@@ -225,42 +226,10 @@ pub fn fio_args(load: &Load, file: &Path, size: u64, seconds: u32) -> Vec<String
     ]
 }
 
-/// What one fio run measured.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FioResult {
-    /// Bytes per second (fio's `bw_bytes`) in MB/s (10^6).
-    pub mb_per_s: f64,
-    /// I/O operations per second.
-    pub iops: f64,
-    /// Completion latency percentiles in µs: p50, p99, p99.9.
-    pub clat_us: [f64; 3],
-    /// Bytes moved.
-    pub io_bytes: u64,
-    /// fio's measured runtime in ms.
-    pub runtime_ms: u64,
-}
-
-impl FioResult {
-    /// As facts.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "mb_per_s": self.mb_per_s,
-            "iops": self.iops,
-            "clat_us": {
-                "p50": self.clat_us[0],
-                "p99": self.clat_us[1],
-                "p99.9": self.clat_us[2],
-            },
-            "io_bytes": self.io_bytes,
-            "runtime_ms": self.runtime_ms,
-        })
-    }
-}
-
 /// Parses fio's `--output-format=json` of a one-job run; `direction` is
 /// `read` or `write`. fio may print notes before the JSON: they are
 /// skipped.
-pub fn parse_fio(output: &str, direction: &str) -> Result<FioResult, String> {
+pub fn parse_fio(output: &str, direction: &str) -> Result<FioFigures, String> {
     let start = output
         .find('{')
         .ok_or_else(|| format!("no JSON in fio's output: {:?}", head(output)))?;
@@ -288,14 +257,14 @@ pub fn parse_fio(output: &str, direction: &str) -> Result<FioResult, String> {
     let percentile = |key: &str| {
         number(&percentiles[key], &format!("clat_ns.percentile.{key}")).map(|ns| ns / 1000.0)
     };
-    Ok(FioResult {
+    Ok(FioFigures {
         mb_per_s: bw_bytes / 1e6,
         iops: number(&side["iops"], "iops")?,
-        clat_us: [
-            percentile("50.000000")?,
-            percentile("99.000000")?,
-            percentile("99.900000")?,
-        ],
+        clat_us: Percentiles {
+            p50: percentile("50.000000")?,
+            p99: percentile("99.000000")?,
+            p99_9: percentile("99.900000")?,
+        },
         io_bytes: io_bytes as u64,
         runtime_ms: number(&side["runtime"], "runtime")? as u64,
     })
@@ -370,7 +339,13 @@ fn run_load(ctx: &Ctx, load: &Load, facts: &mut Facts) -> Result<String, Failure
             "{key} {:.1} MB/s {:.0} IOPS",
             result.mb_per_s, result.iops
         ));
-        facts.set(key, result.to_json());
+        let figures = serde_json::to_value(&result).map_err(|e| {
+            Failure(format!(
+                "{} in {name}/: cannot encode the figures: {e}",
+                load.name
+            ))
+        })?;
+        facts.set(key, figures);
     }
     Ok(summary.join(", "))
 }
@@ -439,7 +414,14 @@ mod tests {
         let r = parse_fio(RANDREAD, "read").expect("parses");
         assert!((r.mb_per_s - 600.557074).abs() < 1e-6, "{r:?}");
         assert!((r.iops - 146_620.379_62).abs() < 1e-3);
-        assert_eq!(r.clat_us, [83.456, 240.64, 4046.848]);
+        assert_eq!(
+            r.clat_us,
+            Percentiles {
+                p50: 83.456,
+                p99: 240.64,
+                p99_9: 4046.848
+            }
+        );
         assert_eq!(r.io_bytes, 601_157_632);
         assert_eq!(r.runtime_ms, 1001);
         // The write side of a read job moved nothing: refused, not zero.
@@ -452,8 +434,15 @@ mod tests {
         let noisy = format!("fio: note: something\n{SEQWRITE}");
         let r = parse_fio(&noisy, "write").expect("parses");
         assert!((r.mb_per_s - 3641.208967).abs() < 1e-6, "{r:?}");
-        assert_eq!(r.clat_us, [536.576, 1028.096, 1761.28]);
-        let j = r.to_json();
+        assert_eq!(
+            r.clat_us,
+            Percentiles {
+                p50: 536.576,
+                p99: 1028.096,
+                p99_9: 1761.28
+            }
+        );
+        let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["clat_us"]["p99.9"], 1761.28);
     }
 

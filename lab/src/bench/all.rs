@@ -5,11 +5,13 @@
 //! each load so that drift hits them alike. Writes JSON, a markdown table
 //! and an SVG plot; `--baseline` turns it into a regression check.
 
-use super::baseline::regressions;
-use super::device::{self, Load, Measurement, Pattern, Target};
+use super::baseline::{self, Ratio};
+use super::crypto::CryptoDocument;
+use super::device::{self, Figures, Load, Measurement, Pattern, Target};
+use super::guest::GuestDocument;
 use super::{crypto, guest, plot};
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -151,6 +153,55 @@ const RATIOS: [(&str, &str, &str, f64); 3] = [
     ("ice-on/qsd-luks", "icelab-ice-on", "qsd-luks", 1.5),
 ];
 
+/// The JSON document of `icelab bench all`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AllDocument {
+    /// The CPU model.
+    pub cpu: String,
+    /// CPUs available.
+    pub cpus: usize,
+    /// Whether `--quick` was given.
+    pub quick: bool,
+    /// Seconds per measurement.
+    pub seconds_per_point: f64,
+    /// Rounds; the best of each point counts.
+    pub repeats: u32,
+    /// Queues per backend.
+    pub queues: u16,
+    /// Requests in flight per queue.
+    pub depth: usize,
+    /// Image size in bytes.
+    pub size: u64,
+    /// Which LUKS image qsd-luks exported, and why (empty: not measured).
+    pub qsd_luks_image: String,
+    /// Wall time of the run.
+    pub wall_seconds: f64,
+    /// The engine part (null: `--no-engine`).
+    pub engine: Option<CryptoDocument>,
+    /// Every measured point.
+    pub points: Vec<AllPoint>,
+    /// The tracked ratios, the guest's included.
+    pub ratios: Vec<Ratio>,
+    /// The guest part (null: `--no-guest`).
+    pub guest: Option<GuestDocument>,
+}
+
+/// One point of [`AllDocument`]: a load on a target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AllPoint {
+    /// The load's name (`seqread-128k`).
+    pub load: String,
+    /// The target's name.
+    pub target: String,
+    /// The access pattern's name.
+    pub pattern: String,
+    /// Bytes per request.
+    pub block_size: u64,
+    /// What was measured.
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
 /// One measured point.
 struct Point {
     load: String,
@@ -231,33 +282,35 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
     }
     let mut ratios = ratios(&points);
     if let Some(part) = &guest {
-        ratios.extend(part["ratios"].as_array().into_iter().flatten().cloned());
+        ratios.extend(part.ratios.iter().cloned());
     }
-    let document = json!({
-        "cpu": super::cpu_model(),
-        "cpus": std::thread::available_parallelism().map_or(1, usize::from),
-        "quick": config.quick,
-        "seconds_per_point": config.seconds,
-        "repeats": config.repeats,
-        "queues": config.queues,
-        "depth": config.depth,
-        "size": config.size,
-        "qsd_luks_image": luks_note,
-        "wall_seconds": started.elapsed().as_secs_f64(),
-        "engine": engine,
-        "points": points.iter().map(|p| {
-            let mut v = p.measurement.to_json();
-            v["load"] = json!(p.load);
-            v["target"] = json!(p.target);
-            v["pattern"] = json!(device::pattern_name(p.pattern));
-            v["block_size"] = json!(p.block_size);
-            v
-        }).collect::<Vec<_>>(),
-        "ratios": ratios,
-        "guest": guest,
-    });
+    let document = AllDocument {
+        cpu: super::cpu_model(),
+        cpus: std::thread::available_parallelism().map_or(1, usize::from),
+        quick: config.quick,
+        seconds_per_point: config.seconds,
+        repeats: config.repeats,
+        queues: config.queues,
+        depth: config.depth,
+        size: config.size,
+        qsd_luks_image: luks_note,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        engine,
+        points: points
+            .iter()
+            .map(|p| AllPoint {
+                load: p.load.clone(),
+                target: p.target.to_owned(),
+                pattern: device::pattern_name(p.pattern).to_owned(),
+                block_size: p.block_size,
+                figures: p.measurement.figures(),
+            })
+            .collect(),
+        ratios,
+        guest,
+    };
     let mut markdown = markdown(&document);
-    if let Some(part) = &guest {
+    if let Some(part) = &document.guest {
         markdown.push('\n');
         markdown.push_str(&guest::markdown(part));
     }
@@ -267,7 +320,7 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &config.args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&document)?)
+        std::fs::write(path, baseline::encode(&document)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &config.args.plot {
@@ -293,31 +346,13 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &config.args.baseline {
-        let text = std::fs::read(path)
-            .with_context(|| format!("cannot read the baseline {}", path.display()))?;
-        let baseline: Value = serde_json::from_slice(&text)
-            .with_context(|| format!("the baseline {} is not JSON", path.display()))?;
-        let regressions = regressions(&document, &baseline, config.args.threshold)?;
-        if regressions.is_empty() {
-            println!(
-                "no ratio fell more than {}% below the baseline {}",
-                config.args.threshold,
-                path.display()
-            );
-        } else {
-            bail!(
-                "regressed past {}% against {}:\n  {}",
-                config.args.threshold,
-                path.display(),
-                regressions.join("\n  ")
-            );
-        }
+        baseline::check(&document.ratios, path, config.args.threshold)?;
     }
     Ok(())
 }
 
 /// The engine part through `icelab bench crypto`'s own JSON.
-fn engine_figures(quick: bool) -> anyhow::Result<Value> {
+fn engine_figures(quick: bool) -> anyhow::Result<CryptoDocument> {
     let dir = tempfile::Builder::new().prefix("icelab-bench-").tempdir()?;
     let json = dir.path().join("crypto.json");
     crypto::run(crypto::CryptoArgs {
@@ -329,8 +364,8 @@ fn engine_figures(quick: bool) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&text)?)
 }
 
-/// The tracked ratios of every key load, as JSON objects.
-fn ratios(points: &[Point]) -> Vec<Value> {
+/// The tracked ratios of every key load.
+fn ratios(points: &[Point]) -> Vec<Ratio> {
     let figure = |load: &str, target: &str| {
         points
             .iter()
@@ -340,16 +375,18 @@ fn ratios(points: &[Point]) -> Vec<Value> {
     let mut out = Vec::new();
     for (load, _, _) in KEY_LOADS {
         for (name, num, den, goal) in RATIOS {
-            if let (Some(n), Some(d)) = (figure(load, num), figure(load, den)) {
+            if let (Some(n), Some(d)) = (figure(load, num), figure(load, den))
+                && d > 0.0
+            {
                 let value = n / d;
-                out.push(json!({
-                    "name": format!("{load} {name}"),
-                    "load": load,
-                    "ratio": name,
-                    "value": value,
-                    "goal": goal,
-                    "met": value >= goal,
-                }));
+                out.push(Ratio {
+                    name: format!("{load} {name}"),
+                    load: load.to_owned(),
+                    ratio: name.to_owned(),
+                    value,
+                    goal: Some(goal),
+                    met: Some(value >= goal),
+                });
             }
         }
     }
@@ -358,83 +395,169 @@ fn ratios(points: &[Point]) -> Vec<Value> {
 
 /// The run as a markdown table: the key loads per target, the ratios
 /// against their goals, the engine ratio.
-fn markdown(doc: &Value) -> String {
+fn markdown(doc: &AllDocument) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "icelab bench all on {} ({} CPUs), QD {} x {} queue(s), best of {} rounds of {} s per point, one run\n",
-        doc["cpu"].as_str().unwrap_or("?"),
-        doc["cpus"],
-        doc["depth"],
-        doc["queues"],
-        doc["repeats"],
-        doc["seconds_per_point"]
+        "icelab bench all on {} ({} CPUs), QD {} x {} queue(s), best of {} rounds of {:?} s per point, one run\n",
+        doc.cpu, doc.cpus, doc.depth, doc.queues, doc.repeats, doc.seconds_per_point
     );
     let _ = writeln!(
         s,
         "| load | target | MB/s | IOPS | p50 µs | p99 µs | p99.9 µs | backend CPU s/GB |"
     );
     let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
-    for p in doc["points"].as_array().into_iter().flatten() {
-        let f = |v: &Value, d: usize| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.d$}"));
+    // A figure that is not a number (no time measured) shows as "-".
+    let f = |v: Option<f64>, d: usize| {
+        v.filter(|x| x.is_finite())
+            .map_or("-".to_owned(), |x| format!("{x:.d$}"))
+    };
+    for p in &doc.points {
+        let fig = &p.figures;
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            p["load"].as_str().unwrap_or("?"),
-            p["target"].as_str().unwrap_or("?"),
-            f(&p["mb_per_s"], 1),
-            f(&p["iops"], 0),
-            f(&p["latency_us"]["p50"], 0),
-            f(&p["latency_us"]["p99"], 0),
-            f(&p["latency_us"]["p99.9"], 0),
-            f(&p["device_cpu_s_per_gb"], 3),
+            p.load,
+            p.target,
+            f(Some(fig.mb_per_s), 1),
+            f(Some(fig.iops), 0),
+            f(Some(fig.latency_us.p50), 0),
+            f(Some(fig.latency_us.p99), 0),
+            f(Some(fig.latency_us.p99_9), 0),
+            f(fig.device_cpu_s_per_gb, 3),
         );
     }
     let _ = writeln!(s, "\n| ratio (same run) | measured | goal | met |");
     let _ = writeln!(s, "|---|---:|---:|---|");
-    if let Some(rows) = doc["engine"]["rows"].as_array() {
-        for row in rows {
-            let _ = writeln!(
-                s,
-                "| engine / OpenSSL AES-256-XTS, {}-byte units, {} thread(s) | {:.2}× | {} | {} |",
-                row["data_unit_size"],
-                row["threads"],
-                row["ratio"].as_f64().unwrap_or(0.0),
-                if row["data_unit_size"] == 4096 && row["threads"] == 1 {
-                    "0.9×"
-                } else {
-                    "-"
-                },
-                if row["data_unit_size"] == 4096 && row["threads"] == 1 {
-                    if row["ratio"].as_f64().unwrap_or(0.0) >= 0.9 {
-                        "yes"
-                    } else {
-                        "**no**"
-                    }
-                } else {
-                    "-"
-                },
-            );
-        }
-    }
-    // The guest's ratios have no goal; its own table shows them.
-    for r in doc["ratios"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| !r["goal"].is_null())
-    {
+    for row in doc.engine.iter().flat_map(|e| &e.rows) {
+        // The goal is stated for 4096-byte units on one thread.
+        let goal = row.data_unit_size == 4096 && row.threads == 1;
         let _ = writeln!(
             s,
-            "| {} | {:.2}× | {}× | {} |",
-            r["name"].as_str().unwrap_or("?"),
-            r["value"].as_f64().unwrap_or(0.0),
-            r["goal"],
-            if r["met"] == true { "yes" } else { "**no**" }
+            "| engine / OpenSSL AES-256-XTS, {}-byte units, {} thread(s) | {:.2}× | {} | {} |",
+            row.data_unit_size,
+            row.threads,
+            row.ratio,
+            if goal { "0.9×" } else { "-" },
+            match (goal, row.ratio >= 0.9) {
+                (false, _) => "-",
+                (true, true) => "yes",
+                (true, false) => "**no**",
+            },
         );
     }
-    if let Some(note) = doc["qsd_luks_image"].as_str().filter(|n| !n.is_empty()) {
-        let _ = writeln!(s, "\nqsd-luks image: {note}.");
+    // The guest's ratios have no goal; its own table shows them.
+    for r in &doc.ratios {
+        let Some(goal) = r.goal else { continue };
+        let _ = writeln!(
+            s,
+            "| {} | {:.2}× | {goal:?}× | {} |",
+            r.name,
+            r.value,
+            if r.met == Some(true) { "yes" } else { "**no**" }
+        );
+    }
+    if !doc.qsd_luks_image.is_empty() {
+        let _ = writeln!(s, "\nqsd-luks image: {}.", doc.qsd_luks_image);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// Every JSON file under `benches/` (stored runs, the baseline).
+    fn stored_runs() -> Vec<(std::path::PathBuf, String)> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches");
+        let mut out: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|e| e == "json"))
+            .map(|path| {
+                let text = std::fs::read_to_string(&path).unwrap();
+                (path, text)
+            })
+            .collect();
+        out.sort();
+        assert!(!out.is_empty(), "no JSON in {}", dir.display());
+        out
+    }
+
+    /// Parses as the document type and writes back the same JSON: field
+    /// names, nulls, integer or not, nothing lost or added. (Not byte for
+    /// byte: serde_json's default float parsing may be one ulp off.)
+    fn round_trip<T: Serialize + serde::de::DeserializeOwned>(
+        text: &str,
+    ) -> Result<T, serde_json::Error> {
+        let doc: T = serde_json::from_str(text)?;
+        let stored: Value = serde_json::from_str(text)?;
+        assert_eq!(serde_json::to_value(&doc)?, stored);
+        Ok(doc)
+    }
+
+    #[test]
+    fn every_stored_run_parses_and_writes_back_the_same() {
+        for (path, text) in stored_runs() {
+            let shown = path.display();
+            // A `bench all` run, or a `bench guest` one.
+            if let Err(all) = round_trip::<AllDocument>(&text) {
+                let guest = round_trip::<GuestDocument>(&text).err();
+                assert!(
+                    guest.is_none(),
+                    "{shown}: not bench all ({all}) nor bench guest ({guest:?})"
+                );
+            }
+            let baseline = baseline::Baseline::parse(text.as_bytes())
+                .unwrap_or_else(|e| panic!("{shown}: {e:#}"));
+            assert!(!baseline.ratios.is_empty(), "{shown}");
+        }
+    }
+
+    #[test]
+    fn the_stored_baseline_renders_as_the_readme_shows() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/baseline.json"),
+        )
+        .unwrap();
+        let doc: AllDocument = serde_json::from_str(&text).unwrap();
+        let md = markdown(&doc);
+        for want in [
+            "best of 3 rounds of 2.0 s per point, one run",
+            "| seqread-128k ice-off/qsd-raw | 1.86× | 1.0× | yes |",
+            "| seqread-128k ice-on/qsd-luks | 8.30× | 1.5× | yes |",
+            "| engine / OpenSSL AES-256-XTS, 4096-byte units, 1 thread(s) | 1.55× | 0.9× | yes |",
+            "| engine / OpenSSL AES-256-XTS, 512-byte units, 2 thread(s) | 0.91× | - | - |",
+            "\nqsd-luks image: LUKS1 ",
+        ] {
+            assert!(md.contains(want), "{want:?} in\n{md}");
+        }
+        // The guest's ratios (no goal) stay out of this table.
+        assert!(!md.contains("guest "), "{md}");
+        let guest = guest::markdown(doc.guest.as_ref().unwrap());
+        assert!(guest.contains("| seqread-128k | native ICE |"), "{guest}");
+    }
+
+    #[test]
+    fn ratios_need_both_figures_and_a_nonzero_denominator() {
+        let point = |target: &'static str, bytes: u64| Point {
+            load: "seqread-128k".to_owned(),
+            target,
+            pattern: Pattern::Read,
+            block_size: 128 << 10,
+            measurement: Measurement::for_test(bytes),
+        };
+        let points = [
+            point("icelab-ice-on", 2_000_000),
+            point("icelab-ice-off", 4_000_000),
+            point("qsd-raw", 0),
+        ];
+        let found = ratios(&points);
+        assert_eq!(found.len(), 1, "{found:?}");
+        let r = &found[0];
+        assert_eq!(r.name, "seqread-128k ice-on/ice-off");
+        assert!((r.value - 0.5).abs() < 1e-12);
+        assert_eq!((r.goal, r.met), (Some(0.8), Some(false)));
+    }
 }

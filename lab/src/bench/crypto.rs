@@ -13,7 +13,7 @@
 
 use anyhow::{Context, bail};
 use icelab_emulator::engine::xts::{Direction, XtsKey};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Barrier;
@@ -91,6 +91,51 @@ impl Row {
     }
 }
 
+/// The JSON document of `icelab bench crypto` (and the `engine` part of
+/// `icelab bench all`'s).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CryptoDocument {
+    /// The CPU model.
+    pub cpu: String,
+    /// `openssl version`.
+    pub openssl: String,
+    /// Seconds per measurement.
+    pub seconds: u32,
+    /// Measurements per side and configuration.
+    pub repeats: u32,
+    /// What the figures count.
+    pub unit: String,
+    /// One row per data unit size and thread count.
+    pub rows: Vec<EngineRow>,
+}
+
+/// The figures of one configuration, in GB/s.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EngineRow {
+    /// Bytes per data unit.
+    pub data_unit_size: usize,
+    /// Threads on each side.
+    pub threads: usize,
+    /// The engine, GB/s.
+    pub engine_gb_per_s: f64,
+    /// `openssl speed`, GB/s.
+    pub openssl_gb_per_s: f64,
+    /// engine / openssl.
+    pub ratio: f64,
+}
+
+impl From<&Row> for EngineRow {
+    fn from(row: &Row) -> Self {
+        Self {
+            data_unit_size: row.data_unit_size,
+            threads: row.threads,
+            engine_gb_per_s: row.engine / 1e9,
+            openssl_gb_per_s: row.openssl / 1e9,
+            ratio: row.ratio(),
+        }
+    }
+}
+
 /// Runs the measurements, prints the table and writes the JSON file.
 pub fn run(args: CryptoArgs) -> anyhow::Result<()> {
     let config = Config::try_from(args)?;
@@ -125,21 +170,15 @@ pub fn run(args: CryptoArgs) -> anyhow::Result<()> {
     }
     print_table(&rows, &config, &cpu, &openssl_version);
     if let Some(path) = &config.json {
-        let document = json!({
-            "cpu": cpu,
-            "openssl": openssl_version,
-            "seconds": config.seconds,
-            "repeats": config.repeats,
-            "unit": "GB/s (1e9 bytes), one data unit per call, best of the repeats; 1 thread: per CPU-second, several: per wall-clock second, as openssl speed counts",
-            "rows": rows.iter().map(|row| json!({
-                "data_unit_size": row.data_unit_size,
-                "threads": row.threads,
-                "engine_gb_per_s": row.engine / 1e9,
-                "openssl_gb_per_s": row.openssl / 1e9,
-                "ratio": row.ratio(),
-            })).collect::<Vec<_>>(),
-        });
-        let text = serde_json::to_vec_pretty(&document).context("encoding the figures as JSON")?;
+        let document = CryptoDocument {
+            cpu,
+            openssl: openssl_version,
+            seconds: config.seconds,
+            repeats: config.repeats,
+            unit: "GB/s (1e9 bytes), one data unit per call, best of the repeats; 1 thread: per CPU-second, several: per wall-clock second, as openssl speed counts".to_owned(),
+            rows: rows.iter().map(EngineRow::from).collect(),
+        };
+        let text = super::baseline::encode(&document).context("encoding the figures as JSON")?;
         std::fs::write(path, text).with_context(|| {
             format!(
                 "writing {}: check the directory exists and is writable",

@@ -7,10 +7,11 @@
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
+use icelab_contract::bench::Percentiles;
 use icelab_emulator::protocol::{CryptoMsg, Dun, KeyDesc, SECTOR_SIZE, Status};
 use icelab_frontend::blk::{BlkQueue, Completion, Request, Tag};
 use icelab_frontend::{Frontend, FrontendOptions};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -304,20 +305,79 @@ impl Measurement {
         self.latency.value_at_quantile(q) as f64 / 1000.0
     }
 
-    /// Every figure, as JSON.
-    pub fn to_json(&self) -> Value {
-        let us = |q: f64| self.latency.value_at_quantile(q) as f64 / 1000.0;
-        json!({
-            "queues": self.queues,
-            "requests": self.requests,
-            "bytes": self.bytes,
-            "seconds": self.elapsed.as_secs_f64(),
-            "iops": self.iops(),
-            "mb_per_s": self.mb_per_s(),
-            "latency_us": { "p50": us(0.5), "p99": us(0.99), "p99.9": us(0.999) },
-            "device_cpu_s_per_gb": self.cpu_s_per_gb(),
-        })
+    /// Every figure, as the JSON documents carry them.
+    pub fn figures(&self) -> Figures {
+        Figures {
+            queues: self.queues,
+            requests: self.requests,
+            bytes: self.bytes,
+            seconds: self.elapsed.as_secs_f64(),
+            iops: self.iops(),
+            mb_per_s: self.mb_per_s(),
+            latency_us: Percentiles {
+                p50: self.latency_us(0.5),
+                p99: self.latency_us(0.99),
+                p99_9: self.latency_us(0.999),
+            },
+            device_cpu_s_per_gb: self.cpu_s_per_gb(),
+        }
     }
+}
+
+#[cfg(test)]
+impl Measurement {
+    /// `bytes` moved in one second, in 4096-byte requests.
+    pub(crate) fn for_test(bytes: u64) -> Self {
+        Self {
+            queues: 1,
+            requests: bytes / 4096,
+            bytes,
+            elapsed: Duration::from_secs(1),
+            latency: Histogram::new(3).expect("a histogram"),
+            device_cpu: None,
+        }
+    }
+}
+
+/// The figures of one measurement in the JSON documents (`bench device`'s
+/// runs, `bench all`'s points).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Figures {
+    /// Queues, one submitting thread each.
+    pub queues: u16,
+    /// Requests completed.
+    pub requests: u64,
+    /// Bytes moved.
+    pub bytes: u64,
+    /// Seconds measured.
+    pub seconds: f64,
+    /// Requests per second.
+    pub iops: f64,
+    /// Megabytes (10^6) per second.
+    pub mb_per_s: f64,
+    /// Request latency percentiles.
+    pub latency_us: Percentiles,
+    /// The backend's CPU seconds per GB moved (null: not started here).
+    pub device_cpu_s_per_gb: Option<f64>,
+}
+
+/// The JSON document of `icelab bench device`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeviceDocument {
+    /// The CPU model.
+    pub cpu: String,
+    /// The target's name.
+    pub target: String,
+    /// The access pattern's name.
+    pub pattern: String,
+    /// Bytes per request.
+    pub block_size: u64,
+    /// Requests in flight per queue.
+    pub depth: usize,
+    /// Whether the load used CRYPTO_IN/OUT.
+    pub ice: bool,
+    /// One per queue count.
+    pub runs: Vec<Figures>,
 }
 
 /// Runs the measurements and prints a table with ratios to the first.
@@ -366,16 +426,16 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
     }
     print_table(&args, block_size, &target, &measurements);
     if let Some(path) = &args.json {
-        let document = json!({
-            "cpu": crate::bench::cpu_model(),
-            "target": target.name(),
-            "pattern": pattern_name(args.pattern),
-            "block_size": block_size,
-            "depth": args.depth,
-            "ice": ice,
-            "runs": measurements.iter().map(Measurement::to_json).collect::<Vec<_>>(),
-        });
-        std::fs::write(path, serde_json::to_vec_pretty(&document)?)
+        let document = DeviceDocument {
+            cpu: crate::bench::cpu_model(),
+            target: target.name().to_owned(),
+            pattern: pattern_name(args.pattern).to_owned(),
+            block_size,
+            depth: args.depth,
+            ice,
+            runs: measurements.iter().map(Measurement::figures).collect(),
+        };
+        std::fs::write(path, super::baseline::encode(&document)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())

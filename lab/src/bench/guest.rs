@@ -12,16 +12,18 @@
 //! attributed to a path only when the guest's kernel log named it
 //! (`blk-crypto-path`) and the device's counters agree.
 
-use super::baseline::regressions;
+use super::baseline::{self, Ratio};
 use crate::artifacts::{self, Artifacts, Overrides};
 use crate::boot::{self as lab_boot, BootSpec};
 use crate::plan as lab_plan;
 use crate::qemu::{self, Accel};
 use crate::report::{Outcome, Source, TestResult};
 use anyhow::{Context, bail};
+use icelab_contract::bench::{FACT_FIO_ENCRYPTED, FACT_FIO_PLAIN, FioFacts, FioFigures};
 use icelab_contract::cmdline::{Fio, GuestPlan};
 use icelab_contract::device::Counters;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -156,7 +158,8 @@ pub struct GuestTest {
     pub passed: bool,
     /// Its message.
     pub message: String,
-    /// What it observed.
+    /// What it observed (read through a type where used: [`FioFacts`],
+    /// [`PathFacts`]).
     pub facts: Value,
     /// Wall time in the guest.
     pub duration_ms: u64,
@@ -175,30 +178,130 @@ impl GuestTest {
     }
 }
 
+/// The facts of `blk-crypto-path` the bench keeps.
+#[derive(Debug, Default, Deserialize)]
+pub struct PathFacts {
+    /// The kernel log line that named the boot's path.
+    pub matched_line: Option<String>,
+}
+
 /// One figure: a load in a directory of a boot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Point {
     /// The boot.
     pub boot: Boot,
-    /// `plain` (no encryption) or `encrypted`.
+    /// [`FACT_FIO_PLAIN`] (no encryption) or [`FACT_FIO_ENCRYPTED`].
     pub dir: &'static str,
     /// The load.
     pub load: String,
-    /// The guest's facts for it (mb_per_s, iops, clat_us).
-    pub figures: Value,
+    /// The guest's figures for it.
+    pub figures: FioFigures,
 }
 
 impl Point {
-    fn mb_per_s(&self) -> Option<f64> {
-        self.figures["mb_per_s"].as_f64()
+    fn mb_per_s(&self) -> f64 {
+        self.figures.mb_per_s
     }
 
     fn label(&self) -> String {
         match self.dir {
-            "encrypted" => self.boot.encrypted_label().to_owned(),
+            FACT_FIO_ENCRYPTED => self.boot.encrypted_label().to_owned(),
             _ => format!("none ({} boot)", self.boot.name()),
         }
     }
+}
+
+/// The JSON document of `icelab bench guest` (and the `guest` part of
+/// `icelab bench all`'s).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GuestDocument {
+    /// The host's CPU model.
+    pub cpu: String,
+    /// The host's CPUs.
+    pub cpus: usize,
+    /// The accelerator used (`tcg`, `kvm`).
+    pub accel: String,
+    /// What the figures mean under that accelerator.
+    pub note: String,
+    /// The guest kernel's version.
+    pub kernel: String,
+    /// QEMU's version.
+    pub qemu: String,
+    /// Seconds per fio run.
+    pub seconds_per_point: u32,
+    /// Bytes per fio file.
+    pub size: u64,
+    /// How fio ran.
+    pub fio: String,
+    /// The loads measured.
+    pub loads: Vec<String>,
+    /// Wall time of both boots.
+    pub wall_seconds: f64,
+    /// One per boot.
+    pub boots: Vec<BootRecord>,
+    /// Every figure.
+    pub points: Vec<GuestPoint>,
+    /// The tracked ratios.
+    pub ratios: Vec<Ratio>,
+    /// How far the two boots' unencrypted figures drifted apart.
+    pub drift: Vec<Drift>,
+}
+
+/// One boot in [`GuestDocument`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BootRecord {
+    /// [`Boot::name`].
+    pub name: String,
+    /// [`Boot::encrypted_label`].
+    pub encrypted: String,
+    /// Wall time of the boot.
+    pub wall_seconds: f64,
+    /// The kernel log line naming the blk-crypto path (null: none).
+    pub kernel_log: Option<String>,
+    /// The device's [`Counters`] (null: it wrote no stats), carried as
+    /// written and never read back: stored runs predate counters added
+    /// since (`control_queue`), which [`Counters`] requires.
+    pub device_stats: Option<Value>,
+}
+
+/// One figure in [`GuestDocument`]: a [`Point`] with its labels.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GuestPoint {
+    /// [`Boot::name`].
+    pub boot: String,
+    /// `plain` or `encrypted`.
+    pub dir: String,
+    /// The load.
+    pub load: String,
+    /// The configuration measured, for the table.
+    pub configuration: String,
+    /// The guest's figures.
+    #[serde(flatten)]
+    pub figures: FioFigures,
+}
+
+impl From<&Point> for GuestPoint {
+    fn from(p: &Point) -> Self {
+        Self {
+            boot: p.boot.name().to_owned(),
+            dir: p.dir.to_owned(),
+            load: p.load.clone(),
+            configuration: p.label(),
+            figures: p.figures.clone(),
+        }
+    }
+}
+
+/// The two boots' unencrypted figures of one load divided (shown, not
+/// tracked).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Drift {
+    /// Its name in the table.
+    pub name: String,
+    /// The load.
+    pub load: String,
+    /// The quotient.
+    pub value: f64,
 }
 
 /// Runs `icelab bench guest`.
@@ -223,37 +326,20 @@ pub fn run(args: GuestArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&document)?)
+        std::fs::write(path, baseline::encode(&document)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &args.baseline {
-        let text = std::fs::read(path)
-            .with_context(|| format!("cannot read the baseline {}", path.display()))?;
-        let baseline: Value = serde_json::from_slice(&text)
-            .with_context(|| format!("the baseline {} is not JSON", path.display()))?;
-        let fallen = regressions(&document, &baseline, args.threshold)?;
-        if !fallen.is_empty() {
-            bail!(
-                "regressed past {}% against {}:\n  {}",
-                args.threshold,
-                path.display(),
-                fallen.join("\n  ")
-            );
-        }
-        println!(
-            "no ratio fell more than {}% below the baseline {}",
-            args.threshold,
-            path.display()
-        );
+        baseline::check(&document.ratios, path, args.threshold)?;
     }
     Ok(())
 }
 
 /// Builds (or finds) the lab, boots the suite natively and with the
-/// fallback, and returns every figure and ratio as JSON. Fails, naming
+/// fallback, and returns every figure and ratio. Fails, naming
 /// the test, when a boot did not measure everything or the path the
 /// encrypted figures took is not the one the boot was for.
-pub fn measure(plan: &Plan) -> anyhow::Result<Value> {
+pub fn measure(plan: &Plan) -> anyhow::Result<GuestDocument> {
     let started = Instant::now();
     let mut artifacts = artifacts::build(&Overrides::default())?;
     // Both boots use a private copy of the initramfs: the cache's archives
@@ -291,43 +377,40 @@ pub fn measure(plan: &Plan) -> anyhow::Result<Value> {
         let outcome = run_boot(plan, &artifacts, accel, boot)?;
         points.extend(points_of(boot, &plan.loads, &outcome.results)?);
         check_attribution(boot, &outcome)?;
-        boots.push(json!({
-            "name": boot.name(),
-            "encrypted": boot.encrypted_label(),
-            "wall_seconds": outcome.wall.as_secs_f64(),
-            "kernel_log": outcome.path_line,
-            "device_stats": outcome.stats,
-        }));
+        boots.push(BootRecord {
+            name: boot.name().to_owned(),
+            encrypted: boot.encrypted_label().to_owned(),
+            wall_seconds: outcome.wall.as_secs_f64(),
+            kernel_log: outcome.path_line,
+            device_stats: outcome
+                .stats
+                .as_ref()
+                .map(serde_json::to_value)
+                .transpose()?,
+        });
     }
     let (ratios, drift) = ratios(&points);
-    Ok(json!({
-        "cpu": super::cpu_model(),
-        "cpus": std::thread::available_parallelism().map_or(1, usize::from),
-        "accel": accel.name(),
-        "note": if accel == Accel::Tcg {
+    Ok(GuestDocument {
+        cpu: super::cpu_model(),
+        cpus: std::thread::available_parallelism().map_or(1, usize::from),
+        accel: accel.name().to_owned(),
+        note: if accel == Accel::Tcg {
             TCG_NOTE.to_owned()
         } else {
             "KVM: the guest CPU is the host's; ratios still compare best".to_owned()
         },
-        "kernel": artifacts.kernel_version,
-        "qemu": artifacts.qemu_version,
-        "seconds_per_point": plan.seconds,
-        "size": plan.size,
-        "fio": "O_DIRECT, libaio, iodepth 16, one job, 1 s ramp, time based",
-        "loads": plan.loads,
-        "wall_seconds": started.elapsed().as_secs_f64(),
-        "boots": boots,
-        "points": points.iter().map(|p| {
-            let mut v = p.figures.clone();
-            v["boot"] = json!(p.boot.name());
-            v["dir"] = json!(p.dir);
-            v["load"] = json!(p.load);
-            v["configuration"] = json!(p.label());
-            v
-        }).collect::<Vec<_>>(),
-        "ratios": ratios,
-        "drift": drift,
-    }))
+        kernel: artifacts.kernel_version,
+        qemu: artifacts.qemu_version,
+        seconds_per_point: plan.seconds,
+        size: plan.size,
+        fio: "O_DIRECT, libaio, iodepth 16, one job, 1 s ramp, time based".to_owned(),
+        loads: plan.loads.iter().map(|l| (*l).to_owned()).collect(),
+        wall_seconds: started.elapsed().as_secs_f64(),
+        boots,
+        points: points.iter().map(GuestPoint::from).collect(),
+        ratios,
+        drift,
+    })
 }
 
 /// The figures of a boot's fio tests; fails naming a test that did not
@@ -345,20 +428,26 @@ fn points_of(boot: Boot, loads: &[&str], results: &[GuestTest]) -> anyhow::Resul
         if !result.passed {
             bail!("{} boot: {name} failed: {}", boot.name(), result.message);
         }
-        for dir in ["plain", "encrypted"] {
-            let figures = result.facts[dir].clone();
-            if figures["mb_per_s"].as_f64().is_none() {
+        let facts = FioFacts::deserialize(&result.facts).map_err(|error| {
+            anyhow::anyhow!(
+                "{} boot: {name} reported malformed figures ({error}): {}",
+                boot.name(),
+                result.facts
+            )
+        })?;
+        for dir in [FACT_FIO_PLAIN, FACT_FIO_ENCRYPTED] {
+            let Some(figures) = facts.get(dir) else {
                 bail!(
-                    "{} boot: {name} reported no MB/s for {dir}: {}",
+                    "{} boot: {name} reported no figures for {dir}: {}",
                     boot.name(),
                     result.facts
                 );
-            }
+            };
             out.push(Point {
                 boot,
                 dir,
                 load: load.to_owned(),
-                figures,
+                figures: figures.clone(),
             });
         }
     }
@@ -404,20 +493,20 @@ fn check_attribution(boot: Boot, outcome: &BootOutcome) -> anyhow::Result<()> {
 /// fallback/none, native/fallback) in `bench all`'s format, and the boot
 /// drift (none in the native boot over none in the fallback boot), which
 /// is shown but not tracked.
-pub fn ratios(points: &[Point]) -> (Vec<Value>, Vec<Value>) {
+pub fn ratios(points: &[Point]) -> (Vec<Ratio>, Vec<Drift>) {
     let figure = |boot: Boot, dir: &str, load: &str| {
         points
             .iter()
             .find(|p| p.boot == boot && p.dir == dir && p.load == load)
-            .and_then(Point::mb_per_s)
+            .map(Point::mb_per_s)
     };
     let mut tracked = Vec::new();
     let mut drift = Vec::new();
     for load in LOADS {
-        let native = figure(Boot::Native, "encrypted", load);
-        let native_none = figure(Boot::Native, "plain", load);
-        let fallback = figure(Boot::Fallback, "encrypted", load);
-        let fallback_none = figure(Boot::Fallback, "plain", load);
+        let native = figure(Boot::Native, FACT_FIO_ENCRYPTED, load);
+        let native_none = figure(Boot::Native, FACT_FIO_PLAIN, load);
+        let fallback = figure(Boot::Fallback, FACT_FIO_ENCRYPTED, load);
+        let fallback_none = figure(Boot::Fallback, FACT_FIO_PLAIN, load);
         for (ratio, numerator, denominator) in [
             ("native/none", native, native_none),
             ("fallback/none", fallback, fallback_none),
@@ -426,82 +515,76 @@ pub fn ratios(points: &[Point]) -> (Vec<Value>, Vec<Value>) {
             if let (Some(n), Some(d)) = (numerator, denominator)
                 && d > 0.0
             {
-                tracked.push(json!({
-                    "name": format!("guest {load} {ratio}"),
-                    "load": load,
-                    "ratio": ratio,
-                    "value": n / d,
-                    "goal": Value::Null,
-                    "met": Value::Null,
-                }));
+                tracked.push(Ratio {
+                    name: format!("guest {load} {ratio}"),
+                    load: load.to_owned(),
+                    ratio: ratio.to_owned(),
+                    value: n / d,
+                    goal: None,
+                    met: None,
+                });
             }
         }
         if let (Some(n), Some(d)) = (native_none, fallback_none)
             && d > 0.0
         {
-            drift.push(json!({
-                "name": format!("guest {load} none: native boot / fallback boot"),
-                "load": load,
-                "value": n / d,
-            }));
+            drift.push(Drift {
+                name: format!("guest {load} none: native boot / fallback boot"),
+                load: load.to_owned(),
+                value: n / d,
+            });
         }
     }
     (tracked, drift)
 }
 
 /// The guest part as markdown: the TCG note, the figures, the ratios.
-pub fn markdown(doc: &Value) -> String {
+pub fn markdown(doc: &GuestDocument) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
         "icelab bench guest: fio in the guest ({}, {}), {}, {} s per point, {} MiB file per directory, on {}\n",
-        doc["kernel"].as_str().unwrap_or("?"),
-        doc["accel"].as_str().unwrap_or("?").to_uppercase(),
-        doc["fio"].as_str().unwrap_or("?"),
-        doc["seconds_per_point"],
-        doc["size"].as_u64().unwrap_or(0) >> 20,
-        doc["cpu"].as_str().unwrap_or("?"),
+        doc.kernel,
+        doc.accel.to_uppercase(),
+        doc.fio,
+        doc.seconds_per_point,
+        doc.size >> 20,
+        doc.cpu,
     );
-    let _ = writeln!(s, "**{}.**\n", doc["note"].as_str().unwrap_or(TCG_NOTE));
+    let _ = writeln!(s, "**{}.**\n", doc.note);
     let _ = writeln!(
         s,
         "| load | configuration | MB/s | IOPS | p50 µs | p99 µs | p99.9 µs |"
     );
     let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
-    let f = |v: &Value, d: usize| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.d$}"));
+    // A figure that is not a number shows as "-".
+    let f = |x: f64, d: usize| {
+        if x.is_finite() {
+            format!("{x:.d$}")
+        } else {
+            "-".to_owned()
+        }
+    };
     for load in LOADS {
-        for p in doc["points"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| p["load"] == load)
-        {
+        for p in doc.points.iter().filter(|p| p.load == load) {
+            let fig = &p.figures;
             let _ = writeln!(
                 s,
                 "| {load} | {} | {} | {} | {} | {} | {} |",
-                p["configuration"].as_str().unwrap_or("?"),
-                f(&p["mb_per_s"], 1),
-                f(&p["iops"], 0),
-                f(&p["clat_us"]["p50"], 0),
-                f(&p["clat_us"]["p99"], 0),
-                f(&p["clat_us"]["p99.9"], 0),
+                p.configuration,
+                f(fig.mb_per_s, 1),
+                f(fig.iops, 0),
+                f(fig.clat_us.p50, 0),
+                f(fig.clat_us.p99, 0),
+                f(fig.clat_us.p99_9, 0),
             );
         }
     }
     let _ = writeln!(s, "\n| ratio (MB/s, same run) | measured |");
     let _ = writeln!(s, "|---|---:|");
-    for r in doc["ratios"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(doc["drift"].as_array().into_iter().flatten())
-    {
-        let _ = writeln!(
-            s,
-            "| {} | {:.2}× |",
-            r["name"].as_str().unwrap_or("?"),
-            r["value"].as_f64().unwrap_or(0.0)
-        );
+    let rows = doc.ratios.iter().map(|r| (&r.name, r.value));
+    for (name, value) in rows.chain(doc.drift.iter().map(|d| (&d.name, d.value))) {
+        let _ = writeln!(s, "| {name} | {value:.2}× |");
     }
     s
 }
@@ -511,7 +594,8 @@ struct BootOutcome {
     results: Vec<GuestTest>,
     /// The device's counters (`None`: it wrote no stats file).
     stats: Option<Counters>,
-    path_line: Value,
+    /// The kernel log line `blk-crypto-path` matched.
+    path_line: Option<String>,
     wall: Duration,
 }
 
@@ -598,7 +682,8 @@ fn run_boot(
     let path_line = results
         .iter()
         .find(|r| r.name == "blk-crypto-path")
-        .map_or(Value::Null, |r| r.facts["matched_line"].clone());
+        .and_then(|r| PathFacts::deserialize(&r.facts).ok())
+        .and_then(|facts| facts.matched_line);
     Ok(BootOutcome {
         results,
         stats: crate::checks::parse_stats(&outcome.stats)
@@ -612,21 +697,37 @@ fn run_boot(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use icelab_contract::bench::Percentiles;
     use icelab_contract::device::Traffic;
+    use serde_json::json;
+
+    fn figures(mb: f64) -> FioFigures {
+        FioFigures {
+            mb_per_s: mb,
+            iops: mb * 10.0,
+            clat_us: Percentiles {
+                p50: 100.0,
+                p99: 200.0,
+                p99_9: 300.0,
+            },
+            io_bytes: 1 << 20,
+            runtime_ms: 1000,
+        }
+    }
 
     fn point(boot: Boot, dir: &'static str, load: &str, mb: f64) -> Point {
         Point {
             boot,
             dir,
             load: load.to_owned(),
-            figures: json!({"mb_per_s": mb, "iops": mb * 10.0}),
+            figures: figures(mb),
         }
     }
 
-    fn find<'a>(values: &'a [Value], name: &str) -> &'a Value {
+    fn find<'a>(values: &'a [Ratio], name: &str) -> &'a Ratio {
         values
             .iter()
-            .find(|v| v["name"] == name)
+            .find(|v| v.name == name)
             .unwrap_or_else(|| panic!("no {name} in {values:?}"))
     }
 
@@ -640,16 +741,14 @@ mod tests {
         ];
         let (tracked, drift) = ratios(&points);
         assert_eq!(tracked.len(), 3, "{tracked:?}");
-        let v = |name| find(&tracked, name)["value"].as_f64().unwrap();
+        let v = |name| find(&tracked, name).value;
         assert!((v("guest seqread-128k native/none") - 0.9).abs() < 1e-12);
         assert!((v("guest seqread-128k fallback/none") - 0.2).abs() < 1e-12);
         assert!((v("guest seqread-128k native/fallback") - 3.6).abs() < 1e-12);
         assert_eq!(drift.len(), 1);
-        assert!((drift[0]["value"].as_f64().unwrap() - 0.8).abs() < 1e-12);
-        assert_eq!(
-            find(&tracked, "guest seqread-128k native/none")["goal"],
-            Value::Null
-        );
+        assert!((drift[0].value - 0.8).abs() < 1e-12);
+        let native = find(&tracked, "guest seqread-128k native/none");
+        assert_eq!((native.goal, native.met), (None, None));
     }
 
     #[test]
@@ -660,7 +759,7 @@ mod tests {
             point(Boot::Fallback, "encrypted", "randread-4k", 5.0),
         ];
         let (tracked, drift) = ratios(&points);
-        let names: Vec<&str> = tracked.iter().filter_map(|v| v["name"].as_str()).collect();
+        let names: Vec<&str> = tracked.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(names, ["guest randread-4k native/fallback"]);
         assert!(drift.is_empty());
     }
@@ -673,11 +772,11 @@ mod tests {
             point(Boot::Fallback, "plain", "seqwrite-128k", 100.0),
             point(Boot::Fallback, "encrypted", "seqwrite-128k", 30.0),
         ];
-        let base = json!({ "ratios": ratios(&points).0 });
+        let base = ratios(&points).0;
         let mut slower = points.clone();
         slower[1] = point(Boot::Native, "encrypted", "seqwrite-128k", 60.0);
-        let run = json!({ "ratios": ratios(&slower).0 });
-        let fallen = regressions(&run, &base, 10.0).unwrap();
+        let run = ratios(&slower).0;
+        let fallen = baseline::regressions(&run, &base, 10.0);
         assert_eq!(fallen.len(), 2, "{fallen:?}");
         assert!(fallen[0].starts_with("guest seqwrite-128k native/none:"));
         assert!(fallen[1].starts_with("guest seqwrite-128k native/fallback:"));
@@ -712,7 +811,7 @@ mod tests {
 
     #[test]
     fn a_failed_or_empty_fio_test_is_refused() {
-        let good = json!({"plain": {"mb_per_s": 1.0}, "encrypted": {"mb_per_s": 2.0}});
+        let good = json!({"plain": figures(1.0), "encrypted": figures(2.0), "load": "x"});
         let mut results: Vec<GuestTest> = LOADS
             .iter()
             .map(|l| result(&format!("fio-{l}"), true, good.clone()))
@@ -728,7 +827,15 @@ mod tests {
             .to_string();
         assert!(e.contains("fio-seqread-128k failed: why"), "{e}");
         results[1] = result("fio-seqread-128k", true, json!({"plain": {}}));
-        assert!(points_of(Boot::Native, &LOADS, &results).is_err());
+        let e = points_of(Boot::Native, &LOADS, &results)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("malformed figures"), "{e}");
+        results[1] = result("fio-seqread-128k", true, json!({"plain": figures(1.0)}));
+        let e = points_of(Boot::Native, &LOADS, &results)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no figures for encrypted"), "{e}");
         results.remove(1);
         let e = points_of(Boot::Native, &LOADS, &results)
             .unwrap_err()
@@ -750,7 +857,7 @@ mod tests {
                 },
                 ..Counters::default()
             }),
-            path_line: Value::Null,
+            path_line: None,
             wall: Duration::ZERO,
         }
     }
@@ -773,17 +880,24 @@ mod tests {
             point(Boot::Native, "plain", "seqread-128k", 200.0),
             point(Boot::Native, "encrypted", "seqread-128k", 180.0),
         ];
-        let doc = json!({
-            "note": TCG_NOTE,
-            "accel": "tcg",
-            "points": points.iter().map(|p| {
-                let mut v = p.figures.clone();
-                v["load"] = json!(p.load);
-                v["configuration"] = json!(p.label());
-                v
-            }).collect::<Vec<_>>(),
-            "ratios": ratios(&points).0,
-        });
+        let (ratios, drift) = ratios(&points);
+        let doc = GuestDocument {
+            cpu: "cpu".to_owned(),
+            cpus: 2,
+            accel: "tcg".to_owned(),
+            note: TCG_NOTE.to_owned(),
+            kernel: "7.0".to_owned(),
+            qemu: "QEMU".to_owned(),
+            seconds_per_point: 1,
+            size: 16 << 20,
+            fio: "fio".to_owned(),
+            loads: vec!["seqread-128k".to_owned()],
+            wall_seconds: 1.0,
+            boots: Vec::new(),
+            points: points.iter().map(GuestPoint::from).collect(),
+            ratios,
+            drift,
+        };
         let md = markdown(&doc);
         assert!(md.contains(TCG_NOTE), "{md}");
         assert!(
@@ -794,6 +908,28 @@ mod tests {
         assert!(
             md.contains("| guest seqread-128k native/none | 0.90× |"),
             "{md}"
+        );
+        assert!(
+            md.contains("(7.0, TCG), fio, 1 s per point, 16 MiB file"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn the_kernel_log_line_is_read_from_the_path_facts() {
+        let t = result(
+            "blk-crypto-path",
+            true,
+            json!({"matched_line": "fscrypt: AES-256-XTS using blk-crypto (native)", "expect": "native"}),
+        );
+        let facts = PathFacts::deserialize(&t.facts).unwrap();
+        assert_eq!(
+            facts.matched_line.as_deref(),
+            Some("fscrypt: AES-256-XTS using blk-crypto (native)")
+        );
+        assert_eq!(
+            PathFacts::deserialize(&json!({})).unwrap().matched_line,
+            None
         );
     }
 
