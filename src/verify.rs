@@ -1,7 +1,11 @@
 //! `icelab verify`: checks an image against a manifest with the
 //! independent verifier (`verifier/`): every data unit of every listed file
 //! must be exactly the ciphertext its fscrypt policy demands, and no
-//! plaintext data unit may appear anywhere on the image.
+//! plaintext data unit may appear anywhere on the image. With
+//! `--default-key`, the image was written through a device with that
+//! default key (everything without a crypto context encrypted under it):
+//! the file system is read from the decrypted view and the raw image must
+//! hold none of it in the clear (verifier/README.md, "Default key").
 
 use anyhow::Context;
 use icelab_verifier::Manifest;
@@ -17,6 +21,10 @@ pub struct VerifyArgs {
     /// (schema in verifier/README.md).
     #[arg(long)]
     pub manifest: PathBuf,
+    /// The device's default key (64 raw bytes, as given to `icelab serve
+    /// --default-key`): check a default-key image.
+    #[arg(long, value_name = "FILE")]
+    pub default_key: Option<PathBuf>,
     /// Write the report as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -33,8 +41,15 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<bool> {
             args.manifest.display()
         )
     })?;
-    let report = icelab_verifier::verify(&args.image, &manifest)
-        .with_context(|| format!("cannot verify {}", args.image.display()))?;
+    let report = match &args.default_key {
+        Some(path) => {
+            let key =
+                icelab_verifier::default_key::read_key_file(path).map_err(anyhow::Error::msg)?;
+            icelab_verifier::verify_with_default_key(&args.image, &manifest, &key)
+        }
+        None => icelab_verifier::verify(&args.image, &manifest),
+    }
+    .with_context(|| format!("cannot verify {}", args.image.display()))?;
     print!("{report}");
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)

@@ -62,6 +62,11 @@ pub struct DeviceInfo {
     pub max_dun_bytes: Option<u8>,
     /// Data unit sizes the engine accepts, in bytes.
     pub data_unit_sizes: Option<Vec<u32>>,
+    /// The device default key (`--default-key`), if any: requests without
+    /// a crypto context are encrypted with it.
+    pub default_key: Option<DefaultKeyInfo>,
+    /// `--key-usage-limit`, if set.
+    pub key_usage_limit: Option<KeyUsageLimit>,
 }
 
 /// The engine's and the device's counters (`stats` in the file).
@@ -77,6 +82,12 @@ pub struct Counters {
     pub plain_in: Traffic,
     /// Plain OUT requests served.
     pub plain_out: Traffic,
+    /// Requests without a crypto context decrypted with the device default
+    /// key (these are not in `plain_in`).
+    pub default_key_in: Traffic,
+    /// Requests without a crypto context encrypted with the device default
+    /// key, WRITE_ZEROES included (not in `plain_out`).
+    pub default_key_out: Traffic,
     /// FLUSH requests served.
     pub flush: u64,
     /// DISCARD requests served.
@@ -89,6 +100,86 @@ pub struct Counters {
     pub control_queue: ControlQueueCounters,
     /// Refused requests.
     pub rejected: Rejections,
+    /// What each key encrypted and decrypted, in the order the keys were
+    /// first used (see [`KeyUsage`]).
+    pub key_usage: Vec<KeyUsage>,
+    /// Entries dropped from a full ledger (keys no keyslot held any more;
+    /// the device tracks a few thousand keys).
+    pub key_usage_forgotten: u64,
+}
+
+/// The device default key, as the stats file shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DefaultKeyInfo {
+    /// The key's fingerprint (the same one its [`KeyUsage`] entry shows).
+    pub fingerprint: String,
+    /// Its data unit size: the device's logical block size.
+    pub data_unit_size: u32,
+}
+
+/// `--key-usage-limit BYTES` and `--key-usage-limit-action`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyUsageLimit {
+    /// Bytes one key may encrypt.
+    pub bytes: u64,
+    /// What happens past them.
+    pub action: LimitAction,
+}
+
+/// What the engine does when a key would encrypt more than the limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitAction {
+    /// Serve the request; trace `key-usage-limit` once for the key.
+    Warn,
+    /// Refuse the request (IOERR, log line, `key-usage-limit` refusal);
+    /// trace `key-usage-limit` at the key's first refusal.
+    Refuse,
+}
+
+impl LimitAction {
+    /// The name on the command line and in the stats.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LimitAction::Warn => "warn",
+            LimitAction::Refuse => "refuse",
+        }
+    }
+
+    /// The action called `name`.
+    pub fn from_name(name: &str) -> Option<LimitAction> {
+        [LimitAction::Warn, LimitAction::Refuse]
+            .into_iter()
+            .find(|a| a.name() == name)
+    }
+}
+
+/// One key's usage, across every keyslot it was programmed into and every
+/// eviction: keys are told apart by fingerprint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyUsage {
+    /// The key's fingerprint.
+    pub fingerprint: String,
+    /// Whether this is the device default key.
+    pub default_key: bool,
+    /// What the key encrypted (CRYPTO_OUT; OUT and WRITE_ZEROES for the
+    /// default key).
+    pub encrypted: DataUnits,
+    /// What it decrypted.
+    pub decrypted: DataUnits,
+    /// CRYPTO_OUT requests refused by `--key-usage-limit-action refuse`.
+    pub refused: u64,
+    /// The key reached `--key-usage-limit` (it would have encrypted more).
+    pub over_limit: bool,
+}
+
+/// An amount of data in data units and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataUnits {
+    /// Data units.
+    pub data_units: u64,
+    /// Bytes.
+    pub bytes: u64,
 }
 
 /// Keyslot counters.
@@ -146,6 +237,8 @@ pub mod reject_kind {
     /// A crypto request named a keyslot that holds no key (expected in a
     /// device restart until the driver has programmed its keys again).
     pub const SLOT_EMPTY: &str = "slot-empty";
+    /// A CRYPTO_OUT refused by `--key-usage-limit-action refuse`.
+    pub const KEY_USAGE_LIMIT: &str = "key-usage-limit";
 }
 
 // --- the trace ------------------------------------------------------------------------
@@ -193,6 +286,9 @@ pub enum TraceEvent {
     /// stats still count them). Always the last line.
     #[serde(rename = "trace-truncated")]
     Truncated(TruncatedEvent),
+    /// A key would pass `--key-usage-limit` (once per key).
+    #[serde(rename = "key-usage-limit")]
+    KeyUsageLimit(KeyUsageLimitEvent),
 }
 
 impl TraceEvent {
@@ -204,6 +300,7 @@ impl TraceEvent {
             TraceEvent::Reject(_) => "reject",
             TraceEvent::GetId(_) => "get_id",
             TraceEvent::Truncated(_) => "trace-truncated",
+            TraceEvent::KeyUsageLimit(_) => "key-usage-limit",
         }
     }
 }
@@ -297,6 +394,23 @@ pub struct GetIdEvent {
     pub queue: u16,
 }
 
+/// `key-usage-limit`: a key would pass `--key-usage-limit`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyUsageLimitEvent {
+    /// The key's fingerprint.
+    pub fingerprint: String,
+    /// Whether it is the device default key.
+    pub default_key: bool,
+    /// Bytes it had encrypted before the request that would pass the limit.
+    pub bytes_encrypted: u64,
+    /// That request's bytes.
+    pub request_bytes: u64,
+    /// The limit.
+    pub limit: u64,
+    /// What the engine did with the request.
+    pub action: LimitAction,
+}
+
 /// `trace-truncated`: the trace reached `--trace-max-bytes`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TruncatedEvent {
@@ -336,6 +450,14 @@ mod tests {
                 keyslots: Some(32),
                 max_dun_bytes: Some(8),
                 data_unit_sizes: Some(vec![512, 1024, 2048, 4096]),
+                default_key: Some(DefaultKeyInfo {
+                    fingerprint: "00112233445566ff".to_owned(),
+                    data_unit_size: 4096,
+                }),
+                key_usage_limit: Some(KeyUsageLimit {
+                    bytes: 1 << 30,
+                    action: LimitAction::Warn,
+                }),
             },
             stats: Counters {
                 keyslots: KeyslotCounters {
@@ -375,8 +497,41 @@ mod tests {
                         ("wrong-queue".to_owned(), 1),
                     ]),
                 },
+                default_key_in: Traffic {
+                    requests: 13,
+                    bytes: 53248,
+                },
+                default_key_out: Traffic {
+                    requests: 14,
+                    bytes: 57344,
+                },
+                key_usage: vec![KeyUsage {
+                    fingerprint: "00112233445566ff".to_owned(),
+                    default_key: true,
+                    encrypted: DataUnits {
+                        data_units: 14,
+                        bytes: 57344,
+                    },
+                    decrypted: DataUnits {
+                        data_units: 13,
+                        bytes: 53248,
+                    },
+                    refused: 0,
+                    over_limit: false,
+                }],
+                key_usage_forgotten: 0,
             },
         }
+    }
+
+    #[test]
+    fn limit_actions_round_trip_by_name() {
+        for action in [LimitAction::Warn, LimitAction::Refuse] {
+            assert_eq!(LimitAction::from_name(action.name()), Some(action));
+            let json = serde_json::to_string(&action).expect("serializes");
+            assert_eq!(json, format!("\"{}\"", action.name()));
+        }
+        assert_eq!(LimitAction::from_name("ignore"), None);
     }
 
     #[test]
@@ -407,6 +562,13 @@ mod tests {
         assert_eq!(value["stats"]["control_queue"]["keyslot_commands"], 10);
         assert_eq!(value["stats"]["rejected"]["total"], 3);
         assert_eq!(value["stats"]["rejected"]["by_kind"]["slot-empty"], 2);
+        assert_eq!(value["stats"]["default_key_out"]["bytes"], 57344);
+        assert_eq!(
+            value["stats"]["key_usage"][0]["encrypted"]["data_units"],
+            14
+        );
+        assert_eq!(value["device"]["default_key"]["data_unit_size"], 4096);
+        assert_eq!(value["device"]["key_usage_limit"]["action"], "warn");
         assert_eq!(value["device"]["image"], "/tmp/disk.img");
         assert_eq!(value["device"]["fault"], "dun-off-by-one");
         assert_eq!(
@@ -480,6 +642,14 @@ mod tests {
             }),
             TraceEvent::GetId(GetIdEvent { queue: 1 }),
             TraceEvent::Truncated(TruncatedEvent::at(1000)),
+            TraceEvent::KeyUsageLimit(KeyUsageLimitEvent {
+                fingerprint: "0123456789abcdef".to_owned(),
+                default_key: false,
+                bytes_encrypted: 1 << 20,
+                request_bytes: 4096,
+                limit: 1 << 20,
+                action: LimitAction::Refuse,
+            }),
         ]
     }
 

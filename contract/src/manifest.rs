@@ -8,13 +8,18 @@
 use serde::{Deserialize, Serialize};
 
 /// The whole manifest.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// The fs UUID the guest saw (e.g. `8f3c...-...`); checked if present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fs_uuid: Option<String>,
     pub files: Vec<FileEntry>,
+    /// Unencrypted regular files the guest wrote from the generator: a
+    /// positive control of the verifier's block mapping (plaintext on the
+    /// image), or, with a device default key, of the decrypted view.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plain_files: Vec<PlainFile>,
 }
 
 /// One encrypted regular file.
@@ -41,6 +46,20 @@ pub struct FileEntry {
     /// report a key without ever printing it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master_key_seed: Option<String>,
+    pub plaintext: Plaintext,
+}
+
+/// One unencrypted regular file (no fscrypt policy).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PlainFile {
+    /// A label for reports (e.g. the guest test and path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub inode: u64,
+    /// `i_size` as the guest saw it; checked if present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
     pub plaintext: Plaintext,
 }
 
@@ -177,6 +196,25 @@ mod tests {
         let again: Manifest = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
         assert_eq!(m, again);
         assert!(serde_json::from_str::<Manifest>(r#"{"files":[],"bogus":1}"#).is_err());
+        // No plain files: the field is not written.
+        assert!(m.plain_files.is_empty());
+        assert!(!serde_json::to_string(&m).unwrap().contains("plain_files"));
+    }
+
+    #[test]
+    fn schema_round_trip_with_plain_files() {
+        let json = r#"{"files":[],"plain_files":[
+            {"name":"plain/12388","inode":13,"size":12388,
+             "plaintext":{"generator":"splitmix64","seed":9}},
+            {"inode":14,"plaintext":{"generator":"splitmix64","seed":1,"ranges":[[0,512]]}}]}"#;
+        let m: Manifest = serde_json::from_str(json).unwrap();
+        assert_eq!(m.plain_files.len(), 2);
+        assert_eq!(m.plain_files[0].name.as_deref(), Some("plain/12388"));
+        assert_eq!((m.plain_files[1].inode, m.plain_files[1].size), (14, None));
+        let again: Manifest = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(m, again);
+        let bogus = r#"{"files":[],"plain_files":[{"inode":1,"plaintext":{"generator":"splitmix64","seed":1},"policy":null}]}"#;
+        assert!(serde_json::from_str::<Manifest>(bogus).is_err());
     }
 
     fn entry(hex: Option<&str>, seed: Option<&str>) -> FileEntry {

@@ -4,6 +4,7 @@
 //! launcher of the lab, the benches and the tests.
 
 use anyhow::{Context, bail};
+use icelab_contract::device::KeyUsageLimit;
 use icelab_emulator::engine::{Fault, ProfileName};
 use std::ffi::OsString;
 use std::fs::File;
@@ -34,6 +35,10 @@ pub struct DeviceOptions {
     pub fault: Option<Fault>,
     /// `--persist`.
     pub persist: bool,
+    /// `--default-key`: the file of the device default key.
+    pub default_key: Option<PathBuf>,
+    /// `--key-usage-limit` and `--key-usage-limit-action`.
+    pub key_usage_limit: Option<KeyUsageLimit>,
     /// Anything else, verbatim, after the typed options (tests of the
     /// command line itself).
     pub extra: Vec<OsString>,
@@ -64,6 +69,18 @@ impl DeviceOptions {
         }
         if self.persist {
             push(&["--persist"]);
+        }
+        if let Some(limit) = self.key_usage_limit {
+            push(&[
+                "--key-usage-limit",
+                &limit.bytes.to_string(),
+                "--key-usage-limit-action",
+                limit.action.name(),
+            ]);
+        }
+        if let Some(key) = &self.default_key {
+            args.push("--default-key".into());
+            args.push(key.into());
         }
         args.extend(self.extra.iter().cloned());
         args

@@ -101,7 +101,10 @@ impl Timeline {
                 TraceEvent::Evict(evict) => {
                     slots.remove(&evict.slot);
                 }
-                TraceEvent::Reject(_) | TraceEvent::GetId(_) | TraceEvent::Truncated(_) => {}
+                TraceEvent::Reject(_)
+                | TraceEvent::GetId(_)
+                | TraceEvent::Truncated(_)
+                | TraceEvent::KeyUsageLimit(_) => {}
             }
         }
         slots

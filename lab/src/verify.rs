@@ -11,7 +11,7 @@
 //! the files of the first boot are checked again after the second.
 
 use super::report::TestResult;
-use icelab_verifier::manifest::FileEntry;
+use icelab_verifier::manifest::{FileEntry, PlainFile};
 use icelab_verifier::{Manifest, Report};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -25,6 +25,8 @@ pub struct MergedManifest {
     fs_uuid: Option<String>,
     /// By inode: the last entry listed and the test that listed it.
     files: BTreeMap<u64, (FileEntry, String)>,
+    /// Unencrypted files with known contents, by inode (the last entry).
+    plain_files: BTreeMap<u64, PlainFile>,
 }
 
 /// A manifest that cannot be merged.
@@ -95,6 +97,9 @@ impl MergedManifest {
         for file in manifest.files {
             self.files.insert(file.inode, (file, test.to_owned()));
         }
+        for file in manifest.plain_files {
+            self.plain_files.insert(file.inode, file);
+        }
         Ok(())
     }
 
@@ -118,6 +123,7 @@ impl MergedManifest {
         Manifest {
             fs_uuid: self.fs_uuid.clone(),
             files: self.files.values().map(|(file, _)| file.clone()).collect(),
+            plain_files: self.plain_files.values().cloned().collect(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! socket).
 
 use anyhow::{Context, bail};
+use icelab_contract::device::{KeyUsageLimit, LimitAction};
 use icelab_emulator::engine::capabilities::{DataUnitSizes, KeyTypes};
 use icelab_emulator::engine::{Capabilities, Fault, ProfileName};
 use icelab_lab::size::parse_size;
@@ -69,6 +70,19 @@ pub struct ServeArgs {
     /// to prove the on-disk verifier catches it; the guest cannot notice.
     #[arg(long, value_name = "FAULT")]
     pub fault: Option<String>,
+    /// Device default key: a file of 64 raw bytes (AES-256-XTS). Requests
+    /// without a crypto context are encrypted with it, in data units of
+    /// the logical block size.
+    #[arg(long, value_name = "FILE")]
+    pub default_key: Option<PathBuf>,
+    /// Most bytes one key may encrypt (e.g. 1T); past it the
+    /// --key-usage-limit-action applies.
+    #[arg(long, value_name = "SIZE")]
+    pub key_usage_limit: Option<String>,
+    /// What happens when a key would pass --key-usage-limit: warn (trace
+    /// it once and serve) or refuse (IOERR).
+    #[arg(long, value_name = "ACTION", requires = "key_usage_limit")]
+    pub key_usage_limit_action: Option<String>,
 }
 
 /// A checked `icelab serve` configuration.
@@ -104,6 +118,10 @@ pub struct ServeConfig {
     pub persist: bool,
     /// Deliberate engine fault.
     pub fault: Option<Fault>,
+    /// The file holding the device default key (read at start).
+    pub default_key: Option<PathBuf>,
+    /// Limit on what one key may encrypt.
+    pub key_usage_limit: Option<KeyUsageLimit>,
 }
 
 impl TryFrom<ServeArgs> for ServeConfig {
@@ -144,6 +162,11 @@ impl TryFrom<ServeArgs> for ServeConfig {
         if fault.is_some() && args.no_inline_encryption {
             bail!("--fault needs an engine; drop --no-inline-encryption");
         }
+        let key_usage_limit = args
+            .key_usage_limit
+            .as_deref()
+            .map(|size| key_usage_limit(size, args.key_usage_limit_action.as_deref()))
+            .transpose()?;
         let capabilities = if args.no_inline_encryption {
             None
         } else {
@@ -180,8 +203,48 @@ impl TryFrom<ServeArgs> for ServeConfig {
                 .map_err(|error| anyhow::anyhow!("--trace-max-bytes: {error}"))?,
             persist: args.persist,
             fault,
+            default_key: args.default_key,
+            key_usage_limit,
         })
     }
+}
+
+fn key_usage_limit(size: &str, action: Option<&str>) -> anyhow::Result<KeyUsageLimit> {
+    let bytes = parse_size(size).map_err(|error| anyhow::anyhow!("--key-usage-limit: {error}"))?;
+    if bytes == 0 {
+        bail!("--key-usage-limit 0 would refuse every write; give a size such as 1T");
+    }
+    let action = match action {
+        None => LimitAction::Warn,
+        Some(name) => LimitAction::from_name(name).with_context(|| {
+            format!("unknown --key-usage-limit-action {name:?}; choose warn or refuse")
+        })?,
+    };
+    Ok(KeyUsageLimit { bytes, action })
+}
+
+/// The default key in `path`: exactly 64 bytes, read into memory that is
+/// wiped when dropped.
+pub fn read_default_key(path: &std::path::Path) -> anyhow::Result<zeroize::Zeroizing<[u8; 64]>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open the --default-key file {}", path.display()))?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("cannot read the --default-key file {}", path.display()))?
+        .len();
+    if len != 64 {
+        bail!(
+            "the --default-key file {} holds {len} bytes; a default key is 64 raw bytes \
+             (AES-256-XTS), e.g. made with `head -c 64 /dev/urandom > {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    let mut key = zeroize::Zeroizing::new([0u8; 64]);
+    file.read_exact(&mut key[..])
+        .with_context(|| format!("cannot read the --default-key file {}", path.display()))?;
+    Ok(key)
 }
 
 fn parse_data_unit_sizes(sizes: &[u32]) -> anyhow::Result<DataUnitSizes> {
@@ -256,8 +319,62 @@ mod tests {
     }
 
     #[test]
+    fn the_key_usage_limit_defaults_to_warn() {
+        let warn = config(&["--key-usage-limit", "1M"]).unwrap();
+        assert_eq!(
+            warn.key_usage_limit,
+            Some(KeyUsageLimit {
+                bytes: 1 << 20,
+                action: LimitAction::Warn
+            })
+        );
+        let refuse = config(&[
+            "--key-usage-limit",
+            "64K",
+            "--key-usage-limit-action",
+            "refuse",
+        ])
+        .unwrap();
+        assert_eq!(
+            refuse.key_usage_limit.map(|l| l.action),
+            Some(LimitAction::Refuse)
+        );
+        assert!(config(&["--key-usage-limit-action", "refuse"]).is_err());
+    }
+
+    #[test]
+    fn a_default_key_file_must_hold_64_bytes() {
+        let dir = std::env::temp_dir().join(format!("icelab-default-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let short = dir.join("short.key");
+        std::fs::write(&short, [7u8; 32]).unwrap();
+        let error = read_default_key(&short).unwrap_err();
+        assert!(format!("{error:#}").contains("holds 32 bytes"), "{error:#}");
+        let good = dir.join("good.key");
+        std::fs::write(&good, [7u8; 64]).unwrap();
+        assert_eq!(*read_default_key(&good).unwrap(), [7u8; 64]);
+        let missing = read_default_key(&dir.join("absent.key")).unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("cannot open"),
+            "{missing:#}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn bad_arguments_name_the_problem() {
-        let cases: [(&[&str], &str); 10] = [
+        let cases: [(&[&str], &str); 13] = [
+            (&["--key-usage-limit", "0"], "would refuse every write"),
+            (&["--key-usage-limit", "lots"], "--key-usage-limit"),
+            (
+                &[
+                    "--key-usage-limit",
+                    "1M",
+                    "--key-usage-limit-action",
+                    "stop",
+                ],
+                "choose warn or refuse",
+            ),
             (&["--fault", "bitflip"], "unknown --fault"),
             (&["--profile", "nvme"], "unknown --profile"),
             (&["--queues", "0"], "--queues 0"),

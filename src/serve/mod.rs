@@ -5,6 +5,7 @@ mod args;
 pub use args::{ServeArgs, ServeConfig};
 
 use anyhow::Context;
+use icelab_contract::device::DefaultKeyInfo;
 use icelab_emulator::device::{BlockDevice, DeviceConfig, GuestMemory, Image};
 use icelab_emulator::engine::stats::{DeviceInfo, StatsFile};
 use icelab_emulator::engine::{Engine, Trace};
@@ -36,7 +37,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(fault) = config.fault {
         tracing::warn!(%fault, "the engine is deliberately faulty: the image will not hold what the policy demands");
     }
-    let engine = Arc::new(Engine::new(config.capabilities, trace).with_fault(config.fault));
+    let mut engine = Engine::new(config.capabilities, trace)
+        .with_fault(config.fault)
+        .with_usage_limit(config.key_usage_limit);
+    if let Some(path) = &config.default_key {
+        engine = with_default_key(engine, path, config.block_size)?;
+        // The key passed through the frames below this one.
+        icelab_emulator::engine::scrub_stack();
+    }
+    let engine = Arc::new(engine);
     let mem = GuestMemory::new(GuestMemoryMmap::new());
     let device_config = DeviceConfig {
         num_queues: config.queues,
@@ -85,6 +94,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     report.finish()
+}
+
+/// `engine` with the default key read from `path` (the caller scrubs the
+/// stack this used).
+#[inline(never)]
+fn with_default_key(engine: Engine, path: &Path, block_size: u32) -> anyhow::Result<Engine> {
+    let key = args::read_default_key(path)?;
+    engine
+        .with_default_key(&key, block_size)
+        .map_err(|error| anyhow::anyhow!("cannot hold the default key: {error}"))
 }
 
 /// Serves one frontend connection from `listener` until it ends, then stops
@@ -142,8 +161,13 @@ impl Report {
                 keyslots: caps.map(|c| c.slots),
                 max_dun_bytes: caps.map(|c| c.max_dun_bytes),
                 data_unit_sizes: caps.map(|c| c.data_unit_sizes.sizes().collect()),
+                default_key: engine.default_key().map(|key| DefaultKeyInfo {
+                    fingerprint: key.fingerprint.to_string(),
+                    data_unit_size: key.data_unit_size,
+                }),
+                key_usage_limit: engine.usage_limit(),
             },
-            stats: engine.stats().snapshot(),
+            stats: engine.counters(),
         };
         write_atomically(path, &document.to_json()?)
             .with_context(|| format!("cannot write the stats file {}", path.display()))

@@ -9,11 +9,12 @@ use std::path::Path;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::default_key::DefaultKeyReport;
 use crate::dun::{FSCRYPT_MODE_AES_256_XTS, FileCrypt, IvScheme};
-use crate::ext4::{Debugfs, Extent, InodeInfo, Superblock};
+use crate::ext4::{Debugfs, Extent, InodeInfo, InodeLayout, Superblock};
 use crate::hex::{from_hex, to_hex};
 use crate::kdf::MasterKeyHkdf;
-use crate::manifest::{FileEntry, Manifest, PolicySpec};
+use crate::manifest::{FileEntry, Manifest, PlainFile, PolicySpec};
 use crate::xts::XtsKey;
 use crate::{Error, Result};
 
@@ -61,11 +62,33 @@ pub struct Report {
     /// The first [`MAX_ITEMISED`] plaintext hits.
     pub plaintext_hits: Vec<PlaintextHit>,
     pub problems: Vec<Problem>,
+    /// Unencrypted files of the manifest (`plain_files`).
+    pub plain_files: u64,
+    /// Without a default key: file system blocks of plain files compared
+    /// with their plaintext on the raw image (with one, see
+    /// [`DefaultKeyReport::plain_file_units_in_view`]).
+    pub plain_file_units_checked: u64,
+    /// Of those, the ones that are not the plaintext.
+    pub plain_file_mismatch_count: u64,
+    /// The first [`MAX_ITEMISED`] plain-file blocks that are not their
+    /// plaintext (on the raw image, or in the default-key view); `expected`
+    /// and `actual` digest the bytes below `i_size`.
+    pub plain_file_mismatches: Vec<Mismatch>,
+    /// Present when the image was checked with the device's default key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_key: Option<DefaultKeyReport>,
 }
 
 impl Report {
     pub fn passed(&self) -> bool {
-        self.mismatch_count == 0 && self.plaintext_hit_count == 0 && self.problems.is_empty()
+        self.mismatch_count == 0
+            && self.plaintext_hit_count == 0
+            && self.problems.is_empty()
+            && self.plain_file_mismatch_count == 0
+            && self
+                .default_key
+                .as_ref()
+                .is_none_or(DefaultKeyReport::passed)
     }
 }
 
@@ -89,6 +112,24 @@ impl std::fmt::Display for Report {
                 h.image_offset, h.data_unit_size, h.digest
             )?;
         }
+        for m in &self.plain_file_mismatches {
+            let at = m.image_offset.map_or("hole".to_string(), |o| o.to_string());
+            writeln!(
+                f,
+                "plain file mismatch: inode {} block {} at image offset {at}: expected {} actual {}",
+                m.inode, m.data_unit, m.expected, m.actual
+            )?;
+        }
+        if self.plain_files > 0 && self.default_key.is_none() {
+            writeln!(
+                f,
+                "plain files: {} files, {} blocks checked against their plaintext on the image, {} mismatches",
+                self.plain_files, self.plain_file_units_checked, self.plain_file_mismatch_count
+            )?;
+        }
+        if let Some(d) = &self.default_key {
+            write!(f, "{d}")?;
+        }
         write!(
             f,
             "verifier: {} files, {} data units checked, {} mismatches, {} plaintext hits, {} problems",
@@ -101,7 +142,7 @@ impl std::fmt::Display for Report {
     }
 }
 
-fn digest16(data: &[u8]) -> String {
+pub(crate) fn digest16(data: &[u8]) -> String {
     to_hex(&Sha256::digest(data)[..8])
 }
 
@@ -110,21 +151,134 @@ fn digest16(data: &[u8]) -> String {
 pub fn verify(image: &Path, manifest: &Manifest) -> Result<Report> {
     let fs = Debugfs::new(image);
     let sb = fs.superblock()?;
+    let inodes = read_inodes(&fs, manifest)?;
+    let mut report = verify_with(image, manifest, &sb, &inodes)?;
+    // Plain files are plaintext on an image without a default key.
+    let (checked, mismatched) = check_plain_files(&fs, image, manifest, &sb, &mut report)?;
+    report.plain_file_units_checked = checked;
+    report.plain_file_mismatch_count = mismatched;
+    Ok(report)
+}
+
+/// The fscrypt inode of each `manifest.files` entry, or why it could not
+/// be read. Not being able to run the tools stops everything; an inode
+/// that cannot be read (freed, not regular, no context) is a finding.
+pub(crate) fn read_inodes(
+    fs: &Debugfs,
+    manifest: &Manifest,
+) -> Result<Vec<std::result::Result<InodeInfo, String>>> {
     let mut inodes = Vec::with_capacity(manifest.files.len());
     for f in &manifest.files {
-        // Not being able to run the tools stops everything; an inode that
-        // cannot be read (freed, not regular, no context) is a finding.
         inodes.push(match fs.inode(f.inode) {
             Ok(info) => Ok(info),
             Err(e @ Error::Tool { .. }) => return Err(e),
             Err(e) => Err(e.to_string()),
         });
     }
-    verify_with(image, manifest, &sb, &inodes)
+    Ok(inodes)
+}
+
+/// Compare every block of every plain file (block map read by `fs`, data
+/// read from `data`) with its plaintext, bytes below `i_size` only (ext4
+/// zeroes a last block's tail, but the positive control does not depend
+/// on it). Returns (blocks checked, blocks not the plaintext); itemises
+/// into `report.plain_file_mismatches`, counts `report.plain_files`, and
+/// reports an unreadable inode or a wrong size as a problem.
+pub(crate) fn check_plain_files(
+    fs: &Debugfs,
+    data: &Path,
+    manifest: &Manifest,
+    sb: &Superblock,
+    report: &mut Report,
+) -> Result<(u64, u64)> {
+    let img = File::open(data).map_err(|source| Error::Image {
+        path: data.to_path_buf(),
+        source,
+    })?;
+    let (mut checked, mut mismatched) = (0, 0);
+    for entry in &manifest.plain_files {
+        report.plain_files += 1;
+        let layout = match fs.layout(entry.inode) {
+            Ok(l) => l,
+            Err(e @ Error::Tool { .. }) => return Err(e),
+            Err(e) => {
+                report.problems.push(Problem {
+                    inode: entry.inode,
+                    message: format!("plain file: {e}"),
+                });
+                continue;
+            }
+        };
+        if let Some(size) = entry.size
+            && size != layout.size
+        {
+            report.problems.push(Problem {
+                inode: entry.inode,
+                message: format!(
+                    "plain file: manifest size {size} but the inode's is {}",
+                    layout.size
+                ),
+            });
+            continue;
+        }
+        let (c, m) = check_plain_file(entry, &layout, sb.block_size, &img, data, report)?;
+        checked += c;
+        mismatched += m;
+    }
+    Ok((checked, mismatched))
+}
+
+fn check_plain_file(
+    entry: &PlainFile,
+    layout: &InodeLayout,
+    block_size: u32,
+    img: &File,
+    path: &Path,
+    report: &mut Report,
+) -> Result<(u64, u64)> {
+    let bs = u64::from(block_size);
+    let mut expected = vec![0u8; block_size as usize];
+    let mut actual = vec![0u8; block_size as usize];
+    let (mut checked, mut mismatched) = (0, 0);
+    for lblk in 0..layout.size.div_ceil(bs) {
+        let n = (layout.size - lblk * bs).min(bs) as usize;
+        entry.plaintext.fill(lblk * bs, layout.size, &mut expected);
+        checked += 1;
+        let (found, offset) = match locate(&layout.extents, lblk) {
+            // A hole or unwritten extent reads as zeros.
+            None if expected[..n].iter().all(|&b| b == 0) => continue,
+            None => ("hole".to_string(), None),
+            Some(pblk) => {
+                let offset = pblk * bs;
+                img.read_exact_at(&mut actual, offset)
+                    .map_err(|source| Error::Image {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                if actual[..n] == expected[..n] {
+                    continue;
+                }
+                (digest16(&actual[..n]), Some(offset))
+            }
+        };
+        mismatched += 1;
+        if report.plain_file_mismatches.len() < MAX_ITEMISED {
+            report.plain_file_mismatches.push(Mismatch {
+                inode: entry.inode,
+                data_unit: lblk,
+                image_offset: offset,
+                expected: digest16(&expected[..n]),
+                actual: found,
+            });
+        }
+    }
+    Ok((checked, mismatched))
 }
 
 /// [`verify`] with the filesystem facts already read: `inodes[i]` belongs
-/// to `manifest.files[i]`, or says why it could not be read.
+/// to `manifest.files[i]`, or says why it could not be read. Checks the
+/// fscrypt files and scans for their plaintext; plain files are not
+/// checked here.
 pub fn verify_with(
     image: &Path,
     manifest: &Manifest,
@@ -218,7 +372,7 @@ fn data_unit_size(log2: u8, sb: &Superblock) -> std::result::Result<u32, String>
 const MIN_DISTINCTIVE_BYTES: usize = 16;
 
 /// Whether a plaintext data unit is distinctive enough to look for.
-fn is_distinctive(unit: &[u8]) -> bool {
+pub(crate) fn is_distinctive(unit: &[u8]) -> bool {
     unit.iter().filter(|&&b| b != 0).count() >= MIN_DISTINCTIVE_BYTES
 }
 

@@ -181,6 +181,13 @@ pub struct InodeInfo {
     pub context: FscryptContextV2,
 }
 
+/// Where an unencrypted regular file's data lives.
+#[derive(Clone, Debug)]
+pub struct InodeLayout {
+    pub size: u64,
+    pub extents: Vec<Extent>,
+}
+
 /// Runs `debugfs` / `dumpe2fs` read-only against an image.
 pub struct Debugfs<'a> {
     image: &'a Path,
@@ -232,7 +239,8 @@ impl<'a> Debugfs<'a> {
         parse_superblock(&text).map_err(Error::Parse)
     }
 
-    pub fn inode(&self, ino: u64) -> Result<InodeInfo, Error> {
+    /// Size and leaf extents of a regular file (no fscrypt context needed).
+    pub fn layout(&self, ino: u64) -> Result<InodeLayout, Error> {
         let parse = |what: &str, e: String| Error::Parse(format!("inode {ino} {what}: {e}"));
         let stat = self.debugfs(&format!("stat <{ino}>"))?;
         match parse_type(&stat) {
@@ -247,6 +255,12 @@ impl<'a> Debugfs<'a> {
         let size = parse_size(&stat).map_err(|e| parse("stat", e))?;
         let extents = self.debugfs(&format!("dump_extents -l <{ino}>"))?;
         let extents = parse_extents(&extents).map_err(|e| parse("extents", e))?;
+        Ok(InodeLayout { size, extents })
+    }
+
+    pub fn inode(&self, ino: u64) -> Result<InodeInfo, Error> {
+        let parse = |what: &str, e: String| Error::Parse(format!("inode {ino} {what}: {e}"));
+        let InodeLayout { size, extents } = self.layout(ino)?;
         let ea = self.debugfs(&format!("ea_get -x <{ino}> c"))?;
         let raw = parse_ea_hex(&ea).map_err(|e| parse("fscrypt context", e))?;
         let context = FscryptContextV2::parse(&raw).map_err(|e| parse("fscrypt context", e))?;

@@ -13,8 +13,13 @@
 //! hardware-wrapped keys, filenames, inline data or block-mapped
 //! (non-extent) inodes. The image must be the bare filesystem (no
 //! partition table). Whole data units only.
+//!
+//! Images written through a device with a default key (every request
+//! without a crypto context encrypted under it) are checked by
+//! [`verify_with_default_key`] ([`default_key`]).
 
 pub mod check;
+pub mod default_key;
 pub mod dun;
 pub mod ext4;
 pub mod hex;
@@ -23,7 +28,8 @@ pub mod manifest;
 pub mod xts;
 
 pub use check::{Mismatch, PlaintextHit, Problem, Report, verify};
-pub use manifest::{FileEntry, Manifest, Plaintext, PolicySpec};
+pub use default_key::{DefaultKeyReport, verify_with_default_key};
+pub use manifest::{FileEntry, Manifest, PlainFile, Plaintext, PolicySpec};
 
 /// Errors that stop verification (as opposed to findings in a [`Report`]).
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +48,12 @@ pub enum Error {
     Manifest(String),
     #[error("reading image {path}")]
     Image {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing the decrypted view {path}")]
+    View {
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,

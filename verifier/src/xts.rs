@@ -27,6 +27,11 @@ impl XtsKey {
     pub fn encrypt_data_unit(&self, dun: Dun, data_unit: &mut [u8]) {
         self.0.encrypt_sector(data_unit, Array(dun.tweak()));
     }
+
+    /// Decrypt one whole data unit (a multiple of 16 bytes) in place.
+    pub fn decrypt_data_unit(&self, dun: Dun, data_unit: &mut [u8]) {
+        self.0.decrypt_sector(data_unit, Array(dun.tweak()));
+    }
 }
 
 #[cfg(test)]
@@ -57,5 +62,7 @@ mod tests {
             to_hex(&Sha256::digest(&du)),
             "997bd69936f1151a81cecefdf0b1f7dcb37214f8a4749255164bf7d1f6f347a2"
         );
+        XtsKey::new(&key(LBLK64_KEY)).decrypt_data_unit(Dun((12 << 32) | 3), &mut du);
+        assert_eq!(du, pt[..512]);
     }
 }

@@ -159,6 +159,7 @@ fn build(flags: u8, log2_dus: u8, fault: Fault) -> Fixture {
             master_key_seed: None,
             plaintext,
         }],
+        plain_files: vec![],
     };
     Fixture {
         _dir: dir,

@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod chain;
+pub mod default_key;
 pub mod error;
 pub mod guest_io;
 pub mod image;

@@ -6,12 +6,14 @@
 //! status byte is the last device-writable byte of the chain.
 
 use super::chain::{Cursor, Segments};
+use super::default_key;
 use super::error::RequestError;
 use super::guest_io;
 use super::image::Image;
 use super::refusal_log::{Admission, RefusalLog};
 use crate::engine::Engine;
 use crate::engine::trace::{GetIdEvent, RejectEvent, RejectStatus, TraceEvent};
+use crate::engine::xts::Direction;
 use crate::protocol::{
     CryptoMsg, DEVICE_ID_BYTES, DiscardSegment, KeyDesc, OutHeader, QueueRole, RequestType,
     SECTOR_SIZE, Status,
@@ -212,6 +214,11 @@ fn execute<M: GuestMemory>(
     match request {
         RequestType::In => {
             let range = checked_range(ctx, request, header.sector, answer_room, false)?;
+            if let Some(key) = ctx.engine.default_key() {
+                let span = (range.offset, range.len);
+                default_key::read(ctx.engine, key, ctx.image, mem, segments, span, buffer)?;
+                return Ok(range.len as u32);
+            }
             let mut writer = segments.writer();
             guest_io::read_into_guest(
                 ctx.image,
@@ -226,6 +233,11 @@ fn execute<M: GuestMemory>(
         }
         RequestType::Out => {
             let range = checked_range(ctx, request, header.sector, reader.remaining(), true)?;
+            if let Some(key) = ctx.engine.default_key() {
+                let span = (range.offset, range.len);
+                default_key::write(ctx.engine, key, ctx.image, mem, &mut reader, span, buffer)?;
+                return Ok(0);
+            }
             guest_io::write_from_guest(
                 ctx.image,
                 mem,
@@ -241,6 +253,7 @@ fn execute<M: GuestMemory>(
             let msg = read_crypto_msg(mem, &mut reader, request)?;
             let range = checked_range(ctx, request, header.sector, reader.remaining(), true)?;
             let key = ctx.engine.key_for(&msg, range.offset, range.len)?;
+            ctx.engine.charge(&key, Direction::Encrypt, range.len)?;
             // Out of place into the write buffer: the guest's plaintext is
             // read once and stays as the guest left it.
             let buffer = guest_io::reusable_prefix(buffer, range.len as usize);
@@ -267,6 +280,7 @@ fn execute<M: GuestMemory>(
             )?;
             let mut writer = data;
             guest_io::decrypt_in_guest(mem, &mut writer, range.len, &key, &msg.dun, buffer)?;
+            ctx.engine.charge(&key, Direction::Decrypt, range.len)?;
             stats.crypto_reads.add(range.len);
             Ok(range.len as u32)
         }
@@ -291,7 +305,7 @@ fn execute<M: GuestMemory>(
             Ok(id.len() as u32)
         }
         RequestType::Discard | RequestType::WriteZeroes => {
-            discard_or_write_zeroes(ctx, mem, request, &mut reader)?;
+            discard_or_write_zeroes(ctx, mem, request, &mut reader, buffer)?;
             let counter = if request == RequestType::Discard {
                 &stats.discards
             } else {
@@ -449,6 +463,7 @@ fn discard_or_write_zeroes<M: GuestMemory>(
     mem: &M,
     request: RequestType,
     reader: &mut Cursor<'_>,
+    buffer: &mut Vec<u8>,
 ) -> Result<(), RequestError> {
     if ctx.image.read_only() {
         return Err(RequestError::ReadOnly(request));
@@ -503,6 +518,26 @@ fn discard_or_write_zeroes<M: GuestMemory>(
         }
         let checked = sector_range(ctx.image, segment.sector, u64::from(segment.num_sectors))?;
         *range = (checked.offset, checked.len);
+    }
+    // With a default key, WRITE_ZEROES writes encrypted zeros (checked
+    // and charged for every segment first); DISCARD punches holes, which
+    // read back as noise: after a DISCARD the contents are undefined.
+    let zeroes_key = ctx
+        .engine
+        .default_key()
+        .filter(|_| request == RequestType::WriteZeroes);
+    if let Some(key) = zeroes_key {
+        let mut total = 0;
+        for &(offset, len) in ranges[..count as usize].iter() {
+            default_key::check_zeroes(key, offset, len)?;
+            total += len;
+        }
+        ctx.engine.charge(key, Direction::Encrypt, total)?;
+        for &(offset, len) in ranges[..count as usize].iter() {
+            default_key::write_zeroes(key, ctx.image, (offset, len), buffer)?;
+        }
+        ctx.engine.stats().default_key_writes.add(total);
+        return Ok(());
     }
     for (segment, &(offset, len)) in segments.iter().zip(ranges.iter()) {
         let done =

@@ -1,5 +1,6 @@
 //! Why the engine refuses a keyslot operation or a crypto request.
 
+use super::fingerprint::Fingerprint;
 use crate::protocol::Status;
 
 /// A refusal by the engine. Every variant but `KeyMemory` is the guest's
@@ -80,6 +81,22 @@ pub enum EngineError {
         /// The keyslot's dun_bytes.
         dun_bytes: u32,
     },
+    /// CRYPTO_OUT (or a default-key write) refused by
+    /// `--key-usage-limit-action refuse`.
+    #[error(
+        "guest asked key {fingerprint} to encrypt {request} more bytes after {encrypted}; that passes \
+         --key-usage-limit {limit} (action refuse): the guest must program a new key"
+    )]
+    KeyUsageLimit {
+        /// The key.
+        fingerprint: Fingerprint,
+        /// Bytes it encrypted so far.
+        encrypted: u64,
+        /// Bytes of the refused request.
+        request: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The device could not map locked memory for a key schedule (the one
     /// refusal that is not the guest's doing: the host is out of memory).
     #[error("the device could not map memory for the key schedule (errno {errno})")]
@@ -106,7 +123,8 @@ impl EngineError {
             | Self::Misaligned { .. }
             | Self::PartialDataUnit { .. }
             | Self::DunOverflow { .. }
-            | Self::KeyMemory { .. } => Status::IoErr,
+            | Self::KeyMemory { .. }
+            | Self::KeyUsageLimit { .. } => Status::IoErr,
         }
     }
 
@@ -126,6 +144,7 @@ impl EngineError {
             Self::PartialDataUnit { .. } => "partial-data-unit",
             Self::DunOverflow { .. } => "dun-overflow",
             Self::KeyMemory { .. } => "key-memory",
+            Self::KeyUsageLimit { .. } => icelab_contract::device::reject_kind::KEY_USAGE_LIMIT,
         }
     }
 }

@@ -21,9 +21,13 @@ use super::fault::Fault;
 use super::fingerprint::{Fingerprint, Fingerprinter};
 use super::secure::{SecureBox, scrub_stack};
 use super::stats::Stats;
-use super::trace::{EvictCause, EvictEvent, KeyMode, ProgramEvent, Trace, TraceEvent};
+use super::trace::{
+    EvictCause, EvictEvent, KeyMode, KeyUsageLimitEvent, ProgramEvent, Trace, TraceEvent,
+};
+use super::usage::{Charge, KeyUsage, Ledger};
 use super::xts::{Direction, XtsKey};
 use crate::protocol::{CryptoMode, CryptoMsg, Dun, KeyDesc, KeyType};
+use icelab_contract::device::{KeyUsage as KeyUsageEntry, KeyUsageLimit, LimitAction};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
 use zeroize::Zeroizing;
@@ -40,6 +44,9 @@ pub struct ProgrammedKey {
     pub fingerprint: Fingerprint,
     /// A deliberate fault, if the engine was started with one.
     fault: Option<Fault>,
+    /// What this key encrypted and decrypted (shared by every programming
+    /// of the same key).
+    usage: Arc<KeyUsage>,
 }
 
 impl ProgrammedKey {
@@ -119,6 +126,10 @@ impl ProgrammedKey {
     }
 }
 
+/// DUN bytes of the device default key: a data unit's index on the
+/// device fits in 8.
+pub const DEFAULT_KEY_DUN_BYTES: u32 = 8;
+
 type Slot = RwLock<Option<Arc<ProgrammedKey>>>;
 
 /// The inline crypto engine.
@@ -129,6 +140,9 @@ pub struct Engine {
     stats: Stats,
     trace: Option<Trace>,
     fault: Option<Fault>,
+    ledger: Ledger,
+    usage_limit: Option<KeyUsageLimit>,
+    default_key: Option<Arc<ProgrammedKey>>,
 }
 
 impl Engine {
@@ -143,7 +157,147 @@ impl Engine {
             stats: Stats::new(slots),
             trace,
             fault: None,
+            ledger: Ledger::default(),
+            usage_limit: None,
+            default_key: None,
         }
+    }
+
+    /// The same engine with a limit on the bytes one key may encrypt.
+    pub fn with_usage_limit(mut self, limit: Option<KeyUsageLimit>) -> Self {
+        self.usage_limit = limit;
+        self
+    }
+
+    /// The same engine with a device default key: AES-256-XTS with
+    /// `data_unit_size`-byte data units (the logical block size), for the
+    /// requests that carry no crypto context. Call after
+    /// [`Engine::with_fault`]: the fault applies to it as to any key.
+    pub fn with_default_key(
+        mut self,
+        raw: &[u8; 64],
+        data_unit_size: u32,
+    ) -> Result<Self, EngineError> {
+        let key = self.new_key(raw, data_unit_size, DEFAULT_KEY_DUN_BYTES, true);
+        scrub_stack();
+        let key = key?;
+        tracing::info!(fingerprint = %key.fingerprint, data_unit_size, "device default key");
+        self.default_key = Some(key);
+        Ok(self)
+    }
+
+    /// The device default key, if the engine has one.
+    pub fn default_key(&self) -> Option<&Arc<ProgrammedKey>> {
+        self.default_key.as_ref()
+    }
+
+    /// The usage limit, if any.
+    pub fn usage_limit(&self) -> Option<KeyUsageLimit> {
+        self.usage_limit
+    }
+
+    /// Every key's usage, in the order of first use, and how many entries
+    /// a full ledger dropped.
+    pub fn key_usage(&self) -> (Vec<KeyUsageEntry>, u64) {
+        self.ledger.snapshot()
+    }
+
+    /// The counters now, per-key usage included (what `--stats` writes).
+    pub fn counters(&self) -> icelab_contract::device::Counters {
+        let mut counters = self.stats.snapshot();
+        (counters.key_usage, counters.key_usage_forgotten) = self.ledger.snapshot();
+        counters
+    }
+
+    /// Counts `bytes` that `key` is about to encrypt or has decrypted.
+    /// With `--key-usage-limit-action refuse`, an encryption that would
+    /// take the key past the limit is refused (nothing counted); the first
+    /// refusal or (`warn`) crossing per key is traced.
+    pub fn charge(
+        &self,
+        key: &ProgrammedKey,
+        direction: Direction,
+        bytes: u64,
+    ) -> Result<(), EngineError> {
+        let units = bytes / u64::from(key.data_unit_size);
+        if direction == Direction::Decrypt {
+            key.usage.charge_decryption(units, bytes);
+            return Ok(());
+        }
+        let charge = key.usage.charge_encryption(units, bytes, self.usage_limit);
+        let (before, first, refused) = match charge {
+            Charge::Counted => return Ok(()),
+            Charge::CrossedLimit { before } => (before, true, false),
+            Charge::Refused { before, first } => (before, first, true),
+        };
+        let limit = self.usage_limit.map_or(0, |l| l.bytes);
+        if first {
+            let action = if refused {
+                LimitAction::Refuse
+            } else {
+                LimitAction::Warn
+            };
+            tracing::warn!(
+                fingerprint = %key.fingerprint,
+                encrypted = before,
+                request = bytes,
+                limit,
+                action = action.name(),
+                "a key reached --key-usage-limit"
+            );
+            if let Some(trace) = &self.trace {
+                trace.event(TraceEvent::KeyUsageLimit(KeyUsageLimitEvent {
+                    fingerprint: key.fingerprint.to_string(),
+                    default_key: key.usage.is_default_key(),
+                    bytes_encrypted: before,
+                    request_bytes: bytes,
+                    limit,
+                    action,
+                }));
+            }
+        }
+        if refused {
+            return Err(EngineError::KeyUsageLimit {
+                fingerprint: key.fingerprint,
+                encrypted: before,
+                request: bytes,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// A key schedule in the key arena for `raw` (a fault applied), its
+    /// fingerprint and its usage entry. The caller scrubs the stack.
+    #[inline(never)]
+    fn new_key(
+        &self,
+        raw: &[u8],
+        data_unit_size: u32,
+        dun_bytes: u32,
+        default_key: bool,
+    ) -> Result<Arc<ProgrammedKey>, EngineError> {
+        let mut xts_key = Zeroizing::new([0u8; 64]);
+        xts_key.copy_from_slice(raw);
+        if self.fault == Some(Fault::SwapKeyHalves) {
+            xts_key.rotate_left(32);
+        }
+        let fingerprint = self.fingerprinter.fingerprint(raw);
+        let schedule = SecureBox::new(XtsKey::new(&xts_key)).map_err(|error| {
+            tracing::error!("cannot hold a key: {error}");
+            EngineError::KeyMemory {
+                errno: error.raw_os_error().unwrap_or(0),
+            }
+        })?;
+        drop(xts_key);
+        Ok(Arc::new(ProgrammedKey {
+            key: schedule,
+            data_unit_size,
+            dun_bytes,
+            fingerprint,
+            fault: self.fault,
+            usage: self.ledger.entry(fingerprint, default_key),
+        }))
     }
 
     /// The same engine, deliberately wrong in the way `fault` says.
@@ -212,26 +366,8 @@ impl Engine {
             });
         }
 
-        let mut xts_key = Zeroizing::new([0u8; 64]);
-        xts_key.copy_from_slice(raw);
-        if self.fault == Some(Fault::SwapKeyHalves) {
-            xts_key.rotate_left(32);
-        }
-        let fingerprint = self.fingerprinter.fingerprint(raw);
-        let schedule = SecureBox::new(XtsKey::new(&xts_key)).map_err(|error| {
-            tracing::error!("KEYSLOT_PROGRAM refused: {error}");
-            EngineError::KeyMemory {
-                errno: error.raw_os_error().unwrap_or(0),
-            }
-        })?;
-        drop(xts_key);
-        let key = Arc::new(ProgrammedKey {
-            key: schedule,
-            data_unit_size: 1 << desc.data_unit_size_bits,
-            dun_bytes: desc.dun_bytes,
-            fingerprint,
-            fault: self.fault,
-        });
+        let key = self.new_key(raw, 1 << desc.data_unit_size_bits, desc.dun_bytes, false)?;
+        let fingerprint = key.fingerprint;
         let replaced = write(slot).replace(key);
         self.stats.slots_programmed.fetch_add(1, Relaxed);
         tracing::debug!(slot = desc.slot, %fingerprint, queue, "keyslot programmed");

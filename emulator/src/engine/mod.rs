@@ -13,6 +13,7 @@ pub mod keyslots;
 pub mod secure;
 pub mod stats;
 pub mod trace;
+pub mod usage;
 pub mod xts;
 
 pub use capabilities::{Capabilities, KeyTypes, ProfileName};

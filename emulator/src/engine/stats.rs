@@ -60,6 +60,11 @@ pub struct Stats {
     pub plain_reads: Traffic,
     /// Plain OUT requests served.
     pub plain_writes: Traffic,
+    /// Requests without a crypto context decrypted with the default key.
+    pub default_key_reads: Traffic,
+    /// Requests without a crypto context encrypted with the default key
+    /// (WRITE_ZEROES included).
+    pub default_key_writes: Traffic,
     /// FLUSH requests served.
     pub flushes: AtomicU64,
     /// DISCARD requests served.
@@ -88,6 +93,8 @@ impl Stats {
             crypto_writes: Traffic::default(),
             plain_reads: Traffic::default(),
             plain_writes: Traffic::default(),
+            default_key_reads: Traffic::default(),
+            default_key_writes: Traffic::default(),
             flushes: AtomicU64::new(0),
             discards: AtomicU64::new(0),
             write_zeroes: AtomicU64::new(0),
@@ -124,7 +131,8 @@ impl Stats {
         rejected.values().sum()
     }
 
-    /// The counters now (what `--stats` writes as `stats`).
+    /// The counters now (what `--stats` writes as `stats`), without the
+    /// per-key usage, which the engine adds ([`super::Engine::counters`]).
     pub fn snapshot(&self) -> Counters {
         let rejected = self
             .rejected
@@ -142,6 +150,8 @@ impl Stats {
             crypto_out: self.crypto_writes.snapshot(),
             plain_in: self.plain_reads.snapshot(),
             plain_out: self.plain_writes.snapshot(),
+            default_key_in: self.default_key_reads.snapshot(),
+            default_key_out: self.default_key_writes.snapshot(),
             flush: self.flushes.load(Relaxed),
             discard: self.discards.load(Relaxed),
             write_zeroes: self.write_zeroes.load(Relaxed),
@@ -157,6 +167,8 @@ impl Stats {
                     .map(|(kind, count)| (kind.to_owned(), count))
                     .collect(),
             },
+            key_usage: Vec::new(),
+            key_usage_forgotten: 0,
         }
     }
 }

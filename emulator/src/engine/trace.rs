@@ -10,8 +10,8 @@
 //! everything.
 
 pub use icelab_contract::device::{
-    EvictCause, EvictEvent, GetIdEvent, KeyMode, ProgramEvent, RejectEvent, RejectStatus,
-    TraceEvent, TraceLine, TruncatedEvent,
+    EvictCause, EvictEvent, GetIdEvent, KeyMode, KeyUsageLimitEvent, ProgramEvent, RejectEvent,
+    RejectStatus, TraceEvent, TraceLine, TruncatedEvent,
 };
 use std::fs::File;
 use std::io::{self, BufWriter, Write};

@@ -197,7 +197,7 @@ fn the_trace_and_stats_the_device_writes_parse_as_the_contract() {
     // The stats, through the file format, agree with the trace.
     let file = StatsFile {
         device: Default::default(),
-        stats: engine.stats().snapshot(),
+        stats: engine.counters(),
     };
     let stats = StatsFile::from_json(&file.to_json().expect("serializes"))
         .expect("parses")

@@ -250,6 +250,7 @@ pub fn manifest_fact(fs_uuid: &str, entries: &[FileEntry]) -> Value {
     serde_json::to_value(Manifest {
         fs_uuid: Some(fs_uuid.to_owned()),
         files: entries.to_vec(),
+        plain_files: Vec::new(),
     })
     .unwrap_or(Value::Null)
 }
