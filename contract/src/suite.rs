@@ -19,6 +19,9 @@ pub enum GuestSuite {
     LabPressure,
     /// Writes through a restart of the device.
     LabRestart,
+    /// The matrix, path selection and unencrypted files on a device with
+    /// a default key.
+    LabDefaultKey,
     /// The policy matrix alone (the fault runs).
     Matrix,
     /// fio on an inlinecrypt ext4 file.
@@ -27,12 +30,13 @@ pub enum GuestSuite {
 
 impl GuestSuite {
     /// Every suite.
-    pub const ALL: [GuestSuite; 7] = [
+    pub const ALL: [GuestSuite; 8] = [
         GuestSuite::Smoke,
         GuestSuite::Lab,
         GuestSuite::LabReboot,
         GuestSuite::LabPressure,
         GuestSuite::LabRestart,
+        GuestSuite::LabDefaultKey,
         GuestSuite::Matrix,
         GuestSuite::Bench,
     ];
@@ -45,6 +49,7 @@ impl GuestSuite {
             GuestSuite::LabReboot => "lab-reboot",
             GuestSuite::LabPressure => "lab-pressure",
             GuestSuite::LabRestart => "lab-restart",
+            GuestSuite::LabDefaultKey => "lab-default-key",
             GuestSuite::Matrix => "matrix",
             GuestSuite::Bench => "bench",
         }

@@ -18,6 +18,7 @@ pub mod checks;
 pub mod cpio;
 pub mod initramfs;
 pub mod junit;
+pub mod key_usage;
 pub mod marks;
 pub mod plan;
 pub mod qemu;

@@ -6,10 +6,13 @@
 //! runner (guest-tests/README.md): the `ufs` boot writes a fresh image,
 //! `ufs-reboot` boots the SAME image again, `emmc` runs the same tests on
 //! a device with 4 DUN bytes, `pressure` gives the device 2 keyslots,
-//! `restart` writes while the host kills and restarts the device.
+//! `restart` writes while the host kills and restarts the device,
+//! `default-key` runs on a device with a default key and a key usage
+//! limit.
 
 use crate::serve_process::DeviceOptions;
 use icelab_contract::cmdline::{Engine, GuestPlan};
+use icelab_contract::device::{KeyUsageLimit, LimitAction};
 use icelab_contract::suite::{Expect, GuestSuite, Profile};
 use icelab_emulator::engine::{Capabilities, Fault, ProfileName};
 
@@ -27,6 +30,8 @@ pub enum Suite {
     LabPressure,
     /// The `restart` boot of the lab plan alone.
     LabRestart,
+    /// The `default-key` boot of the lab plan alone.
+    LabDefaultKey,
     /// One `ufs` boot of the policy matrix (the fault runs use it).
     Matrix,
     /// One native boot of the guest's bench suite.
@@ -35,12 +40,13 @@ pub enum Suite {
 
 impl Suite {
     /// Every suite, in the order the help lists them.
-    pub const ALL: [Suite; 7] = [
+    pub const ALL: [Suite; 8] = [
         Suite::Smoke,
         Suite::Lab,
         Suite::LabReboot,
         Suite::LabPressure,
         Suite::LabRestart,
+        Suite::LabDefaultKey,
         Suite::Matrix,
         Suite::Bench,
     ];
@@ -53,6 +59,7 @@ impl Suite {
             Suite::LabReboot => "lab-reboot",
             Suite::LabPressure => "lab-pressure",
             Suite::LabRestart => "lab-restart",
+            Suite::LabDefaultKey => "lab-default-key",
             Suite::Matrix => "matrix",
             Suite::Bench => "bench",
         }
@@ -67,7 +74,12 @@ impl Suite {
     pub fn verifies(self) -> bool {
         matches!(
             self,
-            Suite::Lab | Suite::LabReboot | Suite::LabPressure | Suite::LabRestart | Suite::Matrix
+            Suite::Lab
+                | Suite::LabReboot
+                | Suite::LabPressure
+                | Suite::LabRestart
+                | Suite::LabDefaultKey
+                | Suite::Matrix
         )
     }
 }
@@ -118,6 +130,11 @@ pub struct BootPlan {
     /// Kill the device (SIGKILL) and start it again when the guest
     /// signals `restart-device`; QEMU reconnects to it.
     pub restart_device: bool,
+    /// Give the device a default key (made from the boot's seed, see
+    /// [`default_key`]) and verify the image with it.
+    pub default_key: bool,
+    /// `--key-usage-limit` of the device.
+    pub key_usage_limit: Option<KeyUsageLimit>,
 }
 
 /// Everything the plan depends on.
@@ -140,6 +157,13 @@ pub const SMOKE_IMAGE_SIZE: u64 = 512 << 20;
 pub const LAB_IMAGE_SIZE: u64 = 1 << 30;
 /// Keyslots of the pressure boot.
 pub const PRESSURE_SLOTS: u16 = 2;
+/// The default-key boot's key usage limit: the path-selection test's
+/// IV_INO_LBLK_64 key (7 blocks) and the default key pass it, a per-file
+/// key of a one-block file does not.
+pub const DEFAULT_KEY_BOOT_LIMIT: KeyUsageLimit = KeyUsageLimit {
+    bytes: 16 << 10,
+    action: LimitAction::Warn,
+};
 /// Request queues of every boot's device (and QEMU's `num-queues`).
 pub const QUEUES: u16 = 2;
 
@@ -162,6 +186,8 @@ pub fn plan(input: &PlanInput) -> Vec<BootPlan> {
         traffic,
         verify,
         restart_device: false,
+        default_key: false,
+        key_usage_limit: None,
     };
     let ufs = BootPlan {
         name: "ufs",
@@ -173,6 +199,8 @@ pub fn plan(input: &PlanInput) -> Vec<BootPlan> {
         traffic: Traffic::ReadWrite,
         verify: true,
         restart_device: false,
+        default_key: false,
+        key_usage_limit: None,
     };
     let ufs_reboot = BootPlan {
         name: "ufs-reboot",
@@ -199,6 +227,14 @@ pub fn plan(input: &PlanInput) -> Vec<BootPlan> {
         guest_suite: GuestSuite::LabRestart,
         seed: boot_seed(input.seed, 4),
         restart_device: true,
+        ..ufs.clone()
+    };
+    let default_key = BootPlan {
+        name: "default-key",
+        guest_suite: GuestSuite::LabDefaultKey,
+        seed: boot_seed(input.seed, 5),
+        default_key: true,
+        key_usage_limit: Some(DEFAULT_KEY_BOOT_LIMIT),
         ..ufs.clone()
     };
     match input.suite {
@@ -230,11 +266,16 @@ pub fn plan(input: &PlanInput) -> Vec<BootPlan> {
             Traffic::ReadWrite,
             false,
         )],
-        Suite::Lab | Suite::LabReboot | Suite::LabPressure | Suite::LabRestart => {
+        Suite::Lab
+        | Suite::LabReboot
+        | Suite::LabPressure
+        | Suite::LabRestart
+        | Suite::LabDefaultKey => {
             let boots = match input.suite {
-                Suite::Lab => vec![ufs, ufs_reboot, emmc, pressure, restart],
+                Suite::Lab => vec![ufs, ufs_reboot, emmc, pressure, restart, default_key],
                 Suite::LabReboot => vec![ufs, ufs_reboot],
                 Suite::LabRestart => vec![restart],
+                Suite::LabDefaultKey => vec![default_key],
                 _ => vec![pressure],
             };
             boots
@@ -263,7 +304,20 @@ pub fn bench_boot(name: &'static str, native: bool, image_size: u64) -> BootPlan
         },
         verify: false,
         restart_device: false,
+        default_key: false,
+        key_usage_limit: None,
     }
+}
+
+/// The default key of a boot with [`BootPlan::default_key`]: 64 bytes
+/// from its seed (another boot of the same seed gets the same key, so a
+/// run repeats), distinct from every fscrypt master key of the guest
+/// (those come from per-name seeds).
+pub fn default_key(boot: &BootPlan) -> zeroize::Zeroizing<[u8; 64]> {
+    const DEFAULT_KEY_SALT: u64 = 0xdefa_017e_c0de_5eed;
+    zeroize::Zeroizing::new(icelab_verifier::manifest::master_key_from_seed(
+        icelab_verifier::manifest::splitmix64(boot.seed ^ DEFAULT_KEY_SALT),
+    ))
 }
 
 /// The seed of the plan's `n`-th seed slot: SplitMix64 of the run's seed
@@ -295,6 +349,7 @@ pub fn device_options(boot: &BootPlan, fault: Option<Fault>) -> DeviceOptions {
         slots: boot.profile.and(boot.slots),
         no_inline_encryption: boot.profile.is_none(),
         fault: boot.profile.and(fault),
+        key_usage_limit: boot.key_usage_limit,
         ..DeviceOptions::default()
     }
 }

@@ -7,6 +7,7 @@ use super::artifacts::{self, Artifacts, Overrides};
 use super::boot::{self, BootSpec};
 use super::checks;
 use super::junit;
+use super::key_usage;
 use super::marks;
 use super::plan::{self, BootPlan, Image, PlanInput, Suite};
 use super::qemu::{self, Accel};
@@ -269,7 +270,7 @@ fn run_one(
         Image::Fresh(_) => (dir.join("disk.img"), true),
         Image::SameAs(earlier) => (base.join(earlier).join("disk.img"), false),
     };
-    let device = plan::device_options(boot, config.fault);
+    let mut device = plan::device_options(boot, config.fault);
     let cmdline = plan::guest_cmdline(boot);
     let caps = plan::capabilities(boot);
     println!(
@@ -301,6 +302,25 @@ fn run_one(
         manifest_files: 0,
         duration: Duration::ZERO,
     };
+    // A default-key boot's key, in a file next to the image (0600) for
+    // `icelab serve --default-key` and, after the boot, the verifier.
+    let default_key = boot.default_key.then(|| plan::default_key(boot));
+    if let Some(key) = &default_key {
+        let path = dir.join("default.key");
+        if let Err(error) = write_key_file(&path, key) {
+            let message = format!("cannot write the default key {}: {error}", path.display());
+            let result = TestResult::host(boot.name, "boot", false, message, Value::Null);
+            println!("{}", result.line());
+            return BootDone {
+                record,
+                results: vec![result],
+                manifest: MergedManifest::default(),
+                totals: Totals::default(),
+            };
+        }
+        device.default_key = Some(path);
+        record.device_args = device.arg_strings();
+    }
     let spec = BootSpec {
         name: boot.name,
         dir: &dir,
@@ -371,6 +391,7 @@ fn run_one(
             &manifest,
             &merge_errors,
             outcome.guest_completed,
+            default_key.as_deref(),
         );
         if let Some(report) = &verification.report {
             totals = Totals::of(report);
@@ -399,6 +420,22 @@ fn run_one(
         });
         results.extend(trace_results);
     }
+    if boot.default_key || boot.key_usage_limit.is_some() {
+        let guest_facts: Vec<&Value> = results
+            .iter()
+            .filter(|r| r.source == Source::Guest)
+            .map(|r| &r.facts)
+            .collect();
+        let usage = key_usage::check(&key_usage::KeyUsageCheck {
+            boot: boot.name,
+            limit: boot.key_usage_limit,
+            guest_facts: &guest_facts,
+            trace: &outcome.paths.trace,
+            stats: &outcome.stats,
+            manifest: &manifest,
+        });
+        results.push(usage);
+    }
 
     for result in &results[host_start..] {
         println!("{}", result.line());
@@ -412,6 +449,22 @@ fn run_one(
         manifest,
         totals,
     }
+}
+
+/// Writes `key` to a new file at `path` readable by the owner only.
+fn write_key_file(path: &Path, key: &[u8; 64]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(key)
 }
 
 #[cfg(test)]

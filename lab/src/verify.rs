@@ -211,6 +211,7 @@ pub fn verify(
     merged: &MergedManifest,
     merge_errors: &[MergeError],
     guest_completed: bool,
+    default_key: Option<&[u8; 64]>,
 ) -> Verification {
     let fail = |message: String| Verification {
         result: TestResult::host(boot, "verify", false, message, Value::Null),
@@ -237,7 +238,15 @@ pub fn verify(
         );
     }
     let manifest = merged.to_manifest();
-    let report = match icelab_verifier::verify(image, &manifest) {
+    // With a default key, the decrypted view goes next to the image.
+    let view_dir = image.parent().unwrap_or(Path::new("."));
+    let verified = match default_key {
+        None => icelab_verifier::verify(image, &manifest),
+        Some(key) => icelab_verifier::default_key::verify_with_default_key_in(
+            image, &manifest, key, view_dir,
+        ),
+    };
+    let report = match verified {
         Ok(report) => report,
         Err(error) => {
             let chain = anyhow::Error::from(error);
@@ -250,8 +259,13 @@ pub fn verify(
     } else {
         quote(&report, merged)
     };
+    let mut facts = totals.to_json();
+    if let Some(default_key) = &report.default_key {
+        facts["default_key"] = serde_json::to_value(default_key).unwrap_or(Value::Null);
+    }
+    facts["plain_file_units_checked"] = report.plain_file_units_checked.into();
     Verification {
-        result: TestResult::host(boot, "verify", report.passed(), message, totals.to_json()),
+        result: TestResult::host(boot, "verify", report.passed(), message, facts),
         report: Some(report),
     }
 }
@@ -370,15 +384,15 @@ mod tests {
     fn verify_refuses_what_it_cannot_check() {
         let image = Path::new("/nonexistent/disk.img");
         let empty = MergedManifest::default();
-        let v = verify("ufs", image, &empty, &[], true);
+        let v = verify("ufs", image, &empty, &[], true, None);
         assert!(v.result.message.contains("listed no files"));
         assert!(v.report.is_none());
         let mut one = MergedManifest::default();
         one.add_fact("a", &json!({"files": [file(12, 1, 1)]}))
             .expect("merges");
-        let v = verify("ufs", image, &one, &[], false);
+        let v = verify("ufs", image, &one, &[], false, None);
         assert!(v.result.message.contains("not run"));
-        let v = verify("ufs", image, &one, &[], true);
+        let v = verify("ufs", image, &one, &[], true, None);
         assert_eq!(v.result.outcome, crate::report::Outcome::Fail);
         assert!(v.result.message.contains("/nonexistent/disk.img"));
     }

@@ -20,6 +20,7 @@ pub fn tests(suite: SuiteName) -> &'static [TestDef] {
         SuiteName::LabReboot => lab::REBOOT_TESTS,
         SuiteName::LabPressure => lab::PRESSURE_TESTS,
         SuiteName::LabRestart => lab::RESTART_TESTS,
+        SuiteName::LabDefaultKey => lab::DEFAULT_KEY_TESTS,
         SuiteName::Matrix => lab::MATRIX_TESTS,
         SuiteName::Bench => bench::TESTS,
     }

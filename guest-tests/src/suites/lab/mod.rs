@@ -7,6 +7,8 @@
 //! - [`PRESSURE_TESTS`] (`lab-pressure`): a device with 2 keyslots;
 //! - [`RESTART_TESTS`] (`lab-restart`): writes while the host kills and
 //!   restarts the device;
+//! - [`DEFAULT_KEY_TESTS`] (`lab-default-key`): the matrix, path
+//!   selection and unencrypted files on a device with a default key;
 //! - [`MATRIX_TESTS`] (`matrix`): the policy matrix alone.
 //!
 //! Modules: [`plan`] (the matrix as data), [`files`] (writing and reading
@@ -18,6 +20,7 @@ pub mod fscrypt_tool;
 pub mod keys;
 pub mod matrix;
 pub mod path;
+pub mod plain;
 pub mod plan;
 pub mod pressure;
 pub mod provisioning;
@@ -83,6 +86,7 @@ pub const TESTS: &[TestDef] = table![
     &matrix::POLICY_TESTS,
     &[
         path::PATH_SELECTION,
+        plain::PLAIN_FILES,
         keys::KEY_REMOVAL,
         provisioning::KEYRING_PROVISIONING,
         fscrypt_tool::FSCRYPT_TOOL,
@@ -117,6 +121,15 @@ pub const RESTART_TESTS: &[TestDef] = &[
     matrix::MKFS_MOUNT,
     restart::WRITE_THROUGH_RESTART,
     matrix::UNMOUNT,
+];
+
+/// `icelab.suite=lab-default-key`: on a device with a default key, what
+/// the host's verifier and key usage check read: the matrix, the policy
+/// windows of path selection, unencrypted files.
+pub const DEFAULT_KEY_TESTS: &[TestDef] = table![
+    MATRIX_SETUP,
+    &matrix::POLICY_TESTS,
+    &[path::PATH_SELECTION, plain::PLAIN_FILES, matrix::UNMOUNT],
 ];
 
 /// `icelab.suite=matrix`: the policy matrix alone (the fault runs).
@@ -181,7 +194,13 @@ mod tests {
 
     #[test]
     fn tables_are_ordered_and_end_with_unmount() {
-        for table in [TESTS, REBOOT_TESTS, MATRIX_TESTS, RESTART_TESTS] {
+        for table in [
+            TESTS,
+            REBOOT_TESTS,
+            MATRIX_TESTS,
+            RESTART_TESTS,
+            DEFAULT_KEY_TESTS,
+        ] {
             check_table(table);
             assert_eq!(table[0].name, "driver-load");
             assert_eq!(table.last().map(|t| t.name), Some("unmount"));
