@@ -211,9 +211,6 @@ impl TryFrom<ServeArgs> for ServeConfig {
 
 fn key_usage_limit(size: &str, action: Option<&str>) -> anyhow::Result<KeyUsageLimit> {
     let bytes = parse_size(size).map_err(|error| anyhow::anyhow!("--key-usage-limit: {error}"))?;
-    if bytes == 0 {
-        bail!("--key-usage-limit 0 would refuse every write; give a size such as 1T");
-    }
     let action = match action {
         None => LimitAction::Warn,
         Some(name) => LimitAction::from_name(name).with_context(|| {
@@ -364,7 +361,7 @@ mod tests {
     #[test]
     fn bad_arguments_name_the_problem() {
         let cases: [(&[&str], &str); 13] = [
-            (&["--key-usage-limit", "0"], "would refuse every write"),
+            (&["--key-usage-limit", "0"], "--key-usage-limit: \"0\""),
             (&["--key-usage-limit", "lots"], "--key-usage-limit"),
             (
                 &[
