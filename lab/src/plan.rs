@@ -443,13 +443,43 @@ mod tests {
         let boots = plan(&input(Suite::Lab, None));
         assert_eq!(
             names(&boots),
-            ["ufs", "ufs-reboot", "emmc", "pressure", "restart"]
+            [
+                "ufs",
+                "ufs-reboot",
+                "emmc",
+                "pressure",
+                "restart",
+                "default-key"
+            ]
         );
-        let [ufs, reboot, emmc, pressure, restart] = &boots[..] else {
-            panic!("five boots");
+        let [ufs, reboot, emmc, pressure, restart, with_key] = &boots[..] else {
+            panic!("six boots");
         };
         assert!(restart.restart_device);
         assert!(boots[..4].iter().all(|b| !b.restart_device));
+        assert!(with_key.default_key && !with_key.restart_device);
+        assert!(
+            boots[..5]
+                .iter()
+                .all(|b| !b.default_key && b.key_usage_limit.is_none())
+        );
+        assert_eq!(with_key.key_usage_limit, Some(DEFAULT_KEY_BOOT_LIMIT));
+        assert!(
+            guest_cmdline(with_key)
+                .starts_with("icelab.suite=lab-default-key icelab.expect=native")
+        );
+        assert_eq!(
+            device_options(with_key, None).key_usage_limit,
+            Some(DEFAULT_KEY_BOOT_LIMIT)
+        );
+        assert_eq!(
+            names(&plan(&input(Suite::LabDefaultKey, None))),
+            ["default-key"]
+        );
+        // The key follows the seed: the same boot gets the same key, another
+        // boot another.
+        assert_eq!(*default_key(with_key), *default_key(with_key));
+        assert_ne!(*default_key(with_key), *default_key(ufs));
         assert_eq!(restart.image, Image::Fresh(1 << 30));
         assert!(
             guest_cmdline(restart).starts_with("icelab.suite=lab-restart icelab.expect=native")
@@ -516,7 +546,10 @@ mod tests {
     #[test]
     fn profile_selects_boots() {
         let ufs = plan(&input(Suite::Lab, Some(ProfileName::Ufs)));
-        assert_eq!(names(&ufs), ["ufs", "ufs-reboot", "pressure", "restart"]);
+        assert_eq!(
+            names(&ufs),
+            ["ufs", "ufs-reboot", "pressure", "restart", "default-key"]
+        );
         let emmc = plan(&input(Suite::Lab, Some(ProfileName::Emmc)));
         assert_eq!(names(&emmc), ["emmc"]);
         assert!(plan(&input(Suite::LabPressure, Some(ProfileName::Emmc))).is_empty());

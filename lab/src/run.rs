@@ -497,7 +497,7 @@ mod tests {
         assert_eq!(c.suite, Suite::Lab);
         assert_eq!(c.seed, 0xc0ffee);
         assert_eq!(c.fault, Some(Fault::Plaintext));
-        assert_eq!(c.boots.len(), 5);
+        assert_eq!(c.boots.len(), 6);
         assert_eq!(c.boots[0].seed, plan::boot_seed(0xc0ffee, 1));
         assert_eq!(profiles(&c.boots), ["ufs", "emmc"]);
         let smoke = config(&[]).expect("defaults are valid");
