@@ -1,5 +1,7 @@
 //! `icelab`: emulator and test lab for hardware inline encryption.
 
+mod conform;
+mod differential;
 mod serve;
 mod verify;
 
@@ -24,6 +26,8 @@ enum Command {
     Run(lab::run::RunArgs),
     /// Check an image against a manifest with the independent ciphertext verifier.
     Verify(verify::VerifyArgs),
+    /// Check any vhost-user-blk device against docs/PROTOCOL.md (it must accept a new connection per check).
+    Conform(conform::ConformArgs),
     /// Measure icelab's performance.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -31,7 +35,13 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // conform's reference device refuses the stream's invalid requests
+    // as any device would: its log lines are not the user's news.
+    init_logging(if matches!(cli.command, Command::Conform(_)) {
+        "error"
+    } else {
+        "info"
+    });
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Build(args) => lab::build(args),
@@ -41,6 +51,11 @@ fn main() -> std::process::ExitCode {
             Err(error) => Err(error),
         },
         Command::Verify(args) => match verify::run(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return std::process::ExitCode::FAILURE,
+            Err(error) => Err(error),
+        },
+        Command::Conform(args) => match conform::run(args) {
             Ok(true) => Ok(()),
             Ok(false) => return std::process::ExitCode::FAILURE,
             Err(error) => Err(error),
@@ -56,10 +71,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` selects the level (default `info`).
-fn init_logging() {
+/// Logs to stderr; `RUST_LOG` selects the level (default: `default`).
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
