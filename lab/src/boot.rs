@@ -1,6 +1,6 @@
-//! One guest boot: start `icelab serve` on an image, boot the lab guest
-//! against it under QEMU, stream the in-guest runner's results until it
-//! powers off, wait for the device to exit.
+//! One guest boot: start `icelab serve` (or the user's device command) on
+//! an image, boot the lab guest against it under QEMU, stream the in-guest
+//! runner's results until it powers off, wait for the device to exit.
 //!
 //! Checks nothing itself beyond "the guest finished": `icelab run` adds the
 //! host checks and the verifier, `icelab bench guest` its measurements.
@@ -8,7 +8,9 @@
 use super::artifacts::Artifacts;
 use super::qemu::{self, Accel, VmSpec};
 use super::report::TestResult;
-use super::serve_process::{DeviceOptions, Logs, START_TIMEOUT, ServeConfig, ServeProcess};
+use super::serve_process::{
+    CommandTemplate, DeviceOptions, Logs, START_TIMEOUT, ServeConfig, ServeProcess,
+};
 use anyhow::Context;
 use icelab_contract::record::{Record, SIGNAL_RESTART_DEVICE};
 use serde_json::Value;
@@ -28,7 +30,11 @@ pub struct BootSpec<'a> {
     /// Delete `image` first (a fresh image; `device` then needs a size).
     pub fresh_image: bool,
     /// `icelab serve` options besides image, socket, stats and trace.
+    /// With `device_cmd`, only `queues` (QEMU's) and `size` (of a fresh
+    /// image, which the lab then creates) count.
     pub device: &'a DeviceOptions,
+    /// Start the device with this command instead of `icelab serve`.
+    pub device_cmd: Option<&'a CommandTemplate>,
     /// The guest's kernel parameters (`icelab.*`).
     pub cmdline: &'a str,
     /// Ask QEMU to forward inline encryption to the guest.
@@ -44,6 +50,14 @@ pub struct BootSpec<'a> {
 /// killed: long enough for requests to be in flight.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 
+/// Longest wait for the device to exit once QEMU has (icelab serve exits
+/// by itself when its frontend leaves), or after SIGTERM.
+pub const DEVICE_EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a device started by a command may take to exit by itself
+/// after QEMU's exit before it gets SIGTERM.
+const COMMAND_EXIT_GRACE: Duration = Duration::from_secs(2);
+
 /// Longest wait for QEMU to reconnect to the restarted device.
 const RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -57,6 +71,9 @@ pub struct DeviceRestart {
     /// From SIGKILL to QEMU connected to the new device.
     pub reconnected_after: Option<Duration>,
 }
+
+/// The vhost-user socket's name in a boot's directory.
+pub const SOCKET_NAME: &str = "icelab.sock";
 
 /// The files of one boot.
 #[derive(Clone, Debug)]
@@ -80,10 +97,16 @@ pub struct BootPaths {
 }
 
 impl BootPaths {
+    /// The files of a boot in `dir` (image `dir/disk.img`), for tests.
+    #[cfg(test)]
+    pub fn for_test(dir: &Path) -> Self {
+        Self::new(dir, &dir.join("disk.img"))
+    }
+
     fn new(dir: &Path, image: &Path) -> Self {
         Self {
             image: image.to_owned(),
-            socket: dir.join("icelab.sock"),
+            socket: dir.join(SOCKET_NAME),
             stats: dir.join("stats.json"),
             trace: dir.join("trace.jsonl"),
             console: dir.join("console.log"),
@@ -105,6 +128,10 @@ pub struct BootOutcome {
     pub guest_completed: bool,
     /// The device's exit status; `None` when it had to be killed.
     pub device_exit: Option<ExitStatus>,
+    /// The lab sent the device SIGTERM: a `device_cmd` device that did not
+    /// exit by itself after QEMU's exit; `device_exit` is its status after
+    /// that.
+    pub device_terminated: bool,
     /// The device's final stats (`Null` when it wrote none).
     pub stats: Value,
     /// Where everything is.
@@ -135,7 +162,21 @@ pub fn run_boot(
         let _ = std::fs::remove_file(file);
     }
     let serve = serve_config(&paths, spec.device);
-    let mut device = spawn_device(&paths, &serve)?;
+    let launcher = Launcher {
+        paths: &paths,
+        serve: &serve,
+        command: spec.device_cmd,
+    };
+    if spec.device_cmd.is_some() && spec.fresh_image {
+        // icelab serve creates a new image itself (--size); another
+        // device may not.
+        let size = spec
+            .device
+            .size
+            .context("a fresh image needs a size (DeviceOptions::size)")?;
+        create_sparse(&paths.image, size)?;
+    }
+    let mut device = launcher.spawn()?;
     let mut restart = None;
     let vm_spec = VmSpec {
         artifacts,
@@ -168,7 +209,7 @@ pub fn run_boot(
         spec.timeout,
         &mut |signal| {
             if signal == SIGNAL_RESTART_DEVICE && spec.restart_device && restart.is_none() {
-                let done = restart_device(&mut device, &paths, &serve);
+                let done = restart_device(&mut device, &launcher);
                 println!("{}", done.line());
                 restart = Some(done);
             }
@@ -176,8 +217,26 @@ pub fn run_boot(
     );
     let _ = vm.kill();
     let _ = vm.wait();
-    let device_exit = device.wait_timeout(Duration::from_secs(20));
-    device.kill();
+    let mut device_terminated = false;
+    let device_exit = match spec.device_cmd {
+        None => {
+            let status = device.wait_timeout(DEVICE_EXIT_TIMEOUT);
+            device.kill();
+            status
+        }
+        // Another device need not exit when its frontend leaves: after a
+        // moment it gets SIGTERM, as a service manager would send.
+        Some(_) => match device.wait_timeout(COMMAND_EXIT_GRACE) {
+            Some(status) => {
+                device.kill();
+                Some(status)
+            }
+            None => {
+                device_terminated = true;
+                device.terminate(DEVICE_EXIT_TIMEOUT)
+            }
+        },
+    };
     let mut results = guest.results;
     let guest_completed = guest.problem.is_none();
     if let Some(problem) = guest.problem {
@@ -198,6 +257,7 @@ pub fn run_boot(
         results,
         guest_completed,
         device_exit,
+        device_terminated,
         stats,
         paths,
         duration: started.elapsed(),
@@ -226,11 +286,8 @@ impl DeviceRestart {
 /// and trace (`*.before-restart.*`), starts it again on the same image and
 /// socket and waits for QEMU to reconnect (the new device logs `frontend
 /// connected`).
-fn restart_device(
-    device: &mut ServeProcess,
-    paths: &BootPaths,
-    serve: &ServeConfig,
-) -> DeviceRestart {
+fn restart_device(device: &mut ServeProcess, launcher: &Launcher<'_>) -> DeviceRestart {
+    let paths = launcher.paths;
     std::thread::sleep(RESTART_DELAY);
     let killed = Instant::now();
     let mut outcome = DeviceRestart::default();
@@ -243,10 +300,10 @@ fn restart_device(
             let _ = std::fs::rename(path, dir.join(kept));
         }
     }
-    match spawn_device(paths, serve) {
+    match launcher.spawn() {
         Ok(child) => *device = child,
         Err(error) => {
-            outcome.problem = Some(format!("cannot start icelab serve again: {error:#}"));
+            outcome.problem = Some(format!("cannot start the device again: {error:#}"));
             return outcome;
         }
     }
@@ -277,14 +334,40 @@ fn serve_config(paths: &BootPaths, device: &DeviceOptions) -> ServeConfig {
     }
 }
 
-/// Starts `icelab serve` (this very binary) and waits for its socket.
-fn spawn_device(paths: &BootPaths, serve: &ServeConfig) -> anyhow::Result<ServeProcess> {
-    ServeProcess::spawn_icelab(
-        &crate::icelab_exe(),
-        serve,
-        Logs::combined(&paths.device_log),
-        START_TIMEOUT,
-    )
+/// How a boot starts its device (again, for a restart).
+struct Launcher<'a> {
+    paths: &'a BootPaths,
+    serve: &'a ServeConfig,
+    /// The user's command instead of `icelab serve`.
+    command: Option<&'a CommandTemplate>,
+}
+
+impl Launcher<'_> {
+    /// Starts `icelab serve` (this very binary) or the command, and waits
+    /// for its socket.
+    fn spawn(&self) -> anyhow::Result<ServeProcess> {
+        let logs = Logs::combined(&self.paths.device_log);
+        match self.command {
+            None => {
+                ServeProcess::spawn_icelab(&crate::icelab_exe(), self.serve, logs, START_TIMEOUT)
+            }
+            Some(template) => ServeProcess::spawn_template(
+                template,
+                &self.paths.image,
+                &self.paths.socket,
+                logs,
+                START_TIMEOUT,
+            ),
+        }
+    }
+}
+
+/// Creates `path` as a sparse file of `size` bytes (replacing any file).
+fn create_sparse(path: &Path, size: u64) -> anyhow::Result<()> {
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("cannot create the image {}", path.display()))?;
+    file.set_len(size)
+        .with_context(|| format!("cannot size the image {} to {size} bytes", path.display()))
 }
 
 /// What the guest reported.

@@ -2,33 +2,67 @@
 //! counters (the contract's [`StatsFile`]) show the traffic the boot's
 //! plan demands.
 
-use super::boot::{BootPaths, DeviceRestart, tail};
+use super::boot::{BootPaths, DEVICE_EXIT_TIMEOUT, DeviceRestart, tail};
 use super::plan::{BootPlan, Traffic};
 use super::report::TestResult;
 use icelab_contract::device::{StatsFile, reject_kind};
 use icelab_contract::record::SIGNAL_RESTART_DEVICE;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
 /// `device-exit`: `icelab serve` exits with status 0 once the guest has
-/// powered off and QEMU disconnected.
-pub fn device_exit(boot: &str, status: Option<ExitStatus>, paths: &BootPaths) -> TestResult {
+/// powered off and QEMU disconnected. A device started by `--device-cmd`
+/// (`command`) may instead have been sent SIGTERM (`terminated`): then
+/// exit status 0 or 143, or death by SIGTERM, pass too.
+pub fn device_exit(
+    boot: &str,
+    status: Option<ExitStatus>,
+    terminated: bool,
+    command: bool,
+    paths: &BootPaths,
+) -> TestResult {
+    let device = if command {
+        "the device command"
+    } else {
+        "icelab serve"
+    };
+    let log = || tail(&paths.device_log, 20);
+    let by_sigterm = |s: ExitStatus| {
+        s.success() || s.code() == Some(128 + libc::SIGTERM) || s.signal() == Some(libc::SIGTERM)
+    };
     let (passed, message) = match status {
-        Some(status) if status.success() => (true, String::new()),
-        Some(status) => (
+        Some(status) if terminated && by_sigterm(status) => (
+            true,
+            format!(
+                "{device} did not exit when QEMU did; after SIGTERM it exited with {status} \
+                 (accepted: 0, 143 or SIGTERM)"
+            ),
+        ),
+        Some(status) if terminated => (
             false,
             format!(
-                "icelab serve exited with {status}:\n{}",
-                tail(&paths.device_log, 20)
+                "after SIGTERM {device} exited with {status} (expected 0, 143 or SIGTERM):\n{}",
+                log()
+            ),
+        ),
+        Some(status) if status.success() => (true, String::new()),
+        Some(status) => (false, format!("{device} exited with {status}:\n{}", log())),
+        None if terminated => (
+            false,
+            format!(
+                "{device} did not exit within {} s of SIGTERM; killed it (SIGKILL):\n{}",
+                DEVICE_EXIT_TIMEOUT.as_secs(),
+                log()
             ),
         ),
         None => (
             false,
             format!(
-                "icelab serve did not exit after the guest powered off:\n{}",
-                tail(&paths.device_log, 20)
+                "{device} did not exit after the guest powered off:\n{}",
+                log()
             ),
         ),
     };
@@ -285,5 +319,39 @@ mod tests {
         let result = device_restart("restart", Some(&done));
         assert_eq!(result.outcome, crate::report::Outcome::Pass);
         assert_eq!(result.facts["reconnected_after_kill_s"], json!(0.9));
+    }
+
+    #[test]
+    fn a_device_command_may_exit_by_sigterm() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = crate::boot::BootPaths::for_test(dir.path());
+        let code = |c: i32| Some(ExitStatus::from_raw(c << 8));
+        let signal = |s: i32| Some(ExitStatus::from_raw(s));
+        let exit = |status, terminated, command| {
+            device_exit("b", status, terminated, command, &paths).outcome
+        };
+        use crate::report::Outcome::{Fail, Pass};
+        // icelab serve must exit 0 by itself.
+        assert_eq!(exit(code(0), false, false), Pass);
+        assert_eq!(exit(code(1), false, false), Fail);
+        assert_eq!(exit(None, false, false), Fail);
+        // A command: by itself with 0, or after SIGTERM with 0, 143 or by
+        // the signal.
+        assert_eq!(exit(code(0), false, true), Pass);
+        assert_eq!(exit(code(143), false, true), Fail);
+        for status in [code(0), code(143), signal(libc::SIGTERM)] {
+            assert_eq!(exit(status, true, true), Pass);
+        }
+        let accepted = device_exit("b", code(143), true, true, &paths);
+        assert!(
+            accepted.message.contains("accepted"),
+            "{}",
+            accepted.message
+        );
+        assert_eq!(exit(code(1), true, true), Fail);
+        assert_eq!(exit(signal(libc::SIGSEGV), true, true), Fail);
+        let killed = device_exit("b", None, true, true, &paths);
+        assert!(killed.message.contains("SIGKILL"), "{}", killed.message);
     }
 }

@@ -39,16 +39,17 @@ pub fn to_xml(title: &str, boots: &[BootRecord], results: &[TestResult]) -> Stri
 
 fn write_suite(xml: &mut String, name: &str, boot: Option<&BootRecord>, cases: &[&TestResult]) {
     let failures = cases.iter().filter(|r| r.outcome == Outcome::Fail).count();
+    let skipped = cases.iter().filter(|r| r.outcome == Outcome::Skip).count();
     let time = boot.map_or(0.0, |b| b.duration.as_secs_f64());
     let _ = writeln!(
         xml,
-        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" skipped=\"0\" time=\"{time:.3}\">",
+        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" skipped=\"{skipped}\" time=\"{time:.3}\">",
         escape(name),
         cases.len(),
     );
     if let Some(boot) = boot {
         xml.push_str("    <properties>\n");
-        let properties = [
+        let mut properties = vec![
             ("guest_suite", boot.guest_suite.clone()),
             (
                 "profile",
@@ -58,6 +59,9 @@ fn write_suite(xml: &mut String, name: &str, boot: Option<&BootRecord>, cases: &
             ("device_args", boot.device_args.join(" ")),
             ("cmdline", boot.cmdline.clone()),
         ];
+        if let Some(command) = &boot.device_command {
+            properties.push(("device_command", command.clone()));
+        }
         for (key, value) in properties {
             let _ = writeln!(
                 xml,
@@ -77,6 +81,13 @@ fn write_suite(xml: &mut String, name: &str, boot: Option<&BootRecord>, cases: &
         );
         match case.outcome {
             Outcome::Pass => xml.push_str("/>\n"),
+            Outcome::Skip => {
+                let _ = writeln!(
+                    xml,
+                    ">\n      <skipped message=\"{}\"/>\n    </testcase>",
+                    escape(&case.message)
+                );
+            }
             Outcome::Fail => {
                 let first = case.message.lines().next().unwrap_or("failed");
                 let _ = writeln!(
@@ -128,6 +139,7 @@ mod tests {
             profile: Some("ufs".into()),
             seed: 0xab,
             device_args: vec!["--profile".into(), "ufs".into()],
+            device_command: None,
             cmdline: "icelab.suite=lab icelab.seed=00000000000000ab".into(),
             hello: Value::Null,
             stats: Value::Null,
@@ -237,5 +249,19 @@ mod tests {
         assert!(xml.contains("<property name=\"seed\" value=\"00000000000000ab\"/>"));
         // Boots in plan order.
         assert!(xml.find("name=\"ufs\"") < xml.find("name=\"emmc\""));
+    }
+
+    #[test]
+    fn a_skip_is_a_skipped_case() {
+        let skip = TestResult::skipped("ufs", "device-stats", "reads --stats <file>".into());
+        let mut record = boot("ufs", 1);
+        record.device_command = Some("mydev --socket 's s'".into());
+        let xml = to_xml("t", &[record], &[skip]);
+        assert_well_formed(&xml);
+        assert!(xml.contains("failures=\"0\" errors=\"0\" skipped=\"1\""));
+        assert!(xml.contains("<skipped message=\"reads --stats &lt;file&gt;\"/>"));
+        assert!(xml.contains(
+            "<property name=\"device_command\" value=\"mydev --socket &apos;s s&apos;\"/>"
+        ));
     }
 }

@@ -46,13 +46,20 @@ pub struct TraceCheck<'a> {
     pub stats: &'a Value,
 }
 
+/// The checks whose guest tests left marks in a boot (`guest_facts`: the
+/// `facts` of its guest tests).
+pub fn wanted(guest_facts: &[&Value]) -> Vec<TraceCheckKind> {
+    let marks = Marks::from_facts(guest_facts);
+    TraceCheckKind::ALL
+        .into_iter()
+        .filter(|kind| marks.has_prefix(kind.mark_prefix()))
+        .collect()
+}
+
 /// Runs the checks whose guest tests left marks in this boot.
 pub fn check(input: &TraceCheck<'_>) -> Vec<TestResult> {
     let marks = Marks::from_facts(&input.guest_facts);
-    let wanted: Vec<TraceCheckKind> = TraceCheckKind::ALL
-        .into_iter()
-        .filter(|kind| marks.has_prefix(kind.mark_prefix()))
-        .collect();
+    let wanted = wanted(&input.guest_facts);
     if wanted.is_empty() {
         return Vec::new();
     }

@@ -10,7 +10,7 @@
 //! `default-key` runs on a device with a default key and a key usage
 //! limit.
 
-use crate::serve_process::DeviceOptions;
+use crate::serve_process::{CommandTemplate, DeviceOptions};
 use icelab_contract::cmdline::{Engine, GuestPlan};
 use icelab_contract::device::{KeyUsageLimit, LimitAction};
 use icelab_contract::suite::{Expect, GuestSuite, Profile};
@@ -336,6 +336,101 @@ pub fn capabilities(boot: &BootPlan) -> Option<Capabilities> {
     Some(caps)
 }
 
+/// The device a run tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// `icelab serve`, started by the lab with each boot's options.
+    IcelabServe,
+    /// The user's device (`icelab run --device-cmd`), started by this
+    /// command on each boot's socket and image, with no other option.
+    Command(CommandTemplate),
+}
+
+impl Device {
+    /// `icelab serve` or `command "CMD"`.
+    pub fn describe(&self) -> String {
+        match self {
+            Device::IcelabServe => "icelab serve".to_owned(),
+            Device::Command(template) => format!("command {:?}", template.as_str()),
+        }
+    }
+
+    /// The command, if the device is one.
+    pub fn command(&self) -> Option<&CommandTemplate> {
+        match self {
+            Device::IcelabServe => None,
+            Device::Command(template) => Some(template),
+        }
+    }
+}
+
+/// A boot of the plan that a run leaves out, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeftOut {
+    /// The boot's name.
+    pub boot: &'static str,
+    /// Why (names the `icelab serve` option the boot needs).
+    pub reason: String,
+}
+
+/// Why `boot` cannot run against a device started by `--device-cmd` that
+/// offers `profile` (the command gets only the socket and the image, so
+/// the device is what the command makes it), if it cannot.
+pub fn device_command_refusal(boot: &BootPlan, profile: ProfileName) -> Option<String> {
+    let Some(boot_profile) = boot.profile else {
+        return Some(
+            "the negative control needs a device without inline encryption (icelab serve \
+             --no-inline-encryption), which the command cannot be told to be"
+                .to_owned(),
+        );
+    };
+    if boot_profile != profile {
+        return Some(format!(
+            "needs profile {boot_profile}; a device command serves one profile per run \
+             (this run: {profile}); run again with --profile {boot_profile}"
+        ));
+    }
+    if let Some(slots) = boot.slots {
+        return Some(format!(
+            "needs a device with {slots} keyslots (icelab serve --slots {slots})"
+        ));
+    }
+    if boot.restart_device {
+        return Some(
+            "kills and restarts icelab serve and watches its log for QEMU's reconnection"
+                .to_owned(),
+        );
+    }
+    if boot.default_key || boot.key_usage_limit.is_some() {
+        return Some(
+            "needs a device default key and a key usage limit (icelab serve --default-key, \
+             --key-usage-limit)"
+                .to_owned(),
+        );
+    }
+    None
+}
+
+/// The boots of `boots` that can run against a device command offering
+/// `profile`, and those left out ([`device_command_refusal`]).
+pub fn for_device_command(
+    boots: Vec<BootPlan>,
+    profile: ProfileName,
+) -> (Vec<BootPlan>, Vec<LeftOut>) {
+    let mut left_out = Vec::new();
+    let mut kept = Vec::new();
+    for boot in boots {
+        match device_command_refusal(&boot, profile) {
+            Some(reason) => left_out.push(LeftOut {
+                boot: boot.name,
+                reason,
+            }),
+            None => kept.push(boot),
+        }
+    }
+    (kept, left_out)
+}
+
 /// `icelab serve` options of a boot, besides image, socket, stats and
 /// trace (which the boot runner adds).
 pub fn device_options(boot: &BootPlan, fault: Option<Fault>) -> DeviceOptions {
@@ -585,5 +680,40 @@ mod tests {
         for suite in Suite::ALL {
             assert_eq!(Suite::from_name(suite.name()), Some(suite));
         }
+    }
+
+    #[test]
+    fn a_device_command_runs_only_what_it_can_be_told() {
+        let (kept, left_out) = for_device_command(plan(&input(Suite::Lab, None)), ProfileName::Ufs);
+        assert_eq!(names(&kept), ["ufs", "ufs-reboot"]);
+        let left: Vec<&str> = left_out.iter().map(|l| l.boot).collect();
+        assert_eq!(left, ["emmc", "pressure", "restart", "default-key"]);
+        let reason = |boot: &str| {
+            left_out
+                .iter()
+                .find(|l| l.boot == boot)
+                .map(|l| l.reason.clone())
+                .expect("left out")
+        };
+        assert!(reason("emmc").contains("--profile emmc"));
+        assert!(reason("pressure").contains("--slots 2"));
+        assert!(reason("restart").contains("restarts icelab serve"));
+        assert!(reason("default-key").contains("--default-key"));
+
+        let (kept, left_out) =
+            for_device_command(plan(&input(Suite::Lab, None)), ProfileName::Emmc);
+        assert_eq!(names(&kept), ["emmc"]);
+        assert_eq!(left_out.len(), 5);
+
+        let (kept, left_out) =
+            for_device_command(plan(&input(Suite::Smoke, None)), ProfileName::Ufs);
+        assert_eq!(names(&kept), ["native"]);
+        assert_eq!(left_out[0].boot, "control");
+        assert!(left_out[0].reason.contains("--no-inline-encryption"));
+        // What the guest is told does not change.
+        assert_eq!(
+            guest_cmdline(&kept[0]),
+            guest_cmdline(&plan(&input(Suite::Smoke, None))[0])
+        );
     }
 }

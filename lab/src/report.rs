@@ -12,6 +12,20 @@ pub enum Outcome {
     Pass,
     /// It failed; the message says why.
     Fail,
+    /// It did not run; the message says why (a host check that needs
+    /// what only `icelab serve` provides, with `--device-cmd`).
+    Skip,
+}
+
+impl Outcome {
+    /// `pass`, `fail` or `skip`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Pass => "pass",
+            Outcome::Fail => "fail",
+            Outcome::Skip => "skip",
+        }
+    }
 }
 
 /// Who ran a test.
@@ -66,6 +80,14 @@ impl TestResult {
         }
     }
 
+    /// A host check that did not run, and why.
+    pub fn skipped(boot: &str, name: &str, reason: String) -> Self {
+        Self {
+            outcome: Outcome::Skip,
+            ..Self::host(boot, name, true, reason, Value::Null)
+        }
+    }
+
     /// A guest test's result, from its line.
     pub fn from_guest(boot: &str, test: TestRecord) -> Self {
         Self {
@@ -82,7 +104,8 @@ impl TestResult {
         }
     }
 
-    /// `PASS boot/name (1.2 s)` or `FAIL boot/name: message`.
+    /// `PASS boot/name (1.2 s)`, `FAIL boot/name: message` or `SKIP
+    /// boot/name: reason`.
     pub fn line(&self) -> String {
         match self.outcome {
             Outcome::Pass => format!(
@@ -92,6 +115,7 @@ impl TestResult {
                 self.duration.as_secs_f64()
             ),
             Outcome::Fail => format!("FAIL {}/{}: {}", self.boot, self.name, self.message),
+            Outcome::Skip => format!("SKIP {}/{}: {}", self.boot, self.name, self.message),
         }
     }
 
@@ -100,7 +124,7 @@ impl TestResult {
             "boot": self.boot,
             "name": self.name,
             "source": self.source.name(),
-            "status": if self.outcome == Outcome::Pass { "pass" } else { "fail" },
+            "status": self.outcome.name(),
             "duration_ms": self.duration.as_millis() as u64,
             "message": self.message,
             "facts": self.facts,
@@ -119,8 +143,11 @@ pub struct BootRecord {
     pub profile: Option<String>,
     /// Seed of the guest's keys and contents.
     pub seed: u64,
-    /// `icelab serve` arguments (besides image, socket, stats, trace).
+    /// `icelab serve` arguments (besides image, socket, stats, trace);
+    /// empty for a device command.
     pub device_args: Vec<String>,
+    /// The device command as run (`--device-cmd` with the boot's paths).
+    pub device_command: Option<String>,
     /// The guest's `icelab.*` kernel parameters.
     pub cmdline: String,
     /// The runner's hello line.
@@ -135,13 +162,28 @@ pub struct BootRecord {
     pub duration: Duration,
 }
 
-/// Counts of a run.
+/// Counts of a run: passed and failed (skipped tests are neither).
 pub fn counts(results: &[TestResult]) -> (usize, usize) {
-    let passed = results
+    let count = |outcome| results.iter().filter(|r| r.outcome == outcome).count();
+    (count(Outcome::Pass), count(Outcome::Fail))
+}
+
+/// Skipped tests of a run.
+pub fn skipped(results: &[TestResult]) -> usize {
+    results
         .iter()
-        .filter(|r| r.outcome == Outcome::Pass)
-        .count();
-    (passed, results.len() - passed)
+        .filter(|r| r.outcome == Outcome::Skip)
+        .count()
+}
+
+/// The run's last line: `N passed, M failed`, and `, K skipped` when
+/// something was.
+pub fn summary_line(results: &[TestResult]) -> String {
+    let (passed, failed) = counts(results);
+    match skipped(results) {
+        0 => format!("{passed} passed, {failed} failed"),
+        skipped => format!("{passed} passed, {failed} failed, {skipped} skipped"),
+    }
 }
 
 /// The JSON report.
@@ -157,6 +199,7 @@ pub fn to_json(header: Value, boots: &[BootRecord], results: &[TestResult]) -> V
                 "profile": boot.profile,
                 "seed": format!("{:016x}", boot.seed),
                 "device_args": boot.device_args,
+                "device_command": boot.device_command,
                 "cmdline": boot.cmdline,
                 "guest": boot.hello,
                 "device_stats": boot.stats,
@@ -176,6 +219,7 @@ pub fn to_json(header: Value, boots: &[BootRecord], results: &[TestResult]) -> V
     report["guest_tests"] = json!({"passed": guest_passed, "failed": guest_failed});
     report["passed"] = passed.into();
     report["failed"] = failed.into();
+    report["skipped"] = skipped(results).into();
     report
 }
 
@@ -214,5 +258,20 @@ mod tests {
         assert_eq!(report["tests"][2]["message"], "mismatch");
         assert_eq!(guest.line(), "PASS ufs/policy (1.5 s)");
         assert_eq!(failing.line(), "FAIL ufs/keys: ENOKEY");
+    }
+
+    #[test]
+    fn a_skip_is_neither_passed_nor_failed() {
+        let pass = TestResult::host("ufs", "device-exit", true, String::new(), Value::Null);
+        let skip = TestResult::skipped("ufs", "device-stats", "no stats file".into());
+        assert_eq!(skip.line(), "SKIP ufs/device-stats: no stats file");
+        let results = [pass.clone(), skip.clone()];
+        assert_eq!(counts(&results), (1, 0));
+        assert_eq!(summary_line(&results), "1 passed, 0 failed, 1 skipped");
+        assert_eq!(summary_line(&[pass]), "1 passed, 0 failed");
+        let report = to_json(json!({}), &[], &results);
+        assert_eq!(report["tests"][1]["status"], "skip");
+        assert_eq!(report["skipped"], 1);
+        assert_eq!(report["failed"], 0);
     }
 }

@@ -1,7 +1,8 @@
 //! `icelab run`: make the suite's boots ([`plan`]) against fresh (or, for a
-//! second boot, reused) `icelab serve` devices, stream the in-guest
-//! runner's results, check the device on the host, run the verifier on
-//! each image, report (human summary, `--json`, `--junit`).
+//! second boot, reused) `icelab serve` devices (or the user's device,
+//! `--device-cmd`), stream the in-guest runner's results, check the device
+//! on the host, run the verifier on each image, report (human summary,
+//! `--json`, `--junit`).
 
 use super::artifacts::{self, Artifacts, Overrides};
 use super::boot::{self, BootSpec};
@@ -9,9 +10,10 @@ use super::checks;
 use super::junit;
 use super::key_usage;
 use super::marks;
-use super::plan::{self, BootPlan, Image, PlanInput, Suite};
+use super::plan::{self, BootPlan, Device, Image, LeftOut, PlanInput, Suite};
 use super::qemu::{self, Accel};
 use super::report::{self, BootRecord, Source, TestResult};
+use super::serve_process::CommandTemplate;
 use super::verify::{self as lab_verify, MergeError, MergedManifest, Totals};
 use anyhow::{Context, bail};
 use icelab_emulator::engine::{Fault, ProfileName};
@@ -69,6 +71,13 @@ pub struct RunArgs {
     /// Keep each boot's image, logs, stats, trace and merged manifest under DIR/BOOT.
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
+    /// Test your own vhost-user-blk device instead of icelab serve: a shell command
+    /// (run with sh -c) in which {socket} and {image} become each boot's paths,
+    /// shell-quoted. It must offer what the boot's profile offers (ufs: 32 keyslots,
+    /// 8 DUN bytes, data units 512-4096) and 2 queues; boots that need icelab serve
+    /// options (control, pressure, restart, default-key, other profile) are left out.
+    #[arg(long, value_name = "CMD")]
+    pub device_cmd: Option<String>,
 }
 
 /// The checked options.
@@ -78,6 +87,10 @@ struct RunConfig {
     seed: u64,
     fault: Option<Fault>,
     boots: Vec<BootPlan>,
+    /// The device under test.
+    device: Device,
+    /// The suite's boots this device cannot run, and why.
+    left_out: Vec<LeftOut>,
 }
 
 impl TryFrom<&RunArgs> for RunConfig {
@@ -118,12 +131,42 @@ impl TryFrom<&RunArgs> for RunConfig {
                 args.profile.as_deref().unwrap_or_default()
             );
         }
+        let (device, boots, left_out) = match &args.device_cmd {
+            None => (Device::IcelabServe, boots, Vec::new()),
+            Some(command) => {
+                let template = CommandTemplate::new(command)?;
+                if let Some(fault) = fault {
+                    bail!(
+                        "--fault {} is an icelab serve option; with --device-cmd your command \
+                         decides what the device does: drop --fault",
+                        fault.name()
+                    );
+                }
+                let (kept, left_out) =
+                    plan::for_device_command(boots, profile.unwrap_or(ProfileName::Ufs));
+                if kept.is_empty() {
+                    let why: Vec<String> = left_out
+                        .iter()
+                        .map(|l| format!("{}: {}", l.boot, l.reason))
+                        .collect();
+                    bail!(
+                        "no boot of --suite {} can run with --device-cmd (it passes your device \
+                         only a socket and an image):\n  {}",
+                        suite.name(),
+                        why.join("\n  ")
+                    );
+                }
+                (Device::Command(template), kept, left_out)
+            }
+        };
         Ok(Self {
             suite,
             profile,
             seed,
             fault,
             boots,
+            device,
+            left_out,
         })
     }
 }
@@ -158,6 +201,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<bool> {
         "icelab run: seed {:016x} (repeat the run with --seed {:016x})",
         config.seed, config.seed
     );
+    println!("icelab run: device: {}", config.device.describe());
+    for left_out in &config.left_out {
+        println!(
+            "icelab run: boot {} left out: {}",
+            left_out.boot, left_out.reason
+        );
+    }
+    if config.device.command().is_some() {
+        println!(
+            "icelab run: device-stats, trace/* and key-usage are skipped: they read icelab \
+             serve's --stats and --trace files"
+        );
+    }
     if let Some(fault) = config.fault {
         println!(
             "icelab run: fault {} in every device: guest tests should pass, the verifier must fail",
@@ -188,6 +244,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<bool> {
     }
     let (passed, failed) = report::counts(&results);
     let header = json!({
+        "device": {
+            "kind": if config.device.command().is_some() { "command" } else { "icelab serve" },
+            "command": config.device.command().map(CommandTemplate::as_str),
+        },
+        "left_out": config.left_out.iter()
+            .map(|l| json!({"boot": l.boot, "reason": l.reason}))
+            .collect::<Vec<_>>(),
         "suite": config.suite.name(),
         "profile": config.profile.map(|p| p.name()),
         "profiles": profiles,
@@ -228,7 +291,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<bool> {
         started.elapsed().as_secs_f64(),
         config.seed
     );
-    println!("{passed} passed, {failed} failed");
+    println!("{}", report::summary_line(&results));
     Ok(failed == 0 && passed > 0)
 }
 
@@ -271,6 +334,7 @@ fn run_one(
         Image::SameAs(earlier) => (base.join(earlier).join("disk.img"), false),
     };
     let mut device = plan::device_options(boot, config.fault);
+    let device_cmd = config.device.command();
     let cmdline = plan::guest_cmdline(boot);
     let caps = plan::capabilities(boot);
     println!(
@@ -294,7 +358,16 @@ fn run_one(
         guest_suite: boot.guest_suite.name().to_owned(),
         profile: boot.profile.map(|p| p.name().to_owned()),
         seed: boot.seed,
-        device_args: device.arg_strings(),
+        device_args: if device_cmd.is_some() {
+            Vec::new()
+        } else {
+            device.arg_strings()
+        },
+        device_command: device_cmd.map(|c| {
+            c.render(&image, &dir.join(boot::SOCKET_NAME))
+                .to_string_lossy()
+                .into_owned()
+        }),
         cmdline: cmdline.clone(),
         hello: Value::Null,
         stats: Value::Null,
@@ -327,6 +400,7 @@ fn run_one(
         image: &image,
         fresh_image,
         device: &device,
+        device_cmd,
         cmdline: &cmdline,
         inline_encryption: boot.profile.is_some(),
         timeout: Duration::from_secs(args.timeout),
@@ -351,9 +425,13 @@ fn run_one(
     results.push(checks::device_exit(
         boot.name,
         outcome.device_exit,
+        outcome.device_terminated,
+        device_cmd.is_some(),
         &outcome.paths,
     ));
-    results.push(checks::device_stats(boot, &outcome.stats));
+    if device_cmd.is_none() {
+        results.push(checks::device_stats(boot, &outcome.stats));
+    }
     if boot.restart_device {
         results.push(checks::device_restart(boot.name, outcome.restart.as_ref()));
     }
@@ -403,39 +481,39 @@ fn run_one(
 
     // The device trace against the guest's marks (path selection, key
     // removal, keyslot pressure): only the checks whose marks the guest
-    // reported run.
-    if let (Some(profile), Some(caps)) = (boot.profile, &caps) {
-        let guest_facts: Vec<&Value> = results
-            .iter()
-            .filter(|r| r.source == Source::Guest)
-            .map(|r| &r.facts)
-            .collect();
-        let trace_results = marks::check(&marks::TraceCheck {
-            boot: boot.name,
-            profile,
-            slots: caps.slots,
-            guest_facts,
-            trace: &outcome.paths.trace,
-            stats: &outcome.stats,
-        });
-        results.extend(trace_results);
+    // reported run; key usage. A device command writes no stats or trace:
+    // these checks and device-stats are skipped.
+    let guest_facts: Vec<&Value> = results
+        .iter()
+        .filter(|r| r.source == Source::Guest)
+        .map(|r| &r.facts)
+        .collect();
+    let mut device_results = Vec::new();
+    if device_cmd.is_some() {
+        device_results = skips_for_command(boot, &guest_facts);
+    } else {
+        if let (Some(profile), Some(caps)) = (boot.profile, &caps) {
+            device_results.extend(marks::check(&marks::TraceCheck {
+                boot: boot.name,
+                profile,
+                slots: caps.slots,
+                guest_facts: guest_facts.clone(),
+                trace: &outcome.paths.trace,
+                stats: &outcome.stats,
+            }));
+        }
+        if boot.default_key || boot.key_usage_limit.is_some() {
+            device_results.push(key_usage::check(&key_usage::KeyUsageCheck {
+                boot: boot.name,
+                limit: boot.key_usage_limit,
+                guest_facts: &guest_facts,
+                trace: &outcome.paths.trace,
+                stats: &outcome.stats,
+                manifest: &manifest,
+            }));
+        }
     }
-    if boot.default_key || boot.key_usage_limit.is_some() {
-        let guest_facts: Vec<&Value> = results
-            .iter()
-            .filter(|r| r.source == Source::Guest)
-            .map(|r| &r.facts)
-            .collect();
-        let usage = key_usage::check(&key_usage::KeyUsageCheck {
-            boot: boot.name,
-            limit: boot.key_usage_limit,
-            guest_facts: &guest_facts,
-            trace: &outcome.paths.trace,
-            stats: &outcome.stats,
-            manifest: &manifest,
-        });
-        results.push(usage);
-    }
+    results.extend(device_results);
 
     for result in &results[host_start..] {
         println!("{}", result.line());
@@ -449,6 +527,35 @@ fn run_one(
         manifest,
         totals,
     }
+}
+
+/// The host checks that read `icelab serve`'s `--stats` and `--trace`
+/// files, skipped for a device started by `--device-cmd`: `device-stats`,
+/// the `trace/...` checks the guest's marks (`guest_facts`) ask for, and
+/// `key-usage`.
+fn skips_for_command(boot: &BootPlan, guest_facts: &[&Value]) -> Vec<TestResult> {
+    let skip = |check: &str, files: &str| {
+        TestResult::skipped(
+            boot.name,
+            check,
+            format!(
+                "reads icelab serve's {files}; icelab gives a device command only a socket \
+                 and an image"
+            ),
+        )
+    };
+    let mut skips = vec![skip("device-stats", "--stats file")];
+    if boot.profile.is_some() {
+        skips.extend(
+            marks::wanted(guest_facts)
+                .into_iter()
+                .map(|kind| skip(kind.name(), "--trace file")),
+        );
+    }
+    if boot.default_key || boot.key_usage_limit.is_some() {
+        skips.push(skip("key-usage", "--stats and --trace files"));
+    }
+    skips
 }
 
 /// Writes `key` to a new file at `path` readable by the owner only.
@@ -515,5 +622,71 @@ mod tests {
         assert!(
             error(&["--suite", "lab-pressure", "--profile", "emmc"]).contains("drop --profile")
         );
+    }
+
+    #[test]
+    fn a_device_command_refuses_what_it_cannot_be_told() {
+        let cmd = "mydev --socket {socket} --image {image}";
+        let lab = config(&["--suite", "lab", "--device-cmd", cmd]).expect("valid");
+        assert_eq!(
+            lab.device,
+            Device::Command(CommandTemplate::new(cmd).expect("valid"))
+        );
+        assert_eq!(lab.device.describe(), format!("command {cmd:?}"));
+        let run: Vec<_> = lab.boots.iter().map(|b| b.name).collect();
+        assert_eq!(run, ["ufs", "ufs-reboot"]);
+        let left: Vec<_> = lab.left_out.iter().map(|l| l.boot).collect();
+        assert_eq!(left, ["emmc", "pressure", "restart", "default-key"]);
+        assert_eq!(config(&[]).expect("valid").device, Device::IcelabServe);
+
+        for (suite, boot, option) in [
+            ("lab-pressure", "pressure", "--slots 2"),
+            ("lab-restart", "restart", "restarts icelab serve"),
+            ("lab-default-key", "default-key", "--default-key"),
+        ] {
+            let message = error(&["--suite", suite, "--device-cmd", cmd]);
+            assert!(message.contains("no boot of --suite"), "{message}");
+            assert!(message.contains(&format!("{boot}: ")), "{message}");
+            assert!(message.contains(option), "{message}");
+        }
+        let message = error(&[
+            "--suite",
+            "matrix",
+            "--fault",
+            "plaintext",
+            "--device-cmd",
+            cmd,
+        ]);
+        assert!(message.contains("drop --fault"), "{message}");
+        let message = error(&["--device-cmd", "mydev --image {image}"]);
+        assert!(message.contains("has no {socket}"), "{message}");
+    }
+
+    #[test]
+    fn a_device_command_skips_the_checks_of_icelab_serves_files() {
+        let boots = plan::plan(&PlanInput {
+            suite: Suite::Lab,
+            profile: None,
+            no_control: false,
+            seed: 1,
+        });
+        let path_marks = json!({"marks": [
+            {"label": "path/default/start", "serial_reads": 1},
+            {"label": "path/default/end", "serial_reads": 2},
+        ]});
+        let facts = [&path_marks];
+        let skips = skips_for_command(&boots[0], &facts);
+        let names: Vec<&str> = skips.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["device-stats", "trace/path-selection"]);
+        assert!(skips.iter().all(|r| r.outcome == report::Outcome::Skip));
+        assert!(skips[0].message.contains("--stats"), "{}", skips[0].message);
+        assert!(skips[1].message.contains("--trace"), "{}", skips[1].message);
+        let default_key = boots.iter().find(|b| b.default_key).expect("in the plan");
+        let names: Vec<String> = skips_for_command(default_key, &[])
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, ["device-stats", "key-usage"]);
+        assert_eq!(report::counts(&skips), (0, 0));
     }
 }

@@ -1,14 +1,18 @@
 //! Starting `icelab serve` (and other vhost-user backends): a typed
 //! configuration, the command line it becomes, and the running process,
 //! waited for until its socket exists and killed when dropped. The one
-//! launcher of the lab, the benches and the tests.
+//! launcher of the lab, the benches and the tests; also of a vendor's
+//! device started from a shell command template ([`CommandTemplate`],
+//! `icelab run --device-cmd`).
 
 use anyhow::{Context, bail};
 use icelab_contract::device::KeyUsageLimit;
 use icelab_emulator::engine::{Fault, ProfileName};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileTypeExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -146,6 +150,91 @@ impl ServeConfig {
     }
 }
 
+/// A device started by a shell command (`icelab run --device-cmd`): the
+/// template's `{socket}` and `{image}` become a boot's paths, shell-quoted,
+/// and the result runs under `sh -c` in a process group of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandTemplate(String);
+
+impl CommandTemplate {
+    /// The placeholder of the vhost-user socket's path.
+    pub const SOCKET: &'static str = "{socket}";
+    /// The placeholder of the disk image's path.
+    pub const IMAGE: &'static str = "{image}";
+
+    /// Checks that `template` names both placeholders (every boot has its
+    /// own socket and image).
+    pub fn new(template: &str) -> anyhow::Result<Self> {
+        for placeholder in [Self::SOCKET, Self::IMAGE] {
+            if !template.contains(placeholder) {
+                bail!(
+                    "--device-cmd {template:?} has no {placeholder}: the lab gives every boot its \
+                     own socket and image, e.g. --device-cmd \"mydevice --socket {{socket}} \
+                     --image {{image}}\""
+                );
+            }
+        }
+        Ok(Self(template.to_owned()))
+    }
+
+    /// The template as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The shell command for `image` and `socket`: each placeholder
+    /// replaced by the shell-quoted path, in one pass (a path containing a
+    /// placeholder's text stays as it is).
+    pub fn render(&self, image: &Path, socket: &Path) -> OsString {
+        let mut out = Vec::new();
+        let mut rest = self.0.as_str();
+        while !rest.is_empty() {
+            if let Some(after) = rest.strip_prefix(Self::SOCKET) {
+                out.extend_from_slice(&shell_quote(socket.as_os_str()));
+                rest = after;
+            } else if let Some(after) = rest.strip_prefix(Self::IMAGE) {
+                out.extend_from_slice(&shell_quote(image.as_os_str()));
+                rest = after;
+            } else {
+                let c = rest.chars().next().unwrap_or_default();
+                let mut utf8 = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+        OsString::from_vec(out)
+    }
+
+    /// `sh -c` with [`CommandTemplate::render`], in a new process group
+    /// (so that killing the group reaches what `sh` started).
+    pub fn command(&self, image: &Path, socket: &Path) -> Command {
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(self.render(image, socket));
+        command.process_group(0);
+        command
+    }
+}
+
+/// `text` as one POSIX shell word: as it is when it holds only characters
+/// no shell treats specially, else in single quotes (a `'` becomes `'\''`).
+pub fn shell_quote(text: &OsStr) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let plain = |b: &u8| b.is_ascii_alphanumeric() || b"_-./+,:@%=".contains(b);
+    if !bytes.is_empty() && bytes.iter().all(plain) {
+        return bytes.to_vec();
+    }
+    let mut quoted = vec![b'\''];
+    for &b in bytes {
+        if b == b'\'' {
+            quoted.extend_from_slice(b"'\\''");
+        } else {
+            quoted.push(b);
+        }
+    }
+    quoted.push(b'\'');
+    quoted
+}
+
 /// Where a backend's output goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Logs {
@@ -174,6 +263,8 @@ pub struct ServeProcess {
     status: Option<ExitStatus>,
     socket: PathBuf,
     logs: Logs,
+    /// It leads a process group of its own: signals go to the group.
+    group: bool,
 }
 
 impl ServeProcess {
@@ -195,14 +286,48 @@ impl ServeProcess {
         )
     }
 
+    /// Starts the device of `template` on `image` and `socket` (`sh -c`,
+    /// its own process group, named `command`) and waits up to `timeout`
+    /// for its socket. An old socket file is removed first.
+    pub fn spawn_template(
+        template: &CommandTemplate,
+        image: &Path,
+        socket: &Path,
+        logs: Logs,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let _ = std::fs::remove_file(socket);
+        Self::launch(
+            "command",
+            template.command(image, socket),
+            socket,
+            logs,
+            timeout,
+            true,
+        )
+    }
+
     /// Starts any backend with `command` and waits up to `timeout` for it
     /// to create `socket`. Its stdin is closed.
     pub fn spawn(
+        name: &str,
+        command: Command,
+        socket: &Path,
+        logs: Logs,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        Self::launch(name, command, socket, logs, timeout, false)
+    }
+
+    /// [`ServeProcess::spawn`]; `group`: `command` makes a new process
+    /// group, and signals go to all of it.
+    fn launch(
         name: &str,
         mut command: Command,
         socket: &Path,
         logs: Logs,
         timeout: Duration,
+        group: bool,
     ) -> anyhow::Result<Self> {
         let create = |path: &Path| {
             File::create(path).with_context(|| format!("cannot create log {}", path.display()))
@@ -223,6 +348,7 @@ impl ServeProcess {
             status: None,
             socket: socket.to_owned(),
             logs,
+            group,
         };
         let deadline = Instant::now() + timeout;
         while !is_socket(socket) {
@@ -285,12 +411,58 @@ impl ServeProcess {
         }
     }
 
-    /// Kills it (SIGKILL) if it still runs, and reaps it.
+    /// Kills it (SIGKILL) if it still runs, and reaps it. A process
+    /// group gets SIGKILL even when its leader has exited: what it
+    /// started may still run.
     pub fn kill(&mut self) {
+        if self.group {
+            self.signal_group(libc::SIGKILL);
+            // Once is enough: every member is dead.
+            self.group = false;
+        }
         if self.try_wait().is_none() {
             // Failing to kill means it exited meanwhile; wait() reaps it.
             let _ = self.child.kill();
             self.status = self.child.wait().ok();
+        }
+    }
+
+    /// Stops it politely: SIGTERM (to its process group, if it has one),
+    /// up to `timeout` for it to exit, then [`ServeProcess::kill`]. Its
+    /// exit status after SIGTERM; `None` when it had to be killed. Only
+    /// SIGKILL when it has already exited.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if let Some(status) = self.try_wait() {
+            self.kill();
+            return Some(status);
+        }
+        if self.group {
+            self.signal_group(libc::SIGTERM);
+        } else {
+            self.signal(libc::SIGTERM);
+        }
+        let status = self.wait_timeout(timeout);
+        self.kill();
+        status
+    }
+
+    /// Sends `signal` to the process (while it is not reaped).
+    fn signal(&self, signal: libc::c_int) {
+        if self.status.is_none()
+            && let Ok(pid) = libc::pid_t::try_from(self.child.id())
+        {
+            // SAFETY: kill(2) has no memory effects; the child is not
+            // reaped yet, so its pid is still ours.
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+
+    /// Sends `signal` to the process group it leads.
+    fn signal_group(&self, signal: libc::c_int) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) has no memory effects. The group id stays
+            // ours while any member lives; once it is empty this is ESRCH.
+            unsafe { libc::kill(-pid, signal) };
         }
     }
 
@@ -396,5 +568,83 @@ mod tests {
         )
         .expect_err("no socket");
         assert!(format!("{error:#}").contains("did not create its socket"));
+    }
+
+    #[test]
+    fn a_template_gets_the_paths_shell_quoted() {
+        let template =
+            CommandTemplate::new("mydev --socket {socket} --image={image} -v").expect("valid");
+        let rendered = template.render(
+            Path::new("/tmp/my disk/it's {socket}.img"),
+            Path::new("/run/icelab/s.sock"),
+        );
+        assert_eq!(
+            rendered,
+            OsStr::new(
+                "mydev --socket /run/icelab/s.sock --image='/tmp/my disk/it'\\''s {socket}.img' -v"
+            )
+        );
+        assert_eq!(shell_quote(OsStr::new("")), b"''");
+        assert_eq!(shell_quote(OsStr::new("a$b")), b"'a$b'");
+        for missing in ["dev --image {image}", "dev --socket {socket}"] {
+            let error = format!("{:#}", CommandTemplate::new(missing).expect_err("refused"));
+            assert!(error.contains("has no {"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_template_runs_under_sh_and_its_whole_group_is_stopped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spaced = dir.path().join("a dir");
+        std::fs::create_dir(&spaced).expect("mkdir");
+        let socket = spaced.join("s.sock");
+        let pid_file = spaced.join("the image");
+        // The "device": a child of sh that would outlive it, its pid in
+        // {image}; the test plays the device's listening socket.
+        let template =
+            CommandTemplate::new("test -n {socket}; sleep 300 & echo $! > {image}; wait")
+                .expect("valid");
+        let listen = {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                std::os::unix::net::UnixListener::bind(&socket).expect("bind")
+            })
+        };
+        let mut process = ServeProcess::spawn_template(
+            &template,
+            &pid_file,
+            &socket,
+            Logs::combined(dir.path().join("log")),
+            Duration::from_secs(10),
+        )
+        .expect("starts");
+        let _listener = listen.join().expect("listener");
+        assert_eq!(process.name(), "command");
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .expect("the quoted path was written")
+            .trim()
+            .parse()
+            .expect("a pid");
+        let status = process.terminate(Duration::from_secs(10)).expect("exits");
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            status.signal() == Some(libc::SIGTERM) || status.code() == Some(143),
+            "{status}"
+        );
+        // The background child got the group's SIGTERM too (gone, or a
+        // zombie waiting for init).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let running = state
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'));
+            if !running {
+                break;
+            }
+            assert!(Instant::now() < deadline, "sleep {pid} survived: {state}");
+            std::thread::sleep(POLL);
+        }
     }
 }

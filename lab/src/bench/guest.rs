@@ -649,6 +649,7 @@ fn run_boot(
             image: &image,
             fresh_image: true,
             device: &device,
+            device_cmd: None,
             cmdline: &cmdline,
             inline_encryption: boot == Boot::Native,
             timeout: plan.timeout,
