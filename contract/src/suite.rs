@@ -22,6 +22,8 @@ pub enum GuestSuite {
     /// The matrix, path selection and unencrypted files on a device with
     /// a default key.
     LabDefaultKey,
+    /// A key past `--key-usage-limit` with the refuse action.
+    LabKeyLimit,
     /// The policy matrix alone (the fault runs).
     Matrix,
     /// fio on an inlinecrypt ext4 file.
@@ -30,13 +32,14 @@ pub enum GuestSuite {
 
 impl GuestSuite {
     /// Every suite.
-    pub const ALL: [GuestSuite; 8] = [
+    pub const ALL: [GuestSuite; 9] = [
         GuestSuite::Smoke,
         GuestSuite::Lab,
         GuestSuite::LabReboot,
         GuestSuite::LabPressure,
         GuestSuite::LabRestart,
         GuestSuite::LabDefaultKey,
+        GuestSuite::LabKeyLimit,
         GuestSuite::Matrix,
         GuestSuite::Bench,
     ];
@@ -50,6 +53,7 @@ impl GuestSuite {
             GuestSuite::LabPressure => "lab-pressure",
             GuestSuite::LabRestart => "lab-restart",
             GuestSuite::LabDefaultKey => "lab-default-key",
+            GuestSuite::LabKeyLimit => "lab-key-limit",
             GuestSuite::Matrix => "matrix",
             GuestSuite::Bench => "bench",
         }

@@ -166,7 +166,7 @@ const KNOWN_KEYS: &[&str] = &[
 /// What a bad `icelab.suite` is told (a unit test checks it names every
 /// suite of the contract).
 const SUITES_HINT: &str = "known suites: smoke, lab, lab-reboot, lab-pressure, lab-restart, \
-                           lab-default-key, matrix, bench";
+                           lab-default-key, lab-key-limit, matrix, bench";
 
 /// A fault the runner injects into itself (`icelab.fault=KIND:TEST`), to
 /// prove its own safety nets: a panic must be reported and power the
@@ -630,6 +630,7 @@ mod tests {
             ("lab-pressure", SuiteName::LabPressure),
             ("lab-restart", SuiteName::LabRestart),
             ("lab-default-key", SuiteName::LabDefaultKey),
+            ("lab-key-limit", SuiteName::LabKeyLimit),
             ("matrix", SuiteName::Matrix),
             ("bench", SuiteName::Bench),
         ] {

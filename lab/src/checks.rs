@@ -5,7 +5,7 @@
 use super::boot::{BootPaths, DEVICE_EXIT_TIMEOUT, DeviceRestart, tail};
 use super::plan::{BootPlan, Traffic};
 use super::report::TestResult;
-use icelab_contract::device::{StatsFile, reject_kind};
+use icelab_contract::device::{LimitAction, StatsFile, reject_kind};
 use icelab_contract::record::SIGNAL_RESTART_DEVICE;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -90,12 +90,21 @@ pub fn device_stats(boot: &BootPlan, stats: &Value) -> TestResult {
     // the driver has programmed its keyslots again (the driver resends
     // them): in a restart boot, those refusals are expected.
     let slot_empty = counters.map_or(0, |c| c.rejected.of_kind(reject_kind::SLOT_EMPTY));
+    // A boot with a refusing key usage limit expects its refusals (the
+    // key-usage check counts them).
+    let limit_refusals = counters.map_or(0, |c| c.rejected.of_kind(reject_kind::KEY_USAGE_LIMIT));
+    let refusing = boot
+        .key_usage_limit
+        .is_some_and(|l| l.action == LimitAction::Refuse);
     let rejected = |total: u64| {
+        let mut unexpected = total;
         if boot.restart_device {
-            total - slot_empty.min(total)
-        } else {
-            total
+            unexpected -= slot_empty.min(unexpected);
         }
+        if refusing {
+            unexpected -= limit_refusals.min(unexpected);
+        }
+        unexpected
     };
     let facts = json!({
         "keyslots_programmed": counters.map(|c| c.keyslots.programmed),

@@ -14,7 +14,7 @@ use super::report::TestResult;
 use super::timeline::{Marks, Timeline, programs};
 use super::verify::MergedManifest;
 use anyhow::{Context, bail};
-use icelab_contract::device::{KeyUsage, KeyUsageLimit, StatsFile, TraceEvent};
+use icelab_contract::device::{KeyUsage, KeyUsageLimit, LimitAction, StatsFile, TraceEvent};
 use icelab_contract::marks::{self as label, PATH_POLICIES, PathEdge};
 use serde::Serialize;
 use serde_json::Value;
@@ -78,10 +78,14 @@ fn run(
     let stats = parse_stats(input.stats).map_err(anyhow::Error::msg)?;
     let timeline = Timeline::read(input.trace)?;
     let marks = Marks::from_facts(input.guest_facts);
-    let per_policy = policy_usage(&stats, &timeline, &marks, input.manifest)?;
-    facts.insert("per_policy".into(), serde_json::to_value(&per_policy)?);
     facts.insert("keys".into(), serde_json::to_value(&stats.stats.key_usage)?);
-    let mut lines = check_policies(&per_policy)?;
+    // The per-policy table needs the path-selection test's windows.
+    let mut lines = Vec::new();
+    if marks.has_prefix(label::PATH_PREFIX) {
+        let per_policy = policy_usage(&stats, &timeline, &marks, input.manifest)?;
+        facts.insert("per_policy".into(), serde_json::to_value(&per_policy)?);
+        lines = check_policies(&per_policy)?;
+    }
     if let Some(info) = &stats.device.default_key {
         let entry = stats
             .stats
@@ -219,8 +223,10 @@ fn check_policies(per_policy: &BTreeMap<&'static str, PolicyUsage>) -> anyhow::R
     Ok(lines)
 }
 
-/// `--key-usage-limit` (warn): a key is over the limit exactly when it
-/// encrypted more than it, and each such key was traced once.
+/// `--key-usage-limit`: with `warn`, a key is over the limit exactly when
+/// it encrypted more than it; with `refuse`, no key encrypted more than
+/// it and a key is over exactly when the device refused it. Either way,
+/// each key over was traced once, and the boot has keys on both sides.
 fn check_limit(
     stats: &StatsFile,
     events: &[TraceEvent],
@@ -234,7 +240,20 @@ fn check_limit(
     }
     let mut over = 0;
     for usage in &stats.stats.key_usage {
-        let should = usage.encrypted.bytes > limit.bytes;
+        let should = match limit.action {
+            LimitAction::Warn => usage.encrypted.bytes > limit.bytes,
+            LimitAction::Refuse => {
+                if usage.encrypted.bytes > limit.bytes {
+                    bail!(
+                        "key {} encrypted {} bytes past the refusing limit of {}",
+                        usage.fingerprint,
+                        usage.encrypted.bytes,
+                        limit.bytes
+                    );
+                }
+                usage.refused > 0
+            }
+        };
         let events = traced.get(usage.fingerprint.as_str()).copied().unwrap_or(0);
         if usage.over_limit != should || events != usize::from(should) {
             bail!(
@@ -267,7 +286,7 @@ fn check_limit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use icelab_contract::device::{DataUnits, KeyUsageLimitEvent, LimitAction};
+    use icelab_contract::device::{DataUnits, KeyUsageLimitEvent};
 
     fn usage(fingerprint: &str, bytes: u64, over_limit: bool) -> KeyUsage {
         KeyUsage {
@@ -321,6 +340,25 @@ mod tests {
         // Every key on one side proves nothing.
         let all_under = stats(vec![usage("a", 4096, false)]);
         assert!(check_limit(&all_under, &[], LIMIT).is_err());
+    }
+
+    #[test]
+    fn the_refusing_limit_wants_refused_keys_traced_and_none_past_it() {
+        const REFUSE: KeyUsageLimit = KeyUsageLimit {
+            bytes: 16384,
+            action: LimitAction::Refuse,
+        };
+        let mut refused = usage("b", 16384, true);
+        refused.refused = 3;
+        let keys = stats(vec![usage("a", 4096, false), refused]);
+        assert!(check_limit(&keys, &[limit_event("b")], REFUSE).is_ok());
+        assert!(check_limit(&keys, &[], REFUSE).is_err());
+        // A key that encrypted past a refusing limit is the device's bug.
+        let past = stats(vec![usage("a", 4096, false), usage("b", 20480, true)]);
+        assert!(check_limit(&past, &[limit_event("b")], REFUSE).is_err());
+        // Nothing refused proves nothing.
+        let none = stats(vec![usage("a", 4096, false), usage("b", 16384, false)]);
+        assert!(check_limit(&none, &[], REFUSE).is_err());
     }
 
     #[test]

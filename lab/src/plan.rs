@@ -164,6 +164,12 @@ pub const DEFAULT_KEY_BOOT_LIMIT: KeyUsageLimit = KeyUsageLimit {
     bytes: 16 << 10,
     action: LimitAction::Warn,
 };
+/// The key-limit boot's limit: the guest's 8 KiB file stays within it, its
+/// 256 KiB file does not.
+pub const KEY_LIMIT_BOOT_LIMIT: KeyUsageLimit = KeyUsageLimit {
+    bytes: 64 << 10,
+    action: LimitAction::Refuse,
+};
 /// Request queues of every boot's device (and QEMU's `num-queues`).
 pub const QUEUES: u16 = 2;
 
@@ -237,6 +243,14 @@ pub fn plan(input: &PlanInput) -> Vec<BootPlan> {
         key_usage_limit: Some(DEFAULT_KEY_BOOT_LIMIT),
         ..ufs.clone()
     };
+    let key_limit = BootPlan {
+        name: "key-limit",
+        guest_suite: GuestSuite::LabKeyLimit,
+        image: Image::Fresh(SMOKE_IMAGE_SIZE),
+        seed: boot_seed(input.seed, 6),
+        key_usage_limit: Some(KEY_LIMIT_BOOT_LIMIT),
+        ..ufs.clone()
+    };
     match input.suite {
         Suite::Smoke => {
             let mut boots = vec![single(
@@ -272,10 +286,18 @@ pub fn plan(input: &PlanInput) -> Vec<BootPlan> {
         | Suite::LabRestart
         | Suite::LabDefaultKey => {
             let boots = match input.suite {
-                Suite::Lab => vec![ufs, ufs_reboot, emmc, pressure, restart, default_key],
+                Suite::Lab => vec![
+                    ufs,
+                    ufs_reboot,
+                    emmc,
+                    pressure,
+                    restart,
+                    default_key,
+                    key_limit,
+                ],
                 Suite::LabReboot => vec![ufs, ufs_reboot],
                 Suite::LabRestart => vec![restart],
-                Suite::LabDefaultKey => vec![default_key],
+                Suite::LabDefaultKey => vec![default_key, key_limit],
                 _ => vec![pressure],
             };
             boots
@@ -544,12 +566,16 @@ mod tests {
                 "emmc",
                 "pressure",
                 "restart",
-                "default-key"
+                "default-key",
+                "key-limit"
             ]
         );
-        let [ufs, reboot, emmc, pressure, restart, with_key] = &boots[..] else {
-            panic!("six boots");
+        let [ufs, reboot, emmc, pressure, restart, with_key, limited] = &boots[..] else {
+            panic!("seven boots");
         };
+        assert!(!limited.default_key);
+        assert_eq!(limited.key_usage_limit, Some(KEY_LIMIT_BOOT_LIMIT));
+        assert_eq!(limited.guest_suite, GuestSuite::LabKeyLimit);
         assert!(restart.restart_device);
         assert!(boots[..4].iter().all(|b| !b.restart_device));
         assert!(with_key.default_key && !with_key.restart_device);
@@ -569,7 +595,7 @@ mod tests {
         );
         assert_eq!(
             names(&plan(&input(Suite::LabDefaultKey, None))),
-            ["default-key"]
+            ["default-key", "key-limit"]
         );
         // The key follows the seed: the same boot gets the same key, another
         // boot another.
@@ -643,7 +669,14 @@ mod tests {
         let ufs = plan(&input(Suite::Lab, Some(ProfileName::Ufs)));
         assert_eq!(
             names(&ufs),
-            ["ufs", "ufs-reboot", "pressure", "restart", "default-key"]
+            [
+                "ufs",
+                "ufs-reboot",
+                "pressure",
+                "restart",
+                "default-key",
+                "key-limit"
+            ]
         );
         let emmc = plan(&input(Suite::Lab, Some(ProfileName::Emmc)));
         assert_eq!(names(&emmc), ["emmc"]);
@@ -687,7 +720,10 @@ mod tests {
         let (kept, left_out) = for_device_command(plan(&input(Suite::Lab, None)), ProfileName::Ufs);
         assert_eq!(names(&kept), ["ufs", "ufs-reboot"]);
         let left: Vec<&str> = left_out.iter().map(|l| l.boot).collect();
-        assert_eq!(left, ["emmc", "pressure", "restart", "default-key"]);
+        assert_eq!(
+            left,
+            ["emmc", "pressure", "restart", "default-key", "key-limit"]
+        );
         let reason = |boot: &str| {
             left_out
                 .iter()
@@ -703,7 +739,7 @@ mod tests {
         let (kept, left_out) =
             for_device_command(plan(&input(Suite::Lab, None)), ProfileName::Emmc);
         assert_eq!(names(&kept), ["emmc"]);
-        assert_eq!(left_out.len(), 5);
+        assert_eq!(left_out.len(), 6);
 
         let (kept, left_out) =
             for_device_command(plan(&input(Suite::Smoke, None)), ProfileName::Ufs);

@@ -604,7 +604,7 @@ mod tests {
         assert_eq!(c.suite, Suite::Lab);
         assert_eq!(c.seed, 0xc0ffee);
         assert_eq!(c.fault, Some(Fault::Plaintext));
-        assert_eq!(c.boots.len(), 6);
+        assert_eq!(c.boots.len(), 7);
         assert_eq!(c.boots[0].seed, plan::boot_seed(0xc0ffee, 1));
         assert_eq!(profiles(&c.boots), ["ufs", "emmc"]);
         let smoke = config(&[]).expect("defaults are valid");
@@ -636,7 +636,10 @@ mod tests {
         let run: Vec<_> = lab.boots.iter().map(|b| b.name).collect();
         assert_eq!(run, ["ufs", "ufs-reboot"]);
         let left: Vec<_> = lab.left_out.iter().map(|l| l.boot).collect();
-        assert_eq!(left, ["emmc", "pressure", "restart", "default-key"]);
+        assert_eq!(
+            left,
+            ["emmc", "pressure", "restart", "default-key", "key-limit"]
+        );
         assert_eq!(config(&[]).expect("valid").device, Device::IcelabServe);
 
         for (suite, boot, option) in [

@@ -21,6 +21,7 @@ pub fn tests(suite: SuiteName) -> &'static [TestDef] {
         SuiteName::LabPressure => lab::PRESSURE_TESTS,
         SuiteName::LabRestart => lab::RESTART_TESTS,
         SuiteName::LabDefaultKey => lab::DEFAULT_KEY_TESTS,
+        SuiteName::LabKeyLimit => lab::KEY_LIMIT_TESTS,
         SuiteName::Matrix => lab::MATRIX_TESTS,
         SuiteName::Bench => bench::TESTS,
     }

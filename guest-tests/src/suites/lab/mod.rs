@@ -9,6 +9,8 @@
 //!   restarts the device;
 //! - [`DEFAULT_KEY_TESTS`] (`lab-default-key`): the matrix, path
 //!   selection and unencrypted files on a device with a default key;
+//! - [`KEY_LIMIT_TESTS`] (`lab-key-limit`): a key past the device's
+//!   usage limit (refuse);
 //! - [`MATRIX_TESTS`] (`matrix`): the policy matrix alone.
 //!
 //! Modules: [`plan`] (the matrix as data), [`files`] (writing and reading
@@ -17,6 +19,7 @@
 
 pub mod files;
 pub mod fscrypt_tool;
+pub mod key_limit;
 pub mod keys;
 pub mod matrix;
 pub mod path;
@@ -132,6 +135,16 @@ pub const DEFAULT_KEY_TESTS: &[TestDef] = table![
     &[path::PATH_SELECTION, plain::PLAIN_FILES, matrix::UNMOUNT],
 ];
 
+/// `icelab.suite=lab-key-limit`: a key past the device's usage limit
+/// (refuse action).
+pub const KEY_LIMIT_TESTS: &[TestDef] = &[
+    matrix::DRIVER_LOAD,
+    matrix::CRYPTO_SYSFS,
+    matrix::MKFS_MOUNT,
+    key_limit::KEY_LIMIT_REFUSE,
+    matrix::UNMOUNT,
+];
+
 /// `icelab.suite=matrix`: the policy matrix alone (the fault runs).
 pub const MATRIX_TESTS: &[TestDef] =
     table![MATRIX_SETUP, &matrix::POLICY_TESTS, &[matrix::UNMOUNT]];
@@ -200,6 +213,7 @@ mod tests {
             MATRIX_TESTS,
             RESTART_TESTS,
             DEFAULT_KEY_TESTS,
+            KEY_LIMIT_TESTS,
         ] {
             check_table(table);
             assert_eq!(table[0].name, "driver-load");
