@@ -111,7 +111,26 @@ fn plain_io_is_encrypted_with_the_default_key_and_crypto_io_with_its_slot_only()
         "refused writes left the image"
     );
 
-    let stats = stats_of(session.finish());
+    // The key is never printed, logged or traced: only its fingerprint.
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let logs = {
+        let files = session.device.process().logs().clone();
+        let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+        read(&files.stdout) + &read(&files.stderr)
+    };
+    let trace = std::fs::read_to_string(&session.trace).expect("trace file");
+    let stats_value = session.finish();
+    let outputs = [logs, trace, stats_value.to_string()];
+    for half in [&default_key[..32], &default_key[32..], &default_key[..8]] {
+        for output in &outputs {
+            assert!(
+                !output.contains(&hex(half)),
+                "key bytes in the device's output"
+            );
+        }
+    }
+    assert!(outputs[0].contains("device default key"), "{}", outputs[0]);
+    let stats = stats_of(stats_value);
     let counters = &stats.stats;
     assert_eq!(
         counters.plain_out.requests, 0,
