@@ -13,13 +13,13 @@ pub mod stream;
 use anyhow::Context;
 use icelab_frontend::blk::{BlkQueue, Completion, Request};
 use icelab_frontend::{Frontend, FrontendOptions};
-use icelab_protocol::{RequestType, SECTOR_SIZE};
+use icelab_protocol::{RequestType, SECTOR_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_WRITE_ZEROES};
 use reference::Reference;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use stream::{REGION_SECTORS, Stream, Target};
+use stream::{PlainFeatures, REGION_SECTORS, Stream, Target};
 
 /// How long one request may take on either device.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,7 +68,7 @@ pub struct Divergence {
 /// A frontend session on one device: its request queue and, with inline
 /// encryption, its control queue.
 struct Side {
-    _frontend: Frontend,
+    frontend: Frontend,
     requests: BlkQueue,
     control: Option<BlkQueue>,
 }
@@ -93,7 +93,7 @@ impl Side {
             .with_context(|| format!("cannot set up {who}'s control queue"))?;
         Ok((
             Self {
-                _frontend: frontend,
+                frontend,
                 requests,
                 control,
             },
@@ -150,7 +150,11 @@ pub fn run(options: &Options) -> anyhow::Result<Outcome> {
     let reference = Reference::start(dir.path(), caps, capacity, config.blk_size.max(512))?;
     let (mut reference_side, _) = Side::connect(&reference.socket, "the reference device")?;
 
-    let mut stream = Stream::new(options.seed, caps);
+    let plain = PlainFeatures {
+        flush: device.frontend.has_feature(VIRTIO_BLK_F_FLUSH),
+        write_zeroes: device.frontend.has_feature(VIRTIO_BLK_F_WRITE_ZEROES),
+    };
+    let mut stream = Stream::new(options.seed, caps, plain);
     // The region starts equal on both.
     let mut sector = 0;
     while sector < REGION_SECTORS {

@@ -39,10 +39,22 @@ pub struct Step {
     pub compare_data: bool,
 }
 
+/// The optional plain requests the device under test offers (its
+/// VIRTIO_BLK_F_FLUSH and VIRTIO_BLK_F_WRITE_ZEROES bits): the stream
+/// sends only those, since the reference would serve them either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlainFeatures {
+    /// FLUSH.
+    pub flush: bool,
+    /// WRITE_ZEROES.
+    pub write_zeroes: bool,
+}
+
 /// The generator.
 pub struct Stream {
     rng: StdRng,
     caps: Option<Capabilities>,
+    plain: PlainFeatures,
     /// Data unit size last programmed into each used slot (a guess that
     /// makes most requests whole data units; the devices decide).
     slot_units: Vec<u32>,
@@ -50,12 +62,13 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// The stream of `seed` for a device with `caps`.
-    pub fn new(seed: u64, caps: Option<Capabilities>) -> Self {
+    /// The stream of `seed` for a device with `caps` and `plain`.
+    pub fn new(seed: u64, caps: Option<Capabilities>, plain: PlainFeatures) -> Self {
         let slots = caps.map_or(0, |c| u32::from(c.slots).min(SLOTS_USED));
         Self {
             rng: StdRng::seed_from_u64(seed),
             caps,
+            plain,
             slot_units: vec![4096; slots as usize],
             keys: 0,
         }
@@ -265,7 +278,7 @@ impl Stream {
                     compare_data: true,
                 }
             }
-            8 => {
+            8 if self.plain.write_zeroes => {
                 let segment = DiscardSegment {
                     sector,
                     num_sectors: sectors as u32,
@@ -278,10 +291,16 @@ impl Stream {
                     compare_data: true,
                 }
             }
-            _ => Step {
+            9 if self.plain.flush => Step {
                 request: Request::flush(),
                 target: Target::Request,
                 what: "FLUSH".into(),
+                compare_data: true,
+            },
+            _ => Step {
+                request: Request::read(sector, len as u32),
+                target: Target::Request,
+                what: format!("IN sector {sector} len {len}"),
                 compare_data: true,
             },
         }
@@ -293,11 +312,16 @@ mod tests {
     use super::*;
     use icelab_emulator::engine::ProfileName;
 
+    const ALL_PLAIN: PlainFeatures = PlainFeatures {
+        flush: true,
+        write_zeroes: true,
+    };
+
     #[test]
     fn the_same_seed_gives_the_same_stream() {
         let caps = Some(ProfileName::Ufs.capabilities());
         let describe = |seed| {
-            let mut stream = Stream::new(seed, caps);
+            let mut stream = Stream::new(seed, caps, ALL_PLAIN);
             (0..500)
                 .map(|_| stream.next_step().what)
                 .collect::<Vec<_>>()
@@ -308,7 +332,7 @@ mod tests {
 
     #[test]
     fn the_stream_has_every_kind_and_no_key_bytes_in_descriptions() {
-        let mut stream = Stream::new(1, Some(ProfileName::Emmc.capabilities()));
+        let mut stream = Stream::new(1, Some(ProfileName::Emmc.capabilities()), ALL_PLAIN);
         let steps: Vec<String> = (0..2000).map(|_| stream.next_step().what).collect();
         for kind in [
             "KEYSLOT_PROGRAM slot",
@@ -332,11 +356,30 @@ mod tests {
 
     #[test]
     fn without_inline_encryption_only_plain_requests() {
-        let mut stream = Stream::new(3, None);
+        let mut stream = Stream::new(3, None, ALL_PLAIN);
         for _ in 0..200 {
             let step = stream.next_step();
             assert_eq!(step.target, Target::Request);
             assert!(!step.what.contains("CRYPTO") && !step.what.contains("KEYSLOT"));
         }
+    }
+
+    #[test]
+    fn requests_the_device_does_not_offer_are_not_sent() {
+        let none = PlainFeatures {
+            flush: false,
+            write_zeroes: false,
+        };
+        let mut stream = Stream::new(4, Some(ProfileName::Ufs.capabilities()), none);
+        let steps: Vec<String> = (0..3000).map(|_| stream.next_step().what).collect();
+        assert!(
+            !steps
+                .iter()
+                .any(|s| s.contains("FLUSH") || s.contains("WRITE_ZEROES"))
+        );
+        let mut all = Stream::new(4, Some(ProfileName::Ufs.capabilities()), ALL_PLAIN);
+        let steps: Vec<String> = (0..3000).map(|_| all.next_step().what).collect();
+        assert!(steps.iter().any(|s| s.contains("FLUSH")));
+        assert!(steps.iter().any(|s| s.contains("WRITE_ZEROES")));
     }
 }
