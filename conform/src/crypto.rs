@@ -8,7 +8,8 @@ use crate::check::{Check, CheckResult, Failure, Param, Requirement, section};
 use crate::device::{dun_limit, units_per_request};
 use crate::oracle::TestKey;
 use crate::session::{
-    AREA_SECTOR, Ctx, Op, Q, Session, dun_text, first_difference, hex_prefix, random_bytes,
+    AREA_SECTOR, CryptoRange, Ctx, Op, Q, Session, dun_text, first_difference, hex_prefix,
+    random_bytes,
 };
 
 pub(crate) const CHECKS: &[Check] = &[
@@ -71,7 +72,21 @@ pub(crate) struct Write<'k> {
     pub segment: Option<u32>,
 }
 
-impl Write<'_> {
+impl<'k> Write<'k> {
+    /// The usual write of the checks: `key` in slot 0, `setup`'s data
+    /// units, a DUN that fits, at [`AREA_SECTOR`] in one descriptor.
+    pub(crate) fn in_area(key: &'k TestKey, setup: &Setup) -> Self {
+        Self {
+            key,
+            slot: 0,
+            data_unit_size: setup.data_unit_size,
+            dun: some_dun(setup.dun_bytes, setup.units),
+            units: setup.units,
+            sector: AREA_SECTOR,
+            segment: None,
+        }
+    }
+
     fn len(&self) -> usize {
         self.data_unit_size as usize * self.units as usize
     }
@@ -243,6 +258,18 @@ pub(crate) struct Setup {
     pub units: u32,
 }
 
+/// A fresh key programmed into slot 0 with `setup`'s data unit size and
+/// DUN bytes, on a new connection.
+pub(crate) fn key_in_slot0(
+    ctx: &mut Ctx<'_>,
+    setup: &Setup,
+) -> Result<(TestKey, Session), crate::check::Stop> {
+    let key = ctx.new_key();
+    let mut session = ctx.connect()?;
+    session.program(&key, 0, setup.data_unit_size, setup.dun_bytes)?;
+    Ok((key, session))
+}
+
 pub(crate) fn setup(ctx: &Ctx<'_>) -> Result<Setup, crate::check::Stop> {
     let crypto = ctx.crypto()?;
     let data_unit_size = ctx.data_unit_size(&crypto);
@@ -264,37 +291,15 @@ pub(crate) fn some_dun(dun_bytes: u32, units: u32) -> u128 {
 
 fn out_matches_reference(ctx: &mut Ctx<'_>) -> CheckResult {
     let setup = setup(ctx)?;
-    let key = ctx.new_key();
-    let mut session = ctx.connect()?;
-    session.program(&key, 0, setup.data_unit_size, setup.dun_bytes)?;
-    Write {
-        key: &key,
-        slot: 0,
-        data_unit_size: setup.data_unit_size,
-        dun: some_dun(setup.dun_bytes, setup.units),
-        units: setup.units,
-        sector: AREA_SECTOR,
-        segment: None,
-    }
-    .write_and_verify(&mut session)?;
+    let (key, mut session) = key_in_slot0(ctx, &setup)?;
+    Write::in_area(&key, &setup).write_and_verify(&mut session)?;
     Ok(())
 }
 
 fn in_decrypts_reference(ctx: &mut Ctx<'_>) -> CheckResult {
     let setup = setup(ctx)?;
-    let key = ctx.new_key();
-    let mut session = ctx.connect()?;
-    session.program(&key, 0, setup.data_unit_size, setup.dun_bytes)?;
-    Write {
-        key: &key,
-        slot: 0,
-        data_unit_size: setup.data_unit_size,
-        dun: some_dun(setup.dun_bytes, setup.units),
-        units: setup.units,
-        sector: AREA_SECTOR,
-        segment: None,
-    }
-    .read_and_verify(&mut session)?;
+    let (key, mut session) = key_in_slot0(ctx, &setup)?;
+    Write::in_area(&key, &setup).read_and_verify(&mut session)?;
     Ok(())
 }
 
@@ -306,9 +311,7 @@ fn highest_first_dun(dun_bytes: u32, units: u32) -> u128 {
 
 fn highest_dun(ctx: &mut Ctx<'_>) -> CheckResult {
     let setup = setup(ctx)?;
-    let key = ctx.new_key();
-    let mut session = ctx.connect()?;
-    session.program(&key, 0, setup.data_unit_size, setup.dun_bytes)?;
+    let (key, mut session) = key_in_slot0(ctx, &setup)?;
     let write = Write {
         key: &key,
         slot: 0,
@@ -334,9 +337,7 @@ fn highest_dun(ctx: &mut Ctx<'_>) -> CheckResult {
 
 fn dun_overflow_refused(ctx: &mut Ctx<'_>) -> CheckResult {
     let setup = setup(ctx)?;
-    let key = ctx.new_key();
-    let mut session = ctx.connect()?;
-    session.program(&key, 0, setup.data_unit_size, setup.dun_bytes)?;
+    let (_key, mut session) = key_in_slot0(ctx, &setup)?;
     // One past the highest first DUN: the last data unit's DUN needs one
     // byte more than dun_bytes.
     let dun = Dun::from_u128(highest_first_dun(setup.dun_bytes, setup.units))
@@ -347,28 +348,14 @@ fn dun_overflow_refused(ctx: &mut Ctx<'_>) -> CheckResult {
         "a request whose last DUN is one past what dun_bytes {} hold",
         setup.dun_bytes
     );
-    let write = Op::crypto_write(
-        AREA_SECTOR,
-        0,
+    let range = CryptoRange {
+        sector: AREA_SECTOR,
+        slot: 0,
         dun,
-        random_bytes(len as usize),
-        Some(setup.data_unit_size),
-    );
-    session.refused_untouched(
-        Q::Request,
-        &write,
-        Status::IoErr,
-        AREA_SECTOR,
-        len as usize,
-        &format!("CRYPTO_OUT, {what}"),
-    )?;
-    let read = Op::crypto_read(AREA_SECTOR, 0, dun, len, Some(setup.data_unit_size));
-    session.expect(
-        Q::Request,
-        &read,
-        Status::IoErr,
-        &format!("CRYPTO_IN, {what}"),
-    )?;
+        len,
+        unit: Some(setup.data_unit_size),
+    };
+    session.crypto_refused(Q::Request, &range, Status::IoErr, &what)?;
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use icelab_protocol::{
 
 use crate::check::{Check, CheckResult, Failure, Param, Requirement, Stop, section};
 use crate::device::{NO_INLINE_ENCRYPTION, units_per_request};
-use crate::session::{AREA_SECTOR, Ctx, Op, Q, random_bytes};
+use crate::session::{AREA_SECTOR, CryptoRange, Ctx, Op, Q, random_bytes};
 
 pub(crate) const CHECKS: &[Check] = &[
     Check {
@@ -96,7 +96,7 @@ fn control_queue_is_last(ctx: &mut Ctx<'_>) -> CheckResult {
 fn crypto_refused_without_ctrl_vq(ctx: &mut Ctx<'_>) -> CheckResult {
     let crypto = ctx.crypto()?;
     let unit = crypto.default_data_unit_size();
-    let len = (unit * units_per_request(unit)) as usize;
+    let len = unit * units_per_request(unit);
     let key = ctx.new_key();
     // One request queue, as a driver that does not know CTRL_VQ reads
     // num_queues from the config space.
@@ -105,28 +105,14 @@ fn crypto_refused_without_ctrl_vq(ctx: &mut Ctx<'_>) -> CheckResult {
         options.num_queues = Some(1);
     })?;
     let what = "with VIRTIO_BLK_F_INLINE_ENCRYPTION acked without VIRTIO_BLK_F_CTRL_VQ";
-    let write = Op::crypto_write(
-        AREA_SECTOR,
-        0,
-        Dun::from_u64(0),
-        random_bytes(len),
-        Some(unit),
-    );
-    session.refused_untouched(
-        Q::Request,
-        &write,
-        Status::Unsupp,
-        AREA_SECTOR,
+    let range = CryptoRange {
+        sector: AREA_SECTOR,
+        slot: 0,
+        dun: Dun::from_u64(0),
         len,
-        &format!("CRYPTO_OUT {what}"),
-    )?;
-    let read = Op::crypto_read(AREA_SECTOR, 0, Dun::from_u64(0), len as u32, Some(unit));
-    session.expect(
-        Q::Request,
-        &read,
-        Status::Unsupp,
-        &format!("CRYPTO_IN {what}"),
-    )?;
+        unit: Some(unit),
+    };
+    session.crypto_refused(Q::Request, &range, Status::Unsupp, what)?;
     let program = Op::program(&key.desc(0, unit, crypto.dun_bytes()), key.name());
     session.expect(
         Q::Request,

@@ -6,9 +6,9 @@
 use icelab_protocol::{Dun, Status};
 
 use crate::check::{Check, CheckResult, Param, Requirement, Stop, section};
-use crate::crypto::{Setup, Write, setup, some_dun};
+use crate::crypto::{Setup, Write, key_in_slot0, setup, some_dun};
 use crate::oracle::TestKey;
-use crate::session::{AREA_SECTOR, Ctx, Op, Q, Session, random_bytes};
+use crate::session::{AREA_SECTOR, CryptoRange, Ctx, Op, Q, Session};
 
 pub(crate) const CHECKS: &[Check] = &[
     Check {
@@ -100,36 +100,25 @@ pub(crate) fn assert_slot_refused(
 ) -> Result<(), crate::check::Failure> {
     let len = setup.data_unit_size * setup.units;
     let dun = Dun::from_u128(some_dun(setup.dun_bytes, setup.units));
-    let write = Op::crypto_write(
-        AREA_SECTOR,
+    let range = CryptoRange {
+        sector: AREA_SECTOR,
         slot,
         dun,
-        random_bytes(len as usize),
-        Some(setup.data_unit_size),
-    );
-    session.refused_untouched(
+        len,
+        unit: Some(setup.data_unit_size),
+    };
+    session.crypto_refused(
         Q::Request,
-        &write,
+        &range,
         Status::IoErr,
-        AREA_SECTOR,
-        len as usize,
-        &format!("CRYPTO_OUT with slot {slot} {why}"),
-    )?;
-    let read = Op::crypto_read(AREA_SECTOR, slot, dun, len, Some(setup.data_unit_size));
-    session.expect(
-        Q::Request,
-        &read,
-        Status::IoErr,
-        &format!("CRYPTO_IN with slot {slot} {why}"),
+        &format!("with slot {slot} {why}"),
     )?;
     Ok(())
 }
 
 fn program_then_crypto(ctx: &mut Ctx<'_>) -> CheckResult {
     let setup = setup(ctx)?;
-    let key = ctx.new_key();
-    let mut session = ctx.connect()?;
-    session.program(&key, 0, setup.data_unit_size, setup.dun_bytes)?;
+    let (key, mut session) = key_in_slot0(ctx, &setup)?;
     let write = write(&key, 0, &setup, AREA_SECTOR);
     let plain = write.write_and_verify(&mut session)?;
     write.decrypts_to(&mut session, &plain)?;
@@ -138,9 +127,7 @@ fn program_then_crypto(ctx: &mut Ctx<'_>) -> CheckResult {
 
 fn evict_then_crypto_refused(ctx: &mut Ctx<'_>) -> CheckResult {
     let setup = setup(ctx)?;
-    let key = ctx.new_key();
-    let mut session = ctx.connect()?;
-    session.program(&key, 0, setup.data_unit_size, setup.dun_bytes)?;
+    let (key, mut session) = key_in_slot0(ctx, &setup)?;
     write(&key, 0, &setup, AREA_SECTOR).write_ok(&mut session)?;
     session.evict(0)?;
     assert_slot_refused(&mut session, 0, &setup, "after KEYSLOT_EVICT of the slot")?;

@@ -5,10 +5,10 @@ use icelab_frontend::blk::Request;
 use icelab_protocol::{CryptoMsg, Dun, KeyType, RequestType, Status};
 
 use crate::check::{Check, CheckResult, Param, Requirement, Stop, section};
-use crate::crypto::{setup, some_dun};
+use crate::crypto::{key_in_slot0, setup, some_dun};
 use crate::device::{MAX_DATA_UNIT_BITS, MIN_DATA_UNIT_BITS};
 use crate::keyslots::assert_slot_refused;
-use crate::session::{AREA_SECTOR, Ctx, Op, Q, random_bytes};
+use crate::session::{AREA_SECTOR, CryptoRange, Ctx, Op, Q, random_bytes};
 
 pub(crate) const CHECKS: &[Check] = &[
     Check {
@@ -148,22 +148,14 @@ fn misaligned_start(ctx: &mut Ctx<'_>) -> CheckResult {
     let len = unit * 2;
     let dun = Dun::from_u64(0);
     let what = format!("starting at sector {sector}, inside a data unit of {unit} bytes");
-    let write = Op::crypto_write(sector, 0, dun, random_bytes(len as usize), Some(unit));
-    session.refused_untouched(
-        Q::Request,
-        &write,
-        Status::IoErr,
+    let range = CryptoRange {
         sector,
-        len as usize,
-        &format!("CRYPTO_OUT {what}"),
-    )?;
-    let read = Op::crypto_read(sector, 0, dun, len, Some(unit));
-    session.expect(
-        Q::Request,
-        &read,
-        Status::IoErr,
-        &format!("CRYPTO_IN {what}"),
-    )?;
+        slot: 0,
+        dun,
+        len,
+        unit: Some(unit),
+    };
+    session.crypto_refused(Q::Request, &range, Status::IoErr, &what)?;
     Ok(())
 }
 
@@ -176,30 +168,20 @@ fn partial_data_unit(ctx: &mut Ctx<'_>) -> CheckResult {
     let len = unit + 512;
     let dun = Dun::from_u64(0);
     let what = format!("of {len} bytes, not whole data units of {unit}");
-    let write = Op::crypto_write(AREA_SECTOR, 0, dun, random_bytes(len as usize), Some(unit));
-    session.refused_untouched(
-        Q::Request,
-        &write,
-        Status::IoErr,
-        AREA_SECTOR,
-        len as usize,
-        &format!("CRYPTO_OUT {what}"),
-    )?;
-    let read = Op::crypto_read(AREA_SECTOR, 0, dun, len, Some(unit));
-    session.expect(
-        Q::Request,
-        &read,
-        Status::IoErr,
-        &format!("CRYPTO_IN {what}"),
-    )?;
+    let range = CryptoRange {
+        sector: AREA_SECTOR,
+        slot: 0,
+        dun,
+        len,
+        unit: Some(unit),
+    };
+    session.crypto_refused(Q::Request, &range, Status::IoErr, &what)?;
     Ok(())
 }
 
 fn zero_length(ctx: &mut Ctx<'_>) -> CheckResult {
     let setup = setup(ctx)?;
-    let key = ctx.new_key();
-    let mut session = ctx.connect()?;
-    session.program(&key, 0, setup.data_unit_size, setup.dun_bytes)?;
+    let (_key, mut session) = key_in_slot0(ctx, &setup)?;
     let dun = Dun::from_u64(0);
     let write = Op::crypto_write(AREA_SECTOR, 0, dun, Vec::new(), None);
     session.expect(Q::Request, &write, Status::IoErr, "CRYPTO_OUT with no data")?;
@@ -210,9 +192,7 @@ fn zero_length(ctx: &mut Ctx<'_>) -> CheckResult {
 
 fn crypto_msg_short(ctx: &mut Ctx<'_>) -> CheckResult {
     let setup = setup(ctx)?;
-    let key = ctx.new_key();
-    let mut session = ctx.connect()?;
-    session.program(&key, 0, setup.data_unit_size, setup.dun_bytes)?;
+    let (_key, mut session) = key_in_slot0(ctx, &setup)?;
     let len = setup.data_unit_size * setup.units;
     let msg = CryptoMsg {
         slot: 0,
@@ -421,34 +401,18 @@ fn key_command_on_request_queue(ctx: &mut Ctx<'_>) -> CheckResult {
 
 fn crypto_on_control_queue(ctx: &mut Ctx<'_>) -> CheckResult {
     let setup = setup(ctx)?;
-    let key = ctx.new_key();
-    let mut session = ctx.connect()?;
-    session.program(&key, 0, setup.data_unit_size, setup.dun_bytes)?;
+    let (_key, mut session) = key_in_slot0(ctx, &setup)?;
     let len = setup.data_unit_size * setup.units;
     let dun = Dun::from_u128(some_dun(setup.dun_bytes, setup.units));
     let on = "on the control queue";
-    let write = Op::crypto_write(
-        AREA_SECTOR,
-        0,
+    let range = CryptoRange {
+        sector: AREA_SECTOR,
+        slot: 0,
         dun,
-        random_bytes(len as usize),
-        Some(setup.data_unit_size),
-    );
-    session.refused_untouched(
-        Q::Control,
-        &write,
-        Status::Unsupp,
-        AREA_SECTOR,
-        len as usize,
-        &format!("CRYPTO_OUT {on}"),
-    )?;
-    let read = Op::crypto_read(AREA_SECTOR, 0, dun, len, Some(setup.data_unit_size));
-    session.expect(
-        Q::Control,
-        &read,
-        Status::Unsupp,
-        &format!("CRYPTO_IN {on}"),
-    )?;
+        len,
+        unit: Some(setup.data_unit_size),
+    };
+    session.crypto_refused(Q::Control, &range, Status::Unsupp, on)?;
     let plain = Op::write(AREA_SECTOR, random_bytes(len as usize));
     session.refused_untouched(
         Q::Control,

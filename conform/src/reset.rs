@@ -7,7 +7,7 @@ use vhost::VhostBackend;
 use vhost::vhost_user::VhostUserFrontend;
 
 use crate::check::{Check, CheckResult, Failure, Param, Requirement, section};
-use crate::crypto::{Write, setup, some_dun};
+use crate::crypto::{Write, key_in_slot0, setup, some_dun};
 use crate::keyslots::assert_slot_refused;
 use crate::session::{AREA_SECTOR, Ctx};
 
@@ -61,19 +61,8 @@ fn new_connection_evicts_keys(ctx: &mut Ctx<'_>) -> CheckResult {
 
 fn set_features_evicts_keys(ctx: &mut Ctx<'_>) -> CheckResult {
     let setup = setup(ctx)?;
-    let key = ctx.new_key();
-    let mut session = ctx.connect()?;
-    session.program(&key, 0, setup.data_unit_size, setup.dun_bytes)?;
-    Write {
-        key: &key,
-        slot: 0,
-        data_unit_size: setup.data_unit_size,
-        dun: some_dun(setup.dun_bytes, setup.units),
-        units: setup.units,
-        sector: AREA_SECTOR,
-        segment: None,
-    }
-    .write_ok(&mut session)?;
+    let (key, mut session) = key_in_slot0(ctx, &setup)?;
+    Write::in_area(&key, &setup).write_ok(&mut session)?;
     let frontend = session.frontend();
     let acked = frontend.acked_features();
     frontend

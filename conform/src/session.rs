@@ -299,6 +299,25 @@ impl Session {
         Ok(reply)
     }
 
+    /// CRYPTO_OUT of random data and CRYPTO_IN of the same range both get
+    /// `want` on `q`, and the refused write leaves the image untouched;
+    /// `what` ends both descriptions (`CRYPTO_OUT {what}`).
+    pub fn crypto_refused(
+        &mut self,
+        q: Q,
+        at: &CryptoRange,
+        want: Status,
+        what: &str,
+    ) -> Result<(), Failure> {
+        let len = at.len as usize;
+        let write = Op::crypto_write(at.sector, at.slot, at.dun, random_bytes(len), at.unit);
+        let out = format!("CRYPTO_OUT {what}");
+        self.refused_untouched(q, &write, want, at.sector, len, &out)?;
+        let read = Op::crypto_read(at.sector, at.slot, at.dun, at.len, at.unit);
+        self.expect(q, &read, want, &format!("CRYPTO_IN {what}"))?;
+        Ok(())
+    }
+
     /// Sends `op` (a request the device must refuse with `want`) after
     /// filling its area, then checks the area still holds what was
     /// there: "nothing is read from or written to the image".
@@ -324,6 +343,21 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// The range of a pair of crypto requests: slot, first sector and DUN,
+/// length, and the data unit size their description names.
+pub struct CryptoRange {
+    /// First sector.
+    pub sector: u64,
+    /// Keyslot.
+    pub slot: u32,
+    /// DUN of the first data unit.
+    pub dun: Dun,
+    /// Bytes.
+    pub len: u32,
+    /// Data unit size, for the description.
+    pub unit: Option<u32>,
 }
 
 /// `error` and its sources, joined with ": ".

@@ -316,6 +316,20 @@ struct BootDone {
     totals: Totals,
 }
 
+impl BootDone {
+    /// A boot that could not start: one failing `boot` result, printed.
+    fn failed(boot: &BootPlan, record: BootRecord, message: String) -> Self {
+        let result = TestResult::host(boot.name, "boot", false, message, Value::Null);
+        println!("{}", result.line());
+        Self {
+            record,
+            results: vec![result],
+            manifest: MergedManifest::default(),
+            totals: Totals::default(),
+        }
+    }
+}
+
 /// One boot of the plan: device and guest, host checks, verifier, trace
 /// checks. A boot that cannot even start becomes a failing `boot` result;
 /// the run goes on with the next boot.
@@ -382,14 +396,7 @@ fn run_one(
         let path = dir.join("default.key");
         if let Err(error) = write_key_file(&path, key) {
             let message = format!("cannot write the default key {}: {error}", path.display());
-            let result = TestResult::host(boot.name, "boot", false, message, Value::Null);
-            println!("{}", result.line());
-            return BootDone {
-                record,
-                results: vec![result],
-                manifest: MergedManifest::default(),
-                totals: Totals::default(),
-            };
+            return BootDone::failed(boot, record, message);
         }
         device.default_key = Some(path);
         record.device_args = device.arg_strings();
@@ -408,17 +415,7 @@ fn run_one(
     };
     let outcome = match boot::run_boot(artifacts, accel, &spec) {
         Ok(outcome) => outcome,
-        Err(error) => {
-            let result =
-                TestResult::host(boot.name, "boot", false, format!("{error:#}"), Value::Null);
-            println!("{}", result.line());
-            return BootDone {
-                record,
-                results: vec![result],
-                manifest: MergedManifest::default(),
-                totals: Totals::default(),
-            };
-        }
+        Err(error) => return BootDone::failed(boot, record, format!("{error:#}")),
     };
     let mut results = outcome.results;
     let host_start = results.len();

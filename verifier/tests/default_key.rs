@@ -7,6 +7,9 @@
 //! key, DUN = byte offset / data unit size. Needs e2fsprogs (mkfs.ext4,
 //! debugfs, dumpe2fs, e2fsck).
 
+mod common;
+
+use common::{debugfs_w, require_e2fsprogs, sh};
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -27,31 +30,6 @@ const PLAIN_SIZE: u64 = 3 * BS + 100;
 const MK: [u8; 64] = [0x5a; 64];
 const NONCE: [u8; 16] = [7; 16];
 const DEFAULT_KEY: [u8; 64] = [0xc3; 64];
-
-fn have_e2fsprogs() -> bool {
-    let ok = ["mkfs.ext4", "debugfs", "dumpe2fs", "e2fsck"]
-        .iter()
-        .all(|t| Command::new(t).arg("-V").output().is_ok());
-    assert!(
-        ok,
-        "e2fsprogs (mkfs.ext4, debugfs, dumpe2fs, e2fsck) is missing: run scripts/install-deps"
-    );
-    ok
-}
-
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("run e2fsprogs");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn debugfs(img: &Path, req: &str) -> String {
-    sh(Command::new("debugfs").args(["-w", "-R", req]).arg(img))
-}
 
 /// The number after `label` in `text`.
 fn number_after(text: &str, label: &str) -> u64 {
@@ -106,7 +84,7 @@ fn fixture() -> Fixture {
         .args(["-q", "-F", "-O", "encrypt", "-b", "4096", "-U", UUID, "-d"])
         .arg(&src)
         .arg(&img));
-    let plain_ino = number_after(&debugfs(&img, "stat /plain"), "Inode:");
+    let plain_ino = number_after(&debugfs_w(&img, "stat /plain"), "Inode:");
 
     // The fscrypt file: per-file key, data unit = block.
     let enc_text = Plaintext::Splitmix64 {
@@ -118,7 +96,7 @@ fn fixture() -> Fixture {
     let enc_src = dir.path().join("enc");
     fs::write(&enc_src, &pt).unwrap();
     let ino = number_after(
-        &debugfs(&img, &format!("write {} enc", enc_src.display())),
+        &debugfs_w(&img, &format!("write {} enc", enc_src.display())),
         "Allocated inode:",
     );
     let master = MasterKeyHkdf::new(&MK);
@@ -127,7 +105,7 @@ fn fixture() -> Fixture {
     ctx.extend_from_slice(&NONCE);
     let ctx_path = dir.path().join("ctx");
     fs::write(&ctx_path, &ctx).unwrap();
-    debugfs(&img, &format!("ea_set -f {} <{ino}> c", ctx_path.display()));
+    debugfs_w(&img, &format!("ea_set -f {} <{ino}> c", ctx_path.display()));
     let sb = Debugfs::new(&img).superblock().unwrap();
     let crypt = FileCrypt::derive(&master, IvScheme::PerFile, &NONCE, &sb.uuid, ino);
     let xts = XtsKey::new(&crypt.key);
@@ -139,7 +117,7 @@ fn fixture() -> Fixture {
         xts.encrypt_data_unit(crypt.dun(i as u64), &mut du);
         file.write_all_at(&du, off).unwrap();
     }
-    let imap = debugfs(&img, "imap <2>");
+    let imap = debugfs_w(&img, "imap <2>");
     let root_inode = number_after(&imap, "located at block") * BS
         + u64::from_str_radix(imap.split("offset 0x").nth(1).unwrap().trim(), 16).unwrap();
 
@@ -210,9 +188,7 @@ impl Fixture {
 
 #[test]
 fn default_key_image_passes_at_every_data_unit_size() {
-    if !have_e2fsprogs() {
-        return;
-    }
+    require_e2fsprogs();
     let fx = fixture();
     for dus in [512, 1024, 2048, 4096] {
         let img = fx.default_key_image(&DEFAULT_KEY, dus, "dk.img");
@@ -249,9 +225,7 @@ fn default_key_image_passes_at_every_data_unit_size() {
 
 #[test]
 fn plain_image_plain_files_are_a_positive_control() {
-    if !have_e2fsprogs() {
-        return;
-    }
+    require_e2fsprogs();
     let fx = fixture();
     let r = verify(&fx.plain_img, &fx.manifest).unwrap();
     assert!(r.passed(), "{r}");
@@ -285,9 +259,7 @@ fn plain_image_plain_files_are_a_positive_control() {
 
 #[test]
 fn an_image_without_default_key_or_a_wrong_key_finds_no_superblock() {
-    if !have_e2fsprogs() {
-        return;
-    }
+    require_e2fsprogs();
     let fx = fixture();
     let r = fx.check(&fx.plain_img, &fx.manifest, &DEFAULT_KEY);
     assert!(!r.passed());
@@ -312,9 +284,7 @@ fn an_image_without_default_key_or_a_wrong_key_finds_no_superblock() {
 
 #[test]
 fn metadata_left_in_the_clear_is_found() {
-    if !have_e2fsprogs() {
-        return;
-    }
+    require_e2fsprogs();
     let fx = fixture();
     for dus in [512, 4096] {
         let img = fx.default_key_image(&DEFAULT_KEY, dus, "dk.img");
@@ -336,14 +306,12 @@ fn metadata_left_in_the_clear_is_found() {
 
 #[test]
 fn a_copy_of_a_block_in_the_clear_is_a_metadata_hit() {
-    if !have_e2fsprogs() {
-        return;
-    }
+    require_e2fsprogs();
     let fx = fixture();
     // Block 2047 is free and zero: a misdirected or duplicated write of the
     // plain file's first block, in the clear, leaves the file system clean;
     // only the scan sees it (the data is random, so not plaintext-like).
-    assert!(debugfs(&fx.plain_img, "testb 2047").contains("not in use"));
+    assert!(debugfs_w(&fx.plain_img, "testb 2047").contains("not in use"));
     for dus in [1024, 4096] {
         let img = fx.default_key_image(&DEFAULT_KEY, dus, "dk.img");
         fx.put_plaintext(&img, fx.plain_blocks[0], 2047 * BS, BS);
@@ -360,9 +328,7 @@ fn a_copy_of_a_block_in_the_clear_is_a_metadata_hit() {
 
 #[test]
 fn plain_file_or_fscrypt_contents_written_wrongly_are_found() {
-    if !have_e2fsprogs() {
-        return;
-    }
+    require_e2fsprogs();
     let fx = fixture();
     // The plain file's second block in the clear: missing from the view.
     let img = fx.default_key_image(&DEFAULT_KEY, 4096, "dk.img");

@@ -5,12 +5,15 @@
 //! a wrong key / policy / hole must be reported precisely.
 //!
 //! debugfs stores the context under xattr index 0 rather than 9, but shows
-//! both as "c", which is all the verifier reads. Skipped (with a note) when
-//! e2fsprogs is not installed.
+//! both as "c", which is all the verifier reads. Without e2fsprogs the
+//! tests fail, naming scripts/install-deps.
 
+mod common;
+
+use common::{debugfs_w, require_e2fsprogs, sh};
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use icelab_verifier::dun::{FileCrypt, IvScheme};
@@ -41,32 +44,6 @@ struct Fixture {
     dus: u64,
     /// Image offset of each data unit of the file.
     offsets: Vec<u64>,
-}
-
-/// The end-to-end tests need e2fsprogs on the host; without it they fail
-/// (never skip) and say how to install it.
-fn have_e2fsprogs() -> bool {
-    let ok = Command::new("mkfs.ext4").arg("-V").output().is_ok()
-        && Command::new("debugfs").arg("-V").output().is_ok();
-    assert!(
-        ok,
-        "e2fsprogs (mkfs.ext4, debugfs) is missing: run scripts/install-deps"
-    );
-    ok
-}
-
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("run e2fsprogs");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn debugfs_w(img: &Path, req: &str) -> String {
-    sh(Command::new("debugfs").args(["-w", "-R", req]).arg(img))
 }
 
 fn build(flags: u8, log2_dus: u8, fault: Fault) -> Fixture {
@@ -175,9 +152,7 @@ const POLICIES: [(u8, u8); 4] = [(0x02, 0), (0x0a, 9), (0x12, 10), (0x02, 9)];
 
 #[test]
 fn clean_image_passes_for_every_policy() {
-    if !have_e2fsprogs() {
-        return;
-    }
+    require_e2fsprogs();
     for (flags, log2) in POLICIES {
         let fx = build(flags, log2, Fault::None);
         let r = verify(&fx.img, &fx.manifest).unwrap();
@@ -190,9 +165,7 @@ fn clean_image_passes_for_every_policy() {
 
 #[test]
 fn flipped_byte_is_reported_with_unit_offset_and_digests() {
-    if !have_e2fsprogs() {
-        return;
-    }
+    require_e2fsprogs();
     for (flags, log2) in POLICIES {
         let fx = build(flags, log2, Fault::None);
         let file = OpenOptions::new()
@@ -218,9 +191,7 @@ fn flipped_byte_is_reported_with_unit_offset_and_digests() {
 
 #[test]
 fn engine_faults_are_detected() {
-    if !have_e2fsprogs() {
-        return;
-    }
+    require_e2fsprogs();
     for (flags, log2) in POLICIES {
         for fault in [Fault::SwapKeyHalves, Fault::DunPlusOne, Fault::Plaintext] {
             let fx = build(flags, log2, fault);
@@ -243,9 +214,7 @@ fn engine_faults_are_detected() {
 
 #[test]
 fn plaintext_is_found_even_when_the_key_is_wrong() {
-    if !have_e2fsprogs() {
-        return;
-    }
+    require_e2fsprogs();
     let fx = build(0x02, 9, Fault::Plaintext);
     let mut m = fx.manifest.clone();
     m.files[0].master_key_hex = Some(to_hex(&[0x5b; 64]));
@@ -256,9 +225,7 @@ fn plaintext_is_found_even_when_the_key_is_wrong() {
 
 #[test]
 fn wrong_key_policy_uuid_and_holes_are_reported() {
-    if !have_e2fsprogs() {
-        return;
-    }
+    require_e2fsprogs();
     let fx = build(0x0a, 0, Fault::None);
     let mut m = fx.manifest.clone();
     m.files[0].master_key_hex = Some(to_hex(&[0x5b; 64]));
