@@ -27,7 +27,7 @@ use super::trace::{
 use super::usage::{Charge, KeyUsage, Ledger};
 use super::xts::{Direction, XtsKey};
 use crate::protocol::{CryptoMode, CryptoMsg, Dun, KeyDesc, KeyType};
-use icelab_contract::device::{KeyUsage as KeyUsageEntry, KeyUsageLimit, LimitAction};
+use icelab_contract::device::{KeyUsageLimit, LimitAction};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
 use zeroize::Zeroizing;
@@ -194,12 +194,6 @@ impl Engine {
     /// The usage limit, if any.
     pub fn usage_limit(&self) -> Option<KeyUsageLimit> {
         self.usage_limit
-    }
-
-    /// Every key's usage, in the order of first use, and how many entries
-    /// a full ledger dropped.
-    pub fn key_usage(&self) -> (Vec<KeyUsageEntry>, u64) {
-        self.ledger.snapshot()
     }
 
     /// The counters now, per-key usage included (what `--stats` writes).
