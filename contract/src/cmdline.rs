@@ -33,6 +33,29 @@ pub const FIO_SECONDS: &str = "fio_seconds";
 pub const FIO_SIZE: &str = "fio_size";
 /// `icelab.fio_loads`: comma-separated fio loads.
 pub const FIO_LOADS: &str = "fio_loads";
+/// `icelab.cmd`: the userland suite's command, base64url without padding
+/// (absent: an interactive shell).
+pub const COMMAND: &str = "cmd";
+/// `icelab.devices`: how many icelab devices the userland boot has (the
+/// first virtio disks, before the root and share disks).
+pub const DEVICES: &str = "devices";
+/// `icelab.share`: `1` when the share disk is attached.
+pub const SHARE: &str = "share";
+/// `icelab.io`: `console` or `capture` ([`UserlandIo`]).
+pub const IO: &str = "io";
+/// `icelab.tty`: `ROWSxCOLS` of the host's terminal, for the shell.
+pub const TTY: &str = "tty";
+
+/// The longest `--guest-cmd` the kernel command line carries (x86 allows
+/// 2048 bytes in all; base64 makes 4 of every 3 bytes).
+pub const MAX_COMMAND: usize = 1024;
+
+/// The serial number (virtio-blk GET_ID) of the userland's root disk.
+pub const ROOT_SERIAL: &str = "icelab-root";
+/// The serial number of the share disk.
+pub const SHARE_SERIAL: &str = "icelab-share";
+/// Where the guest mounts the share disk.
+pub const SHARE_MOUNT: &str = "/share";
 
 /// What the device's engine offers, as the guest must find it in
 /// `/sys/block/*/queue/crypto/`.
@@ -59,6 +82,108 @@ pub struct Fio {
     pub loads: Vec<String>,
 }
 
+/// Where the userland's command reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserlandIo {
+    /// stdin, stdout and stderr are the console (ttyS0), its controlling
+    /// terminal: `icelab shell`.
+    Console,
+    /// stdin is /dev/null; stdout and stderr go to the output port
+    /// (ttyS2), which the host keeps: `icelab run --guest-cmd`.
+    Capture,
+}
+
+impl UserlandIo {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            UserlandIo::Console => "console",
+            UserlandIo::Capture => "capture",
+        }
+    }
+
+    /// The mode called `name`.
+    pub fn from_name(name: &str) -> Option<UserlandIo> {
+        [UserlandIo::Console, UserlandIo::Capture]
+            .into_iter()
+            .find(|io| io.name() == name)
+    }
+}
+
+/// The userland suite's parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Userland {
+    /// The command (`bash -c`); `None`: an interactive login shell.
+    pub command: Option<String>,
+    /// icelab devices, the first virtio disks (`/dev/vda`, ...).
+    pub devices: u32,
+    /// The share disk is attached (mounted at [`SHARE_MOUNT`]).
+    pub share: bool,
+    /// Where the command's stdio goes.
+    pub io: UserlandIo,
+    /// The host terminal's rows and columns.
+    pub terminal: Option<(u16, u16)>,
+}
+
+impl Userland {
+    /// Reads the userland parameters through `get` (a key without the
+    /// prefix to its value): `None` without [`DEVICES`]. The guest runner
+    /// reads its own parameter map with this too.
+    pub fn parse_with(
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Userland>, CmdlineError> {
+        let bad =
+            |key: &'static str, value: String, why: &'static str| CmdlineError { key, value, why };
+        let need = |key: &'static str| get(key).ok_or(bad(key, String::new(), "missing"));
+        let Some(devices) = get(DEVICES) else {
+            return Ok(None);
+        };
+        let devices = devices
+            .parse()
+            .map_err(|_| bad(DEVICES, devices, "not a number"))?;
+        let share = match need(SHARE)?.as_str() {
+            "0" => false,
+            "1" => true,
+            other => return Err(bad(SHARE, other.to_owned(), "not 0 or 1")),
+        };
+        let io = need(IO)?;
+        let io = UserlandIo::from_name(&io).ok_or(bad(IO, io, "not console or capture"))?;
+        let terminal = get(TTY)
+            .map(|v| {
+                let parsed = v
+                    .split_once('x')
+                    .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)));
+                parsed.ok_or(bad(TTY, v, "not ROWSxCOLS"))
+            })
+            .transpose()?;
+        let command = get(COMMAND)
+            .map(|v| decode_command(&v).ok_or(bad(COMMAND, v, "not base64url UTF-8")))
+            .transpose()?;
+        Ok(Some(Userland {
+            command,
+            devices,
+            share,
+            io,
+            terminal,
+        }))
+    }
+}
+
+/// Encodes a command for [`COMMAND`].
+pub fn encode_command(command: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(command)
+}
+
+/// Decodes [`COMMAND`]'s value.
+pub fn decode_command(text: &str) -> Option<String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
 /// Everything the host tells the guest runner.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestPlan {
@@ -74,6 +199,8 @@ pub struct GuestPlan {
     pub timeout_factor: Option<u32>,
     /// fio parameters (bench suite).
     pub fio: Option<Fio>,
+    /// The userland suite's command and disks.
+    pub userland: Option<Userland>,
 }
 
 /// A word [`GuestPlan::parse`] cannot read.
@@ -105,6 +232,7 @@ impl GuestPlan {
             seed: None,
             timeout_factor: None,
             fio: None,
+            userland: None,
         }
     }
 
@@ -130,6 +258,17 @@ impl GuestPlan {
             words.push(word(FIO_SECONDS, fio.seconds));
             words.push(word(FIO_SIZE, fio.size));
             words.push(word(FIO_LOADS, fio.loads.join(",")));
+        }
+        if let Some(userland) = &self.userland {
+            words.push(word(DEVICES, userland.devices));
+            words.push(word(SHARE, u8::from(userland.share)));
+            words.push(word(IO, userland.io.name()));
+            if let Some((rows, cols)) = userland.terminal {
+                words.push(word(TTY, format_args!("{rows}x{cols}")));
+            }
+            if let Some(command) = &userland.command {
+                words.push(word(COMMAND, encode_command(command)));
+            }
         }
         words.join(" ")
     }
@@ -197,6 +336,7 @@ impl GuestPlan {
                     .collect(),
             }),
         };
+        let userland = Userland::parse_with(get)?;
         Ok(Self {
             suite,
             expect,
@@ -204,6 +344,7 @@ impl GuestPlan {
             seed,
             timeout_factor,
             fio,
+            userland,
         })
     }
 }
@@ -236,7 +377,27 @@ mod tests {
             }),
             ..GuestPlan::new(GuestSuite::Bench, Expect::Fallback)
         };
-        let mut plans = vec![lab, bench];
+        let userland = GuestPlan {
+            userland: Some(Userland {
+                command: Some("cd /share && ./run \"a b\" 'c=d' && echo ok".into()),
+                devices: 2,
+                share: true,
+                io: UserlandIo::Capture,
+                terminal: None,
+            }),
+            ..GuestPlan::new(GuestSuite::Userland, Expect::Native)
+        };
+        let shell = GuestPlan {
+            userland: Some(Userland {
+                command: None,
+                devices: 1,
+                share: false,
+                io: UserlandIo::Console,
+                terminal: Some((50, 132)),
+            }),
+            ..GuestPlan::new(GuestSuite::Userland, Expect::Fallback)
+        };
+        let mut plans = vec![lab, bench, userland, shell];
         plans.extend(GuestSuite::ALL.map(|s| GuestPlan::new(s, Expect::Native)));
         plans
     }
@@ -266,5 +427,27 @@ mod tests {
             .unwrap_err();
         assert_eq!((error.key, error.why), (SLOTS, "missing"));
         assert!(GuestPlan::parse("icelab.expect=native").is_err());
+        let userland = "icelab.suite=userland icelab.expect=native icelab.devices=2";
+        let error = GuestPlan::parse(userland).unwrap_err();
+        assert_eq!((error.key, error.why), (SHARE, "missing"));
+        let error = GuestPlan::parse(&format!(
+            "{userland} icelab.share=1 icelab.io=capture icelab.cmd=%%"
+        ))
+        .unwrap_err();
+        assert_eq!(error.key, COMMAND);
+    }
+
+    #[test]
+    fn a_command_survives_the_kernel_command_line() {
+        let command = "for f in /share/*; do echo \"$f\" = 'x'; done; ./check -g encrypt";
+        let encoded = encode_command(command);
+        assert!(
+            encoded
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "{encoded}"
+        );
+        assert_eq!(decode_command(&encoded).as_deref(), Some(command));
+        assert!(encode_command(&"x".repeat(MAX_COMMAND)).len() < 1400);
     }
 }

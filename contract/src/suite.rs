@@ -28,11 +28,15 @@ pub enum GuestSuite {
     Matrix,
     /// fio on an inlinecrypt ext4 file.
     Bench,
+    /// The real userland: switch to the root filesystem image and run the
+    /// user's command or an interactive shell (`icelab run --guest-cmd`,
+    /// `icelab shell`).
+    Userland,
 }
 
 impl GuestSuite {
     /// Every suite.
-    pub const ALL: [GuestSuite; 9] = [
+    pub const ALL: [GuestSuite; 10] = [
         GuestSuite::Smoke,
         GuestSuite::Lab,
         GuestSuite::LabReboot,
@@ -42,6 +46,7 @@ impl GuestSuite {
         GuestSuite::LabKeyLimit,
         GuestSuite::Matrix,
         GuestSuite::Bench,
+        GuestSuite::Userland,
     ];
 
     /// The name on the command line and in the results.
@@ -56,6 +61,7 @@ impl GuestSuite {
             GuestSuite::LabKeyLimit => "lab-key-limit",
             GuestSuite::Matrix => "matrix",
             GuestSuite::Bench => "bench",
+            GuestSuite::Userland => "userland",
         }
     }
 

@@ -161,12 +161,17 @@ const KNOWN_KEYS: &[&str] = &[
     keys::FIO_SECONDS,
     keys::FIO_SIZE,
     keys::FIO_LOADS,
+    keys::DEVICES,
+    keys::SHARE,
+    keys::IO,
+    keys::TTY,
+    keys::COMMAND,
 ];
 
 /// What a bad `icelab.suite` is told (a unit test checks it names every
 /// suite of the contract).
 const SUITES_HINT: &str = "known suites: smoke, lab, lab-reboot, lab-pressure, lab-restart, \
-                           lab-default-key, lab-key-limit, matrix, bench";
+                           lab-default-key, lab-key-limit, matrix, bench, userland";
 
 /// A fault the runner injects into itself (`icelab.fault=KIND:TEST`), to
 /// prove its own safety nets: a panic must be reported and power the
@@ -237,6 +242,9 @@ pub struct Config {
     /// (names as in its table); empty means all. The suite refuses names
     /// it does not know.
     pub fio_loads: Vec<String>,
+    /// The userland suite's command, disks and terminal (`icelab.devices`,
+    /// `share`, `io`, `tty`, `cmd`); `None` when `icelab.devices` is absent.
+    pub userland: Option<keys::Userland>,
 }
 
 impl Config {
@@ -268,6 +276,7 @@ impl Config {
             fio_seconds: DEFAULT_FIO_SECONDS,
             fio_size: DEFAULT_FIO_SIZE,
             fio_loads: Vec::new(),
+            userland: None,
         }
     }
 
@@ -352,6 +361,19 @@ impl Config {
                 .filter(|l| !l.is_empty())
                 .map(str::to_owned)
                 .collect();
+        }
+        config.userland = keys::Userland::parse_with(|key| params.get(key).map(str::to_owned))
+            .map_err(|e| Error::BadValue {
+                key: e.key,
+                value: e.value,
+                why: e.why,
+            })?;
+        if config.suite == SuiteName::Userland && config.userland.is_none() {
+            return Err(bad(
+                keys::DEVICES,
+                "",
+                "the userland suite needs icelab.devices, icelab.share and icelab.io",
+            ));
         }
         Ok(config)
     }
@@ -653,9 +675,20 @@ mod tests {
     #[test]
     fn the_runner_reads_what_the_host_writes() {
         use icelab_contract::cmdline::{Engine, Fio, GuestPlan};
+        use icelab_contract::cmdline::{Userland, UserlandIo};
+        let userland = Userland {
+            command: Some("cd /share && ./check -g encrypt".into()),
+            devices: 2,
+            share: true,
+            io: UserlandIo::Capture,
+            terminal: Some((40, 120)),
+        };
         let mut plans: Vec<GuestPlan> = SuiteName::ALL
             .iter()
-            .map(|&suite| GuestPlan::new(suite, Expect::Fallback))
+            .map(|&suite| GuestPlan {
+                userland: (suite == SuiteName::Userland).then(|| userland.clone()),
+                ..GuestPlan::new(suite, Expect::Fallback)
+            })
             .collect();
         plans.push(GuestPlan {
             engine: Some(Engine {
@@ -693,7 +726,14 @@ mod tests {
                 assert_eq!(config.fio_size, fio.size);
                 assert_eq!(config.fio_loads, fio.loads);
             }
+            assert_eq!(config.userland, plan.userland, "{line}");
         }
+        let error = Config::from_params(
+            &Params::parse("icelab.suite=userland").expect("words"),
+            true,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("icelab.devices"), "{error}");
     }
 
     #[test]

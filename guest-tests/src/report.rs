@@ -277,7 +277,7 @@ pub fn say(console: Console, line: &str) {
 }
 
 /// Puts a tty in raw mode, 8N1 at 115200 baud, ignoring modem lines.
-fn set_raw(file: &File) -> io::Result<()> {
+pub fn set_raw(file: &File) -> io::Result<()> {
     let fd = file.as_raw_fd();
     // SAFETY: termios is plain old data; tcgetattr fills it.
     let mut t: libc::termios = unsafe { std::mem::zeroed() };

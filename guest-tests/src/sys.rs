@@ -174,6 +174,22 @@ pub fn umount(target: &Path) -> Result<()> {
     }
 }
 
+/// Makes `new_root` (a mount point) the root directory of this process
+/// and its threads: chdir into it, move its mount over `/`, chroot to it
+/// (what switch_root(8) does, without deleting the initramfs).
+pub fn switch_root(new_root: &Path) -> Result<()> {
+    let what = new_root.display().to_string();
+    std::env::set_current_dir(new_root)
+        .map_err(|e| SysError::from_io("chdir", what.clone(), &e))?;
+    mount(".", Path::new("/"), "", libc::MS_MOVE, "")?;
+    let dot = c_str(OsStr::new(".")).map_err(|e| SysError::from_io("chroot", what.clone(), &e))?;
+    // SAFETY: `dot` is a valid NUL-terminated string.
+    if unsafe { libc::chroot(dot.as_ptr()) } != 0 {
+        return Err(SysError::last("chroot", what));
+    }
+    std::env::set_current_dir("/").map_err(|e| SysError::from_io("chdir", "/", &e))
+}
+
 /// finit_module(2) flag: the file is compressed and the kernel should
 /// decompress it (Linux 6.4+).
 pub const MODULE_INIT_COMPRESSED_FILE: libc::c_int = 4;

@@ -32,6 +32,29 @@ pub struct Artifacts {
     pub qemu_patched: bool,
     /// The initramfs.
     pub initramfs: PathBuf,
+    /// The build root (`images/build-root.sh`'s directory), from which the
+    /// userland is made.
+    pub build_root: PathBuf,
+}
+
+/// The userland's root filesystem image (`images/build-userland.sh`,
+/// cached), for `icelab run --guest-cmd` and `icelab shell`.
+pub fn userland_image(artifacts: &Artifacts) -> anyhow::Result<PathBuf> {
+    let repo = repo_dir()?;
+    let dir = run_recipe(
+        &repo,
+        "images/build-userland.sh",
+        &[artifacts.build_root.as_os_str()],
+    )?;
+    let image = dir.join("root.img");
+    if !image.is_file() {
+        bail!(
+            "images/build-userland.sh made no {}; delete {} to rebuild it",
+            image.display(),
+            dir.display()
+        );
+    }
+    Ok(image)
 }
 
 /// What the user brings instead of the built defaults.
@@ -176,6 +199,7 @@ pub fn build(overrides: &Overrides) -> anyhow::Result<Artifacts> {
         qemu_version,
         qemu_patched,
         initramfs,
+        build_root: root,
     })
 }
 

@@ -97,9 +97,8 @@ pub struct BootPaths {
 }
 
 impl BootPaths {
-    /// The files of a boot in `dir` (image `dir/disk.img`), for tests.
-    #[cfg(test)]
-    pub fn for_test(dir: &Path) -> Self {
+    /// The files of a device in `dir`, its image `dir/disk.img`.
+    pub fn in_dir(dir: &Path) -> Self {
         Self::new(dir, &dir.join("disk.img"))
     }
 
@@ -188,6 +187,11 @@ pub fn run_boot(
         inline_encryption: spec.inline_encryption,
         accel,
         reconnect: spec.restart_device,
+        more_sockets: &[],
+        disks: &[],
+        console_on_stdio: false,
+        output_log: None,
+        memory: qemu::MEMORY,
     };
     let qemu_log = std::fs::File::create(&paths.qemu_log)?;
     let mut vm = match qemu::command(&vm_spec)
@@ -363,7 +367,7 @@ impl Launcher<'_> {
 }
 
 /// Creates `path` as a sparse file of `size` bytes (replacing any file).
-fn create_sparse(path: &Path, size: u64) -> anyhow::Result<()> {
+pub(crate) fn create_sparse(path: &Path, size: u64) -> anyhow::Result<()> {
     let file = std::fs::File::create(path)
         .with_context(|| format!("cannot create the image {}", path.display()))?;
     file.set_len(size)
@@ -371,17 +375,17 @@ fn create_sparse(path: &Path, size: u64) -> anyhow::Result<()> {
 }
 
 /// What the guest reported.
-struct GuestOutcome {
-    hello: Value,
-    results: Vec<TestResult>,
+pub(crate) struct GuestOutcome {
+    pub(crate) hello: Value,
+    pub(crate) results: Vec<TestResult>,
     /// Why the guest did not finish cleanly, if it did not.
-    problem: Option<String>,
+    pub(crate) problem: Option<String>,
 }
 
 /// Follows the results file until the runner's `done` line, QEMU's exit or
 /// the timeout, printing each test as it arrives and handing each signal
 /// line's name to `on_signal`.
-fn stream_results(
+pub(crate) fn stream_results(
     vm: &mut Child,
     path: &Path,
     boot: &str,
@@ -443,13 +447,13 @@ fn stream_results(
 /// Bytes that are not UTF-8 (a console glitch) are replaced, never a reason
 /// to stop reading: the lines after them still arrive.
 #[derive(Default)]
-struct LineFollower {
+pub(crate) struct LineFollower {
     offset: u64,
     partial: Vec<u8>,
 }
 
 impl LineFollower {
-    fn new_lines(&mut self, path: &Path) -> Vec<String> {
+    pub(crate) fn new_lines(&mut self, path: &Path) -> Vec<String> {
         let mut lines = Vec::new();
         let Ok(mut file) = std::fs::File::open(path) else {
             return lines;

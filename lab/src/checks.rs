@@ -334,7 +334,7 @@ mod tests {
     fn a_device_command_may_exit_by_sigterm() {
         use std::os::unix::process::ExitStatusExt;
         let dir = tempfile::tempdir().expect("tempdir");
-        let paths = crate::boot::BootPaths::for_test(dir.path());
+        let paths = crate::boot::BootPaths::in_dir(dir.path());
         let code = |c: i32| Some(ExitStatus::from_raw(c << 8));
         let signal = |s: i32| Some(ExitStatus::from_raw(s));
         let exit = |status, terminated, command| {

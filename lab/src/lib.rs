@@ -18,6 +18,7 @@ pub mod checks;
 pub mod cpio;
 pub mod initramfs;
 pub mod junit;
+pub mod kcidb;
 pub mod key_usage;
 pub mod marks;
 pub mod plan;
@@ -27,6 +28,7 @@ pub mod run;
 pub mod serve_process;
 pub mod size;
 pub mod timeline;
+pub mod userland;
 pub mod verify;
 
 pub mod bench;
@@ -58,6 +60,8 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
         artifacts.qemu.display()
     );
     println!("initramfs  {}", artifacts.initramfs.display());
+    let userland = artifacts::userland_image(&artifacts)?;
+    println!("userland   {}", userland.display());
     Ok(())
 }
 

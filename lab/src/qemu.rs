@@ -53,21 +53,39 @@ pub struct VmSpec<'a> {
     pub accel: Accel,
     /// Reconnect to the socket (every second) when the device goes away.
     pub reconnect: bool,
+    /// Further vhost-user devices (same queues and inline encryption),
+    /// after the first: the guest's `/dev/vdb`, ...
+    pub more_sockets: &'a [PathBuf],
+    /// QEMU's own virtio disks, after the vhost-user ones.
+    pub disks: &'a [PlainDisk],
+    /// ttyS0 on QEMU's standard input and output (an interactive console)
+    /// instead of `console_log`.
+    pub console_on_stdio: bool,
+    /// ttyS2: the userland command's output.
+    pub output_log: Option<PathBuf>,
+    /// Guest memory (shared with the devices), in QEMU's notation.
+    pub memory: &'a str,
 }
 
-/// Guest memory; shared with the device.
-const MEMORY: &str = "1G";
+/// A disk image QEMU serves itself as a virtio-blk-pci device (the
+/// userland's root and share disks); icelab_vblk drives it like any
+/// virtio disk, without inline encryption.
+#[derive(Clone, Debug)]
+pub struct PlainDisk {
+    /// The image (raw).
+    pub image: PathBuf,
+    /// Its serial number (GET_ID), by which the guest finds it.
+    pub serial: &'static str,
+    /// Writes go to a temporary overlay; the image never changes.
+    pub snapshot: bool,
+}
+
+/// Guest memory of the lab's boots; shared with the device.
+pub const MEMORY: &str = "1G";
 
 /// The QEMU command for `spec`.
 pub fn command(spec: &VmSpec<'_>) -> Command {
-    let mut device = format!("vhost-user-blk-pci,chardev=ice,num-queues={}", spec.queues);
-    if spec.artifacts.qemu_patched {
-        device.push_str(if spec.inline_encryption {
-            ",inline-encryption=on"
-        } else {
-            ",inline-encryption=off"
-        });
-    }
+    let memory = spec.memory;
     let mut command = Command::new(&spec.artifacts.qemu);
     command
         .args(["-machine", "q35"])
@@ -80,7 +98,7 @@ pub fn command(spec: &VmSpec<'_>) -> Command {
                 "max"
             },
         ])
-        .args(["-smp", "2", "-m", MEMORY])
+        .args(["-smp", "2", "-m", memory])
         .args([
             "-nodefaults",
             "-no-reboot",
@@ -90,16 +108,50 @@ pub fn command(spec: &VmSpec<'_>) -> Command {
         ])
         .args([
             "-object",
-            &format!("memory-backend-memfd,id=mem,size={MEMORY},share=on"),
+            &format!("memory-backend-memfd,id=mem,size={memory},share=on"),
         ])
-        .args(["-numa", "node,memdev=mem"])
-        .arg("-chardev")
-        .arg(format!(
-            "socket,id=ice,path={}{}",
-            spec.socket.display(),
-            if spec.reconnect { ",reconnect=1" } else { "" }
-        ))
-        .args(["-device", &device])
+        .args(["-numa", "node,memdev=mem"]);
+    for (index, socket) in std::iter::once(spec.socket)
+        .chain(spec.more_sockets.iter().map(PathBuf::as_path))
+        .enumerate()
+    {
+        let id = if index == 0 {
+            "ice".to_owned()
+        } else {
+            format!("ice{index}")
+        };
+        let mut device = format!("vhost-user-blk-pci,chardev={id},num-queues={}", spec.queues);
+        if spec.artifacts.qemu_patched {
+            device.push_str(if spec.inline_encryption {
+                ",inline-encryption=on"
+            } else {
+                ",inline-encryption=off"
+            });
+        }
+        command
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id={id},path={}{}",
+                socket.display(),
+                if spec.reconnect { ",reconnect=1" } else { "" }
+            ))
+            .args(["-device", &device]);
+    }
+    for (index, disk) in spec.disks.iter().enumerate() {
+        command
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=none,id=disk{index},cache=unsafe{}",
+                disk.image.display(),
+                if disk.snapshot { ",snapshot=on" } else { "" }
+            ))
+            .arg("-device")
+            .arg(format!(
+                "virtio-blk-pci,drive=disk{index},serial={}",
+                disk.serial
+            ));
+    }
+    command
         .arg("-kernel")
         .arg(&spec.artifacts.kernel)
         .arg("-initrd")
@@ -107,12 +159,26 @@ pub fn command(spec: &VmSpec<'_>) -> Command {
         .args([
             "-append",
             &format!("console=ttyS0 panic=-1 quiet loglevel=4 {}", spec.append),
-        ])
+        ]);
+    if spec.console_on_stdio {
+        // Ctrl-C goes to the guest; QEMU puts the terminal in raw mode.
+        command
+            .args(["-chardev", "stdio,id=console,signal=off,mux=off"])
+            .args(["-serial", "chardev:console"]);
+    } else {
+        command
+            .arg("-serial")
+            .arg(format!("file:{}", spec.console_log.display()))
+            .stdin(Stdio::null());
+    }
+    command
         .arg("-serial")
-        .arg(format!("file:{}", spec.console_log.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", spec.results_log.display()))
-        .stdin(Stdio::null());
+        .arg(format!("file:{}", spec.results_log.display()));
+    if let Some(output) = &spec.output_log {
+        command
+            .arg("-serial")
+            .arg(format!("file:{}", output.display()));
+    }
     command
 }
 

@@ -8,6 +8,7 @@ use super::artifacts::{self, Artifacts, Overrides};
 use super::boot::{self, BootSpec};
 use super::checks;
 use super::junit;
+use super::kcidb;
 use super::key_usage;
 use super::marks;
 use super::plan::{self, BootPlan, Device, Image, LeftOut, PlanInput, Suite};
@@ -78,6 +79,37 @@ pub struct RunArgs {
     /// options (control, pressure, restart, default-key, other profile) are left out.
     #[arg(long, value_name = "CMD")]
     pub device_cmd: Option<String>,
+    /// Write the run in the KCIDB I/O schema (KernelCI's results database) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub kcidb: Option<PathBuf>,
+    /// Instead of a suite: boot the real userland with --disks icelab devices and run
+    /// CMD with bash -c (exported: ICELAB_TEST_DEV, ICELAB_SCRATCH_DEV, ICELAB_DEVS,
+    /// ICELAB_SHARE); its exit status is the verdict, its output is printed and reported.
+    #[arg(long, value_name = "CMD", conflicts_with_all = ["suite", "fault", "device_cmd", "no_control", "seed"])]
+    pub guest_cmd: Option<String>,
+    /// With --guest-cmd: make DIR available read-write in the guest at /share (packed
+    /// into a disk image, copied back after the run; the command starts in it).
+    #[arg(long, value_name = "DIR", requires = "guest_cmd")]
+    pub share: Option<PathBuf>,
+    /// With --guest-cmd: how many icelab devices (/dev/vda, /dev/vdb, ...).
+    #[arg(long, value_name = "N", default_value_t = 2, requires = "guest_cmd")]
+    pub disks: u32,
+    /// With --guest-cmd: the size of each device's fresh (sparse) image.
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value = "4G",
+        requires = "guest_cmd"
+    )]
+    pub disk_size: String,
+    /// With --guest-cmd: a JUnit file the command wrote, relative to --share DIR (or
+    /// its guest path under /share); one icelab test per test case.
+    #[arg(long, value_name = "PATH", requires = "share")]
+    pub guest_junit: Option<PathBuf>,
+    /// With --guest-cmd: devices without inline encryption (fscrypt takes
+    /// blk-crypto-fallback).
+    #[arg(long, requires = "guest_cmd")]
+    pub no_inline_encryption: bool,
 }
 
 /// The checked options.
@@ -173,7 +205,11 @@ impl TryFrom<&RunArgs> for RunConfig {
 
 /// Runs the suite; `Ok(false)` when a test failed.
 pub fn run(args: RunArgs) -> anyhow::Result<bool> {
+    if args.guest_cmd.is_some() {
+        return super::userland::run::guest_command(&args);
+    }
     let config = RunConfig::try_from(&args)?;
+    let started_at = std::time::SystemTime::now();
     let started = Instant::now();
     let artifacts = artifacts::build(&Overrides {
         kernel: args.kernel.clone(),
@@ -275,6 +311,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<bool> {
         let title = format!("icelab run --suite {}", config.suite.name());
         std::fs::write(path, junit::to_xml(&title, &records, &results))
             .with_context(|| format!("cannot write the JUnit report {}", path.display()))?;
+    }
+    if let Some(path) = &args.kcidb {
+        let document = kcidb::document(&kcidb::KcidbRun {
+            suite: config.suite.name(),
+            seed: config.seed,
+            kernel_package: &artifacts.kernel_package,
+            kernel_version: &artifacts.kernel_version,
+            compiler: None,
+            accel,
+            started: started_at,
+            boots: &records,
+            results: &results,
+        });
+        kcidb::write(path, &document)?;
     }
     println!();
     for result in results

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod lab;
 pub mod smoke;
 pub mod steps;
+pub mod userland;
 
 use crate::cmdline::SuiteName;
 use crate::runner::TestDef;
@@ -24,5 +25,6 @@ pub fn tests(suite: SuiteName) -> &'static [TestDef] {
         SuiteName::LabKeyLimit => lab::KEY_LIMIT_TESTS,
         SuiteName::Matrix => lab::MATRIX_TESTS,
         SuiteName::Bench => bench::TESTS,
+        SuiteName::Userland => userland::TESTS,
     }
 }
