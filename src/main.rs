@@ -24,6 +24,8 @@ enum Command {
     Build(lab::BuildArgs),
     /// Boot a guest against a fresh emulator, run a suite, report; exit 0 only if all passed.
     Run(lab::run::RunArgs),
+    /// Boot the real userland with icelab devices and get a shell (or run --cmd).
+    Shell(lab::userland::shell::ShellArgs),
     /// Check an image against a manifest with the independent ciphertext verifier.
     Verify(verify::VerifyArgs),
     /// Check any vhost-user-blk device against docs/PROTOCOL.md (it must accept a new connection per check).
@@ -48,6 +50,11 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => match lab::run::run(args) {
             Ok(true) => Ok(()),
             Ok(false) => return std::process::ExitCode::FAILURE,
+            Err(error) => Err(error),
+        },
+        Command::Shell(args) => match lab::userland::shell::shell(args) {
+            Ok(0) => Ok(()),
+            Ok(code) => return std::process::ExitCode::from(code),
             Err(error) => Err(error),
         },
         Command::Verify(args) => match verify::run(args) {

@@ -211,6 +211,7 @@ pub fn run_boot(
         &paths.results,
         spec.name,
         spec.timeout,
+        true,
         &mut |signal| {
             if signal == SIGNAL_RESTART_DEVICE && spec.restart_device && restart.is_none() {
                 let done = restart_device(&mut device, &launcher);
@@ -383,13 +384,14 @@ pub(crate) struct GuestOutcome {
 }
 
 /// Follows the results file until the runner's `done` line, QEMU's exit or
-/// the timeout, printing each test as it arrives and handing each signal
-/// line's name to `on_signal`.
+/// the timeout, printing each test as it arrives (with `print`) and handing
+/// each signal line's name to `on_signal`.
 pub(crate) fn stream_results(
     vm: &mut Child,
     path: &Path,
     boot: &str,
     timeout: Duration,
+    print: bool,
     on_signal: &mut dyn FnMut(&str),
 ) -> GuestOutcome {
     let deadline = Instant::now() + timeout;
@@ -409,7 +411,9 @@ pub(crate) fn stream_results(
                 }
                 Some(Record::Test(test)) => {
                     let result = TestResult::from_guest(boot, test);
-                    println!("{}", result.line());
+                    if print {
+                        println!("{}", result.line());
+                    }
                     outcome.results.push(result);
                 }
                 Some(Record::Signal { name }) => on_signal(&name),

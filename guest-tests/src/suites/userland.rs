@@ -211,6 +211,14 @@ fn switch_root(ctx: &Ctx, _state: &mut State, facts: &mut Facts) -> Result<Strin
     }
     ctx.step("making the root filesystem /");
     sys::switch_root(new_root)?;
+    // No init system runs to name the machine: the image's name (a prompt
+    // shows it) is set here.
+    if let Ok(name) = fs::read_to_string("/etc/hostname") {
+        let name = name.trim();
+        // SAFETY: the pointer and length describe `name`'s bytes.
+        unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
+        facts.set("hostname", name);
+    }
     let names: Vec<PathBuf> = devices
         .iter()
         .map(|d| PathBuf::from(format!("/dev/{}", d.name)))

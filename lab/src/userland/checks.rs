@@ -185,7 +185,10 @@ pub fn crypto_path(
             format!(
                 "{}: kernel log {:?}; {traffic}",
                 path.name(),
-                native_lines.first().or(fallback_lines.first())
+                native_lines
+                    .first()
+                    .or(fallback_lines.first())
+                    .map_or("", String::as_str)
             ),
         ),
     };

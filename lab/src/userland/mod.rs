@@ -13,6 +13,7 @@ pub mod checks;
 pub mod junit_in;
 pub mod run;
 pub mod share;
+pub mod shell;
 
 use crate::artifacts::Artifacts;
 use crate::boot::{self, DEVICE_EXIT_TIMEOUT, LineFollower};
@@ -71,6 +72,8 @@ pub struct Machine<'a> {
     pub io: UserlandIo,
     /// Longest the guest may run; `None`: no limit (an interactive shell).
     pub timeout: Option<Duration>,
+    /// Print the guest's test results as they come (captured mode).
+    pub print_tests: bool,
 }
 
 /// One icelab device of the boot and what it left.
@@ -280,6 +283,7 @@ pub fn boot(machine: &Machine<'_>) -> anyhow::Result<Outcome> {
                 &results_log,
                 BOOT,
                 machine.timeout.unwrap_or(Duration::MAX / 4),
+                machine.print_tests,
                 &mut |_| {},
             );
             echo.stop();

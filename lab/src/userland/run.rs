@@ -76,6 +76,7 @@ pub fn guest_command(args: &RunArgs) -> anyhow::Result<bool> {
         command: Some(command),
         io: UserlandIo::Capture,
         timeout: Some(Duration::from_secs(args.timeout)),
+        print_tests: true,
     };
     println!("--- boot {BOOT} (output of the command follows)");
     let outcome = super::boot(&machine)?;
