@@ -68,6 +68,35 @@ pub struct Overrides {
     pub qemu: Option<PathBuf>,
 }
 
+/// The command-line options that choose the guest's kernel, QEMU and
+/// accelerator (`icelab run`, `icelab shell`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct GuestArgs {
+    /// Your own kernel image (bzImage); needs --modules-dir.
+    #[arg(long, requires = "modules_dir")]
+    pub kernel: Option<PathBuf>,
+    /// Directory holding icelab_vblk.ko built for --kernel.
+    #[arg(long, requires = "kernel")]
+    pub modules_dir: Option<PathBuf>,
+    /// Your own QEMU binary (must carry icelab's patch for native inline encryption).
+    #[arg(long)]
+    pub qemu: Option<PathBuf>,
+    /// Accelerator: auto probes KVM and falls back to TCG.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: crate::qemu::Accel,
+}
+
+impl GuestArgs {
+    /// What the user brings instead of the built defaults.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            kernel: self.kernel.clone(),
+            modules_dir: self.modules_dir.clone(),
+            qemu: self.qemu.clone(),
+        }
+    }
+}
+
 /// A file every icelab checkout has, to recognise one.
 const REPO_MARKER: &str = "images/build-root.sh";
 

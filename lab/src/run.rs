@@ -4,7 +4,7 @@
 //! on the host, run the verifier on each image, report (human summary,
 //! `--json`, `--junit`).
 
-use super::artifacts::{self, Artifacts, Overrides};
+use super::artifacts::{self, Artifacts, GuestArgs};
 use super::boot::{self, BootSpec};
 use super::checks;
 use super::junit;
@@ -48,18 +48,9 @@ pub struct RunArgs {
     /// Skip the negative control boot (device without inline encryption).
     #[arg(long)]
     pub no_control: bool,
-    /// Your own kernel image (bzImage); needs --modules-dir.
-    #[arg(long, requires = "modules_dir")]
-    pub kernel: Option<PathBuf>,
-    /// Directory holding icelab_vblk.ko built for --kernel.
-    #[arg(long, requires = "kernel")]
-    pub modules_dir: Option<PathBuf>,
-    /// Your own QEMU binary (must carry icelab's patch for native inline encryption).
-    #[arg(long)]
-    pub qemu: Option<PathBuf>,
-    /// Accelerator: auto probes KVM and falls back to TCG.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub accel: Accel,
+    /// Kernel, QEMU and accelerator.
+    #[command(flatten)]
+    pub guest: GuestArgs,
     /// Longest one boot may take, in seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
@@ -211,11 +202,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<bool> {
     let config = RunConfig::try_from(&args)?;
     let started_at = std::time::SystemTime::now();
     let started = Instant::now();
-    let artifacts = artifacts::build(&Overrides {
-        kernel: args.kernel.clone(),
-        modules_dir: args.modules_dir.clone(),
-        qemu: args.qemu.clone(),
-    })?;
+    let artifacts = artifacts::build(&args.guest.overrides())?;
     if !artifacts.qemu_patched {
         bail!(
             "{} does not forward inline encryption to the guest (its vhost-user-blk-pci has no \
@@ -224,7 +211,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<bool> {
             artifacts.qemu.display()
         );
     }
-    let accel = qemu::choose(args.accel, &artifacts);
+    let accel = qemu::choose(args.guest.accel, &artifacts);
     let profiles = profiles(&config.boots);
     println!(
         "icelab run: suite {}, profile {}, {} under {}",

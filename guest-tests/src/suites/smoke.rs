@@ -213,7 +213,7 @@ fn driver_reload(ctx: &Ctx, _state: &mut State, facts: &mut Facts) -> Result<Str
 }
 
 /// Kernel log lines that mean the kernel itself complained.
-const KERNEL_COMPLAINTS: &[&str] = &[
+pub const KERNEL_COMPLAINTS: &[&str] = &[
     "WARNING:",
     "BUG:",
     "Oops",

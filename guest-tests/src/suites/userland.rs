@@ -504,15 +504,6 @@ fn run_captured(
     Ok((status, output))
 }
 
-/// The kernel's complaints (smoke's `kernel-clean` list).
-const KERNEL_COMPLAINTS: &[&str] = &[
-    "WARNING:",
-    "BUG:",
-    "Oops",
-    "Call Trace:",
-    "general protection",
-];
-
 /// `kernel-log`: nothing alarming; fscrypt's implementation lines as
 /// facts (the host compares them with the devices' stats).
 fn kernel_log(_ctx: &Ctx, _state: &mut State, facts: &mut Facts) -> Result<String, Failure> {
@@ -531,7 +522,7 @@ fn kernel_log(_ctx: &Ctx, _state: &mut State, facts: &mut Facts) -> Result<Strin
     let complaints: Vec<&str> = records
         .iter()
         .map(|r| r.text.as_str())
-        .filter(|t| KERNEL_COMPLAINTS.iter().any(|c| t.contains(c)))
+        .filter(|t| smoke::KERNEL_COMPLAINTS.iter().any(|c| t.contains(c)))
         .collect();
     facts
         .set("records", records.len())

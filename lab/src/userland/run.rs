@@ -2,7 +2,7 @@
 //! its host checks, and the reports (summary, JSON, JUnit, KCIDB).
 
 use super::{BOOT, DeviceRun, Machine, checks, junit_in, share};
-use crate::artifacts::{self, Artifacts, Overrides};
+use crate::artifacts::{self, Artifacts, GuestArgs};
 use crate::junit;
 use crate::kcidb;
 use crate::qemu::{self, Accel};
@@ -30,14 +30,7 @@ pub fn guest_command(args: &RunArgs) -> anyhow::Result<bool> {
         .transpose()?;
     let started = Instant::now();
     let started_at = SystemTime::now();
-    let (artifacts, accel, root_image) = prepare(
-        &Overrides {
-            kernel: args.kernel.clone(),
-            modules_dir: args.modules_dir.clone(),
-            qemu: args.qemu.clone(),
-        },
-        args.accel,
-    )?;
+    let (artifacts, accel, root_image) = prepare(&args.guest)?;
     println!(
         "icelab run: the userland with {} icelab device(s) ({}), {} under {}",
         args.disks,
@@ -175,8 +168,8 @@ pub fn guest_command(args: &RunArgs) -> anyhow::Result<bool> {
 
 /// Builds (or finds) the artifacts and the userland image; picks the
 /// accelerator.
-pub fn prepare(overrides: &Overrides, accel: Accel) -> anyhow::Result<(Artifacts, Accel, PathBuf)> {
-    let artifacts = artifacts::build(overrides)?;
+pub fn prepare(guest: &GuestArgs) -> anyhow::Result<(Artifacts, Accel, PathBuf)> {
+    let artifacts = artifacts::build(&guest.overrides())?;
     if !artifacts.qemu_patched {
         bail!(
             "{} does not forward inline encryption to the guest; run without --qemu to use \
@@ -185,7 +178,7 @@ pub fn prepare(overrides: &Overrides, accel: Accel) -> anyhow::Result<(Artifacts
         );
     }
     let root_image = artifacts::userland_image(&artifacts)?;
-    let accel = qemu::choose(accel, &artifacts);
+    let accel = qemu::choose(guest.accel, &artifacts);
     Ok((artifacts, accel, root_image))
 }
 

@@ -31,7 +31,8 @@ pub fn pack(dir: &Path, image: &Path) -> anyhow::Result<()> {
     file.set_len(size)
         .with_context(|| format!("cannot size {} to {size} bytes", image.display()))?;
     drop(file);
-    let output = Command::new("mke2fs")
+    let mut mke2fs = Command::new("mke2fs");
+    mke2fs
         .args([
             "-q",
             "-F",
@@ -44,13 +45,22 @@ pub fn pack(dir: &Path, image: &Path) -> anyhow::Result<()> {
             "-d",
         ])
         .arg(dir)
-        .arg(image)
-        .output()
-        .context("cannot run mke2fs (e2fsprogs); run scripts/install-deps")?;
+        .arg(image);
+    run_tool(mke2fs, &format!("mke2fs -d {}", dir.display()))
+}
+
+/// Runs a host tool to success; the error names `what` and the tool's
+/// complaint (and scripts/install-deps when the tool is missing).
+fn run_tool(mut command: Command, what: &str) -> anyhow::Result<()> {
+    let output = command.output().with_context(|| {
+        format!(
+            "cannot run {:?}; run scripts/install-deps",
+            command.get_program()
+        )
+    })?;
     if !output.status.success() {
         bail!(
-            "mke2fs -d {} failed ({}): {}",
-            dir.display(),
+            "{what} failed ({}): {}",
             output.status,
             String::from_utf8_lossy(&output.stderr).trim()
         );
@@ -90,39 +100,25 @@ pub fn unpack(image: &Path, dir: &Path, work: &Path) -> anyhow::Result<CopyBack>
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging)
         .with_context(|| format!("cannot create {}", staging.display()))?;
-    let rdump = Command::new("debugfs")
+    let mut rdump = Command::new("debugfs");
+    rdump
         .arg("-R")
         .arg(format!("rdump / {}", staging.display()))
-        .arg(image)
-        .output()
-        .context("cannot run debugfs (e2fsprogs); run scripts/install-deps")?;
-    if !rdump.status.success() {
-        bail!(
-            "debugfs rdump of {} failed ({}): {}",
-            image.display(),
-            rdump.status,
-            String::from_utf8_lossy(&rdump.stderr).trim()
-        );
-    }
+        .arg(image);
+    run_tool(rdump, &format!("debugfs rdump of {}", image.display()))?;
     // mke2fs made lost+found; the directory did not necessarily have one.
     if !dir.join("lost+found").exists() {
         let _ = std::fs::remove_dir(staging.join("lost+found"));
     }
     let files = count_files(&staging);
-    let copy = Command::new("cp")
-        .arg("-a")
+    let mut copy = Command::new("cp");
+    copy.arg("-a")
         .arg(format!("{}/.", staging.display()))
-        .arg(dir)
-        .output()
-        .context("cannot run cp")?;
-    if !copy.status.success() {
-        bail!(
-            "copying the share back into {} failed ({}): {}",
-            dir.display(),
-            copy.status,
-            String::from_utf8_lossy(&copy.stderr).trim()
-        );
-    }
+        .arg(dir);
+    run_tool(
+        copy,
+        &format!("copying the share back into {}", dir.display()),
+    )?;
     let _ = std::fs::remove_dir_all(&staging);
     Ok(CopyBack { files, repaired })
 }

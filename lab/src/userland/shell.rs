@@ -4,9 +4,8 @@
 
 use super::run::{prepare, profile};
 use super::{BOOT, DeviceRun, Machine, share};
-use crate::artifacts::Overrides;
+use crate::artifacts::GuestArgs;
 use crate::checks::parse_stats;
-use crate::qemu::Accel;
 use crate::report::Outcome;
 use crate::size::{format_size, parse_size};
 use anyhow::Context;
@@ -37,18 +36,9 @@ pub struct ShellArgs {
     /// Devices without inline encryption (fscrypt takes blk-crypto-fallback).
     #[arg(long)]
     pub no_inline_encryption: bool,
-    /// Your own kernel image (bzImage); needs --modules-dir.
-    #[arg(long, requires = "modules_dir")]
-    pub kernel: Option<PathBuf>,
-    /// Directory holding icelab_vblk.ko built for --kernel.
-    #[arg(long, requires = "kernel")]
-    pub modules_dir: Option<PathBuf>,
-    /// Your own QEMU binary (with icelab's patch).
-    #[arg(long)]
-    pub qemu: Option<PathBuf>,
-    /// Accelerator: auto probes KVM and falls back to TCG.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub accel: Accel,
+    /// Kernel, QEMU and accelerator.
+    #[command(flatten)]
+    pub guest: GuestArgs,
     /// Longest --cmd may take, in seconds (the interactive shell has no limit).
     #[arg(long, default_value_t = 3600)]
     pub timeout: u64,
@@ -69,14 +59,7 @@ pub fn shell(args: ShellArgs) -> anyhow::Result<u8> {
              use icelab shell --cmd CMD"
         );
     }
-    let (artifacts, accel, root_image) = prepare(
-        &Overrides {
-            kernel: args.kernel.clone(),
-            modules_dir: args.modules_dir.clone(),
-            qemu: args.qemu.clone(),
-        },
-        args.accel,
-    )?;
+    let (artifacts, accel, root_image) = prepare(&args.guest)?;
     let temporary;
     let dir = match &args.keep {
         Some(keep) => keep.join(BOOT),
