@@ -9,6 +9,7 @@ pub mod capabilities;
 pub mod error;
 pub mod fault;
 pub mod fingerprint;
+pub mod hw_kdf;
 pub mod keyslots;
 pub mod secure;
 pub mod stats;
