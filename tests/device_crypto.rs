@@ -349,7 +349,9 @@ fn concurrent_crypto_io_on_all_queues_lands_where_the_oracle_says() {
 
 #[test]
 fn config_and_crypto_modes_follow_the_profile() {
-    for (profile, dun_bytes) in [("ufs", 8u8), ("emmc", 4)] {
+    // key_types: ufs offers raw (bit 0) and hardware-wrapped (bit 1) keys,
+    // emmc raw keys only.
+    for (profile, dun_bytes, key_types) in [("ufs", 8u8, 3u8), ("emmc", 4, 1)] {
         let mut session = Session::start(4 * MIB, &["--profile", profile, "--queues", "2"]);
         assert!(session.frontend.has_feature(VIRTIO_BLK_F_INLINE_ENCRYPTION));
         let config = session.frontend.get_config(0, 104).expect("config");
@@ -369,7 +371,7 @@ fn config_and_crypto_modes_follow_the_profile() {
             "max_slots"
         );
         assert_eq!(config[98], dun_bytes, "max_dun_bytes");
-        assert_eq!(config[99], 1, "key_types: raw");
+        assert_eq!(config[99], key_types, "key_types of {profile}");
         let modes = session
             .expect(session.control(), &Request::get_crypto_modes(), Status::Ok)
             .crypto_modes();

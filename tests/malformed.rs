@@ -186,9 +186,14 @@ fn cases() -> Vec<(&'static str, Submit, Expect)> {
             UNSUPP,
         ),
         (
-            "program with an unsupported key type",
-            |s| s.run(s.control(), &program(1, |d| d.key_type = 2)),
+            "program with an unknown key type",
+            |s| s.run(s.control(), &program(1, |d| d.key_type = 3)),
             UNSUPP,
+        ),
+        (
+            "program of a raw key as a hardware-wrapped one",
+            |s| s.run(s.control(), &program(1, |d| d.key_type = 2)),
+            IOERR,
         ),
         (
             "program with dun_bytes over max_dun_bytes",
@@ -352,9 +357,22 @@ fn cases() -> Vec<(&'static str, Submit, Expect)> {
             UNSUPP,
         ),
         (
-            "hardware-wrapped key request",
-            |s| s.run(s.control(), &Request::generate_key()),
-            UNSUPP,
+            "DERIVE_SW_SECRET of a blob the device never wrapped",
+            |s| {
+                let blob = icelab_frontend::blk::key_blob(&[0x5a; 76]).expect("fits");
+                s.run(s.control(), &Request::derive_sw_secret(&blob))
+            },
+            IOERR,
+        ),
+        (
+            "GENERATE_KEY with an answer buffer shorter than a key_blob",
+            |s| {
+                s.run(
+                    s.control(),
+                    &Request::raw(RequestType::GenerateKey, 0).with_data_in(100),
+                )
+            },
+            IOERR,
         ),
         (
             "discard with the unmap flag",

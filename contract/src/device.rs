@@ -67,6 +67,10 @@ pub struct DeviceInfo {
     pub default_key: Option<DefaultKeyInfo>,
     /// `--key-usage-limit`, if set.
     pub key_usage_limit: Option<KeyUsageLimit>,
+    /// Key types the engine accepts (`raw`, `hw-wrapped`; config byte
+    /// 99), `None` without inline encryption.
+    #[serde(default)]
+    pub key_types: Option<Vec<String>>,
 }
 
 /// The engine's and the device's counters (`stats` in the file).
@@ -98,6 +102,9 @@ pub struct Counters {
     pub queries: u64,
     /// Commands that arrived on the control queue.
     pub control_queue: ControlQueueCounters,
+    /// Hardware-wrapped key management (requests 32..35 and keyslots
+    /// programmed with a hardware-wrapped key).
+    pub key_manager: KeyManagerCounters,
     /// Refused requests.
     pub rejected: Rejections,
     /// What each key encrypted and decrypted, in the order the keys were
@@ -213,6 +220,25 @@ pub struct ControlQueueCounters {
     pub keyslot_commands: u64,
 }
 
+/// What the engine's key manager did (hardware-wrapped keys).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyManagerCounters {
+    /// IMPORT_KEY requests served (raw key to long-term wrapped).
+    pub imported: u64,
+    /// GENERATE_KEY requests served.
+    pub generated: u64,
+    /// PREPARE_KEY requests served (long-term to ephemerally wrapped).
+    pub prepared: u64,
+    /// DERIVE_SW_SECRET requests served.
+    pub derived: u64,
+    /// KEYSLOT_PROGRAMs of a hardware-wrapped key that succeeded.
+    pub programmed: u64,
+    /// Raw keys and wrapped blobs the key manager refused (the
+    /// `wrapped-key-*` and `wrong-raw-key-size` kinds in
+    /// [`Rejections::by_kind`]).
+    pub refused: u64,
+}
+
 /// Refused requests.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejections {
@@ -239,6 +265,27 @@ pub mod reject_kind {
     pub const SLOT_EMPTY: &str = "slot-empty";
     /// A CRYPTO_OUT refused by `--key-usage-limit-action refuse`.
     pub const KEY_USAGE_LIMIT: &str = "key-usage-limit";
+    /// A hardware-wrapped key request (32..35) to an engine whose
+    /// `key_types` lacks hardware-wrapped keys (UNSUPP).
+    pub const WRAPPED_KEYS_NOT_OFFERED: &str = "wrapped-keys-not-offered";
+    /// IMPORT_KEY of a raw key that is not 32 bytes.
+    pub const WRONG_RAW_KEY_SIZE: &str = "wrong-raw-key-size";
+    /// A blob that is not one of this device's wrapped keys at all (size,
+    /// header, version).
+    pub const WRAPPED_KEY_MALFORMED: &str = "wrapped-key-malformed";
+    /// A long-term wrapped key where an ephemerally-wrapped one is needed
+    /// (DERIVE_SW_SECRET, KEYSLOT_PROGRAM), or the other way round
+    /// (PREPARE_KEY).
+    pub const WRAPPED_KEY_WRONG_KIND: &str = "wrapped-key-wrong-kind";
+    /// A long-term wrapped key of another device (another device secret,
+    /// `--key-manager-state`).
+    pub const WRAPPED_KEY_FOREIGN: &str = "wrapped-key-foreign";
+    /// An ephemerally-wrapped key of an earlier boot of the engine (before
+    /// a reset or a restart) or of another device.
+    pub const WRAPPED_KEY_STALE: &str = "wrapped-key-stale";
+    /// A wrapped key whose authentication tag does not verify: tampered
+    /// with.
+    pub const WRAPPED_KEY_UNAUTHENTIC: &str = "wrapped-key-unauthentic";
 }
 
 // --- the trace ------------------------------------------------------------------------
@@ -458,6 +505,7 @@ mod tests {
                     bytes: 1 << 30,
                     action: LimitAction::Warn,
                 }),
+                key_types: Some(vec!["raw".to_owned(), "hw-wrapped".to_owned()]),
             },
             stats: Counters {
                 keyslots: KeyslotCounters {
@@ -489,6 +537,14 @@ mod tests {
                 control_queue: ControlQueueCounters {
                     commands: 12,
                     keyslot_commands: 10,
+                },
+                key_manager: KeyManagerCounters {
+                    imported: 1,
+                    generated: 2,
+                    prepared: 3,
+                    derived: 4,
+                    programmed: 5,
+                    refused: 6,
                 },
                 rejected: Rejections {
                     total: 3,
@@ -560,6 +616,9 @@ mod tests {
         assert_eq!(value["stats"]["plain_in"]["requests"], 1);
         assert_eq!(value["stats"]["write_zeroes"], 7);
         assert_eq!(value["stats"]["control_queue"]["keyslot_commands"], 10);
+        assert_eq!(value["stats"]["key_manager"]["imported"], 1);
+        assert_eq!(value["stats"]["key_manager"]["refused"], 6);
+        assert_eq!(value["device"]["key_types"], json!(["raw", "hw-wrapped"]));
         assert_eq!(value["stats"]["rejected"]["total"], 3);
         assert_eq!(value["stats"]["rejected"]["by_kind"]["slot-empty"], 2);
         assert_eq!(value["stats"]["default_key_out"]["bytes"], 57344);

@@ -625,6 +625,71 @@ pub const KEY_BLOB_SIZE: usize = 4 + MAX_KEY_BYTES;
 /// Size of DERIVE_SW_SECRET's answer.
 pub const SW_SECRET_SIZE: usize = 32;
 
+/// `key_blob`, the payload and answer of the hardware-wrapped key
+/// requests (32..35): le32 key_size, u8 key[128]. What the key bytes are
+/// depends on the request: a raw key (IMPORT_KEY's payload) or a blob the
+/// device wrapped, which the guest treats as opaque bytes.
+///
+/// The key bytes are wiped when the value is dropped.
+#[derive(Clone, PartialEq, Eq, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+pub struct KeyBlob {
+    /// Number of meaningful key bytes.
+    pub key_size: u32,
+    /// Key bytes; only the first `key_size` are meaningful.
+    pub bytes: [u8; MAX_KEY_BYTES],
+}
+
+impl fmt::Debug for KeyBlob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the key bytes.
+        f.debug_struct("KeyBlob")
+            .field("key_size", &self.key_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyBlob {
+    /// Wire size.
+    pub const SIZE: usize = KEY_BLOB_SIZE;
+
+    /// A blob holding `key`; `None` when it is longer than
+    /// [`MAX_KEY_BYTES`].
+    pub fn new(key: &[u8]) -> Option<Self> {
+        let key_size = u32::try_from(key.len()).ok()?;
+        let mut blob = Self {
+            key_size,
+            bytes: [0; MAX_KEY_BYTES],
+        };
+        blob.bytes.get_mut(..key.len())?.copy_from_slice(key);
+        Some(blob)
+    }
+
+    /// Parses a blob.
+    pub fn parse(bytes: &[u8; Self::SIZE]) -> Self {
+        // As in `KeyDesc::parse`: the key goes straight into the result.
+        let mut blob = Self {
+            key_size: le32(bytes, 0),
+            bytes: [0; MAX_KEY_BYTES],
+        };
+        blob.bytes.copy_from_slice(&bytes[4..]);
+        blob
+    }
+
+    /// Encodes the blob. The caller should wipe the result after use.
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        out[0..4].copy_from_slice(&self.key_size.to_le_bytes());
+        out[4..].copy_from_slice(&self.bytes);
+        out
+    }
+
+    /// The meaningful key bytes, or `None` when `key_size` exceeds the
+    /// array.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.bytes.get(..usize::try_from(self.key_size).ok()?)
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Configuration space (VIRTIO 1.2 §5.2.4, plus the draft's bytes 96..104)
 // ---------------------------------------------------------------------------
@@ -854,6 +919,27 @@ mod tests {
         assert_eq!(KeyDesc::parse(&wire), desc);
         assert!(
             !format!("{desc:?}").contains("170"),
+            "Debug must not print key bytes"
+        );
+    }
+
+    #[test]
+    fn key_blob_layout_is_132_bytes_and_round_trips() {
+        let blob = KeyBlob::new(&[0xaa; 76]).expect("fits");
+        let wire = blob.encode();
+        assert_eq!(wire.len(), 132);
+        assert_eq!(&wire[0..4], &76u32.to_le_bytes());
+        assert_eq!(wire[4], 0xaa);
+        assert_eq!(wire[79], 0xaa);
+        assert_eq!(wire[80], 0);
+        assert_eq!(KeyBlob::parse(&wire), blob);
+        assert_eq!(blob.key(), Some(&[0xaa; 76][..]));
+        assert!(KeyBlob::new(&[0; 129]).is_none());
+        let mut huge = blob.clone();
+        huge.key_size = 129;
+        assert_eq!(huge.key(), None);
+        assert!(
+            !format!("{blob:?}").contains("170"),
             "Debug must not print key bytes"
         );
     }

@@ -35,7 +35,8 @@ pub struct ServeArgs {
     /// GET_ID answer (at most 20 bytes).
     #[arg(long, default_value = "icelab")]
     pub serial: String,
-    /// Engine profile: ufs (32 slots, 8 DUN bytes) or emmc (32 slots, 4 DUN bytes).
+    /// Engine profile: ufs (32 slots, 8 DUN bytes, raw and hardware-wrapped keys) or emmc
+    /// (32 slots, 4 DUN bytes, raw keys).
     #[arg(long, default_value = "ufs")]
     pub profile: String,
     /// Override the profile's number of keyslots.
@@ -47,11 +48,16 @@ pub struct ServeArgs {
     /// Override the supported data unit sizes, e.g. 512,4096.
     #[arg(long, value_delimiter = ',')]
     pub data_unit_sizes: Option<Vec<u32>>,
-    /// Override the accepted key types, e.g. raw.
+    /// Override the accepted key types: raw, wrapped or raw,wrapped (config byte 99).
     #[arg(long, value_delimiter = ',')]
     pub key_types: Option<Vec<String>>,
+    /// The key manager's state file (hardware-wrapped keys): holds the device secret
+    /// that long-term wrapped keys are sealed with; created (mode 0600) on first use,
+    /// read on later starts. Without it each process has a random secret.
+    #[arg(long, value_name = "PATH")]
+    pub key_manager_state: Option<PathBuf>,
     /// Offer no inline encryption at all (a plain virtio-blk device).
-    #[arg(long, conflicts_with_all = ["slots", "max_dun_bytes", "data_unit_sizes", "key_types"])]
+    #[arg(long, conflicts_with_all = ["slots", "max_dun_bytes", "data_unit_sizes", "key_types", "key_manager_state"])]
     pub no_inline_encryption: bool,
     /// Write counters as JSON to FILE at exit and on SIGUSR1.
     #[arg(long, value_name = "FILE")]
@@ -122,6 +128,8 @@ pub struct ServeConfig {
     pub default_key: Option<PathBuf>,
     /// Limit on what one key may encrypt.
     pub key_usage_limit: Option<KeyUsageLimit>,
+    /// The key manager's state file (read or created at start).
+    pub key_manager_state: Option<PathBuf>,
 }
 
 impl TryFrom<ServeArgs> for ServeConfig {
@@ -186,6 +194,18 @@ impl TryFrom<ServeArgs> for ServeConfig {
             caps.validate()?;
             Some(caps)
         };
+        let wrapped = capabilities.is_some_and(|caps| {
+            caps.key_types
+                .accepts(icelab_emulator::protocol::KeyType::HardwareWrapped)
+        });
+        if args.key_manager_state.is_some() && !wrapped {
+            bail!(
+                "--key-manager-state needs an engine with hardware-wrapped keys: --profile {} \
+                 offers {}; add --key-types raw,wrapped",
+                profile.name(),
+                capabilities.map_or("none".to_owned(), |caps| caps.key_types.names().join(", "))
+            );
+        }
         Ok(Self {
             image: args.image,
             socket: args.socket,
@@ -205,6 +225,7 @@ impl TryFrom<ServeArgs> for ServeConfig {
             fault,
             default_key: args.default_key,
             key_usage_limit,
+            key_manager_state: args.key_manager_state,
         })
     }
 }
@@ -260,10 +281,8 @@ fn parse_key_types(types: &[String]) -> anyhow::Result<KeyTypes> {
     for name in types {
         match name.as_str() {
             "raw" => mask |= KeyTypes::RAW.0,
-            "wrapped" | "hw-wrapped" => {
-                bail!("--key-types {name}: hardware-wrapped keys are not modelled yet; use raw")
-            }
-            other => bail!("--key-types: unknown key type {other:?}; use raw"),
+            "wrapped" | "hw-wrapped" => mask |= KeyTypes::WRAPPED.0,
+            other => bail!("--key-types: unknown key type {other:?}; use raw, wrapped or both"),
         }
     }
     Ok(KeyTypes(mask))
@@ -316,6 +335,32 @@ mod tests {
     }
 
     #[test]
+    fn key_types_choose_raw_wrapped_or_both() {
+        let types = |extra: &[&str]| config(extra).unwrap().capabilities.unwrap().key_types;
+        assert_eq!(types(&[]), KeyTypes::RAW_AND_WRAPPED, "ufs offers both");
+        assert_eq!(types(&["--profile", "emmc"]), KeyTypes::RAW);
+        assert_eq!(types(&["--key-types", "raw"]), KeyTypes::RAW);
+        assert_eq!(types(&["--key-types", "wrapped"]), KeyTypes::WRAPPED);
+        assert_eq!(
+            types(&["--profile", "emmc", "--key-types", "raw,wrapped"]),
+            KeyTypes::RAW_AND_WRAPPED
+        );
+        let state = config(&["--key-manager-state", "km.state"]).unwrap();
+        assert_eq!(state.key_manager_state, Some(PathBuf::from("km.state")));
+        for refused in [
+            &["--profile", "emmc", "--key-manager-state", "km.state"][..],
+            &["--key-types", "raw", "--key-manager-state", "km.state"],
+        ] {
+            let error = format!("{:#}", config(refused).unwrap_err());
+            assert!(
+                error.contains("--key-manager-state needs an engine with hardware-wrapped keys"),
+                "{error}"
+            );
+        }
+        assert!(config(&["--no-inline-encryption", "--key-manager-state", "km"]).is_err());
+    }
+
+    #[test]
     fn the_key_usage_limit_defaults_to_warn() {
         let warn = config(&["--key-usage-limit", "1M"]).unwrap();
         assert_eq!(
@@ -360,7 +405,7 @@ mod tests {
 
     #[test]
     fn bad_arguments_name_the_problem() {
-        let cases: [(&[&str], &str); 13] = [
+        let cases: [(&[&str], &str); 14] = [
             (&["--key-usage-limit", "0"], "--key-usage-limit: \"0\""),
             (&["--key-usage-limit", "lots"], "--key-usage-limit"),
             (
@@ -381,7 +426,8 @@ mod tests {
             (&["--slots", "0"], "at least one keyslot"),
             (&["--max-dun-bytes", "17"], "--max-dun-bytes 17"),
             (&["--data-unit-sizes", "1000"], "1000 is not a power of two"),
-            (&["--key-types", "wrapped"], "not modelled yet"),
+            (&["--key-types", "sealed"], "unknown key type \"sealed\""),
+            (&["--key-types", ""], "unknown key type"),
         ];
         for (extra, expected) in cases {
             let error = config(extra).unwrap_err();

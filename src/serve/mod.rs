@@ -7,8 +7,10 @@ pub use args::{ServeArgs, ServeConfig};
 use anyhow::Context;
 use icelab_contract::device::DefaultKeyInfo;
 use icelab_emulator::device::{BlockDevice, DeviceConfig, GuestMemory, Image};
+use icelab_emulator::engine::device_secret::Origin;
 use icelab_emulator::engine::stats::{DeviceInfo, StatsFile};
-use icelab_emulator::engine::{Engine, Trace};
+use icelab_emulator::engine::wrapped_key::KeyIdText;
+use icelab_emulator::engine::{DeviceSecret, Engine, Trace};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use std::path::Path;
 use std::sync::Arc;
@@ -45,6 +47,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         // The key passed through the frames below this one.
         icelab_emulator::engine::scrub_stack();
     }
+    engine = with_key_manager_state(engine, config.key_manager_state.as_deref())?;
+    icelab_emulator::engine::scrub_stack();
     let engine = Arc::new(engine);
     let mem = GuestMemory::new(GuestMemoryMmap::new());
     let device_config = DeviceConfig {
@@ -84,7 +88,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let mut daemon = VhostUserDaemon::new("icelab".into(), device.clone(), mem.clone())
             .map_err(|error| anyhow::anyhow!("cannot start the vhost-user daemon: {error}"))?;
         let served = serve_one(&mut daemon, &mut listener);
-        device.engine().evict_all();
+        device.engine().reset();
         match served {
             Ok(()) => tracing::info!("frontend disconnected"),
             Err(error) => tracing::warn!("connection ended: {error}"),
@@ -104,6 +108,44 @@ fn with_default_key(engine: Engine, path: &Path, block_size: u32) -> anyhow::Res
     engine
         .with_default_key(&key, block_size)
         .map_err(|error| anyhow::anyhow!("cannot hold the default key: {error}"))
+}
+
+/// `engine` with its key manager rooted in the state file at `path`
+/// (created when absent); logs where the device secret came from, never
+/// the secret (the caller scrubs the stack this used).
+#[inline(never)]
+fn with_key_manager_state(engine: Engine, path: Option<&Path>) -> anyhow::Result<Engine> {
+    let (engine, origin) = match path {
+        Some(path) => {
+            let (secret, origin) = DeviceSecret::load_or_create(path)?;
+            let engine = engine
+                .with_device_secret(&secret)
+                .map_err(|error| anyhow::anyhow!("cannot set up the key manager: {error}"))?;
+            (engine, origin)
+        }
+        None => (engine, Origin::Random),
+    };
+    if let Some(manager) = engine.key_manager() {
+        let device_id = KeyIdText(manager.device_id());
+        match (origin, path) {
+            (Origin::Created, Some(path)) => tracing::info!(
+                %device_id,
+                "key manager: new device secret written to {} (mode 0600)",
+                path.display()
+            ),
+            (Origin::Read, Some(path)) => tracing::info!(
+                %device_id,
+                "key manager: device secret read from {}",
+                path.display()
+            ),
+            _ => tracing::info!(
+                %device_id,
+                "key manager: random device secret for this process (long-term wrapped keys \
+                 die with it; --key-manager-state PATH keeps one)"
+            ),
+        }
+    }
+    Ok(engine)
 }
 
 /// Serves one frontend connection from `listener` until it ends, then stops
@@ -166,6 +208,7 @@ impl Report {
                     data_unit_size: key.data_unit_size,
                 }),
                 key_usage_limit: engine.usage_limit(),
+                key_types: caps.map(|c| c.key_types.names()),
             },
             stats: engine.counters(),
         };

@@ -131,6 +131,10 @@ impl Config {
         ];
         if self.crypto == CryptoSetup::NoEngine {
             args.push("--no-inline-encryption".into());
+        } else {
+            // The model knows raw keys only: hardware-wrapped key requests
+            // (random blobs, random answers) are tests/wrapped_keys.rs's.
+            args.extend(["--key-types".into(), "raw".into()]);
         }
         if let Some(slots) = self.slots {
             args.extend(["--slots".into(), slots.to_string()]);

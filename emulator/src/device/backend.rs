@@ -287,9 +287,10 @@ impl VhostUserBackend for BlockDevice {
         // SET_FEATURES starts every (re)initialisation of the device by the
         // frontend: QEMU sends it each time the guest driver starts the
         // device, after a guest reset or reboot too. Like a hardware reset,
-        // it empties every keyslot: keys never outlive the driver that
-        // programmed them.
-        self.engine.evict_all();
+        // it empties every keyslot and renews the key manager's ephemeral
+        // wrapping key: keys, and ephemerally-wrapped keys, never outlive
+        // the driver that programmed or prepared them.
+        self.engine.reset();
         let crypto = crypto_negotiated(features);
         self.crypto_negotiated.store(crypto, Ordering::Release);
         tracing::info!(
@@ -312,7 +313,7 @@ impl VhostUserBackend for BlockDevice {
     }
 
     fn reset_device(&self) {
-        self.engine.evict_all();
+        self.engine.reset();
     }
 
     fn set_event_idx(&self, enabled: bool) {

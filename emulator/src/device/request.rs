@@ -15,8 +15,8 @@ use crate::engine::Engine;
 use crate::engine::trace::{GetIdEvent, RejectEvent, RejectStatus, TraceEvent};
 use crate::engine::xts::Direction;
 use crate::protocol::{
-    CryptoMsg, DEVICE_ID_BYTES, DiscardSegment, KeyDesc, OutHeader, QueueRole, RequestType,
-    SECTOR_SIZE, Status,
+    CryptoMsg, DEVICE_ID_BYTES, DiscardSegment, KeyBlob, KeyDesc, OutHeader, QueueRole,
+    RequestType, SECTOR_SIZE, SW_SECRET_SIZE, Status,
 };
 use std::sync::atomic::Ordering::Relaxed;
 use vm_memory::{Bytes, GuestMemory};
@@ -336,11 +336,35 @@ fn execute<M: GuestMemory>(
             }
             Ok(0)
         }
-        RequestType::DeriveSwSecret
-        | RequestType::GenerateKey
-        | RequestType::ImportKey
-        | RequestType::PrepareKey
-        | RequestType::Unsupported(_) => Err(RequestError::Unsupported(request)),
+        RequestType::DeriveSwSecret => {
+            // A capability the engine lacks is UNSUPP whatever the payload.
+            ctx.engine.check_wrapped_keys_offered()?;
+            let blob = read_key_blob(mem, &mut reader, request)?;
+            answer_fits(request, answer_room, SW_SECRET_SIZE)?;
+            let secret = ctx.engine.derive_sw_secret(&blob)?;
+            answer(mem, segments, request, answer_room, &secret[..])?;
+            Ok(SW_SECRET_SIZE as u32)
+        }
+        RequestType::GenerateKey | RequestType::ImportKey | RequestType::PrepareKey => {
+            ctx.engine.check_wrapped_keys_offered()?;
+            let payload = match request {
+                RequestType::GenerateKey => {
+                    no_payload(&reader, request)?;
+                    None
+                }
+                _ => Some(read_key_blob(mem, &mut reader, request)?),
+            };
+            answer_fits(request, answer_room, KeyBlob::SIZE)?;
+            let blob = match (request, &payload) {
+                (RequestType::ImportKey, Some(raw)) => ctx.engine.import_key(raw)?,
+                (RequestType::PrepareKey, Some(long_term)) => ctx.engine.prepare_key(long_term)?,
+                _ => ctx.engine.generate_key()?,
+            };
+            let bytes = Zeroizing::new(blob.encode());
+            answer(mem, segments, request, answer_room, &bytes[..])?;
+            Ok(KeyBlob::SIZE as u32)
+        }
+        RequestType::Unsupported(_) => Err(RequestError::Unsupported(request)),
     }
 }
 
@@ -427,6 +451,53 @@ fn read_key_desc<M: GuestMemory>(
         .read(mem, &mut bytes[..])
         .map_err(RequestError::Memory)?;
     Ok(KeyDesc::parse(&bytes))
+}
+
+/// The `key_blob` payload of requests 32, 34 and 35: exactly
+/// [`KeyBlob::SIZE`] bytes, read into memory that is wiped after use.
+fn read_key_blob<M: GuestMemory>(
+    mem: &M,
+    reader: &mut Cursor<'_>,
+    request: RequestType,
+) -> Result<KeyBlob, RequestError> {
+    if reader.remaining() != KeyBlob::SIZE as u64 {
+        return Err(RequestError::PayloadSize {
+            request,
+            what: "key_blob",
+            got: reader.remaining(),
+            want: KeyBlob::SIZE as u64,
+        });
+    }
+    let mut bytes = Zeroizing::new([0u8; KeyBlob::SIZE]);
+    reader
+        .read(mem, &mut bytes[..])
+        .map_err(RequestError::Memory)?;
+    Ok(KeyBlob::parse(&bytes))
+}
+
+/// A request that takes no payload after its header (GENERATE_KEY).
+fn no_payload(reader: &Cursor<'_>, request: RequestType) -> Result<(), RequestError> {
+    match reader.remaining() {
+        0 => Ok(()),
+        got => Err(RequestError::PayloadSize {
+            request,
+            what: "payload",
+            got,
+            want: 0,
+        }),
+    }
+}
+
+/// Checks, before the work is done, that the answer will fit.
+fn answer_fits(request: RequestType, room: u64, len: usize) -> Result<(), RequestError> {
+    if room < len as u64 {
+        return Err(RequestError::ShortAnswer {
+            request,
+            got: room,
+            want: len as u64,
+        });
+    }
+    Ok(())
 }
 
 fn answer<M: GuestMemory>(

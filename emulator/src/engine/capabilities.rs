@@ -7,10 +7,12 @@ use std::fmt;
 /// The named engine profiles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProfileName {
-    /// UFSHCI standard crypto: 32 keyslots, 8 DUN bytes, AES-256-XTS with
-    /// data units 512..4096, raw keys.
+    /// UFSHCI crypto: 32 keyslots, 8 DUN bytes, AES-256-XTS with data
+    /// units 512..4096, raw and hardware-wrapped keys (a UFS controller
+    /// with a key manager, as Qualcomm's ICE with its Hardware Key
+    /// Manager).
     Ufs,
-    /// eMMC CQHCI crypto: like `ufs` but 4 DUN bytes (32-bit DUNs).
+    /// eMMC CQHCI crypto: 4 DUN bytes (32-bit DUNs), raw keys only.
     Emmc,
 }
 
@@ -37,12 +39,13 @@ impl ProfileName {
             slots: 32,
             max_dun_bytes: 8,
             data_unit_sizes: DataUnitSizes::range(512, 4096),
-            key_types: KeyTypes::RAW,
+            key_types: KeyTypes::RAW_AND_WRAPPED,
         };
         match self {
             Self::Ufs => ufs,
             Self::Emmc => Capabilities {
                 max_dun_bytes: 4,
+                key_types: KeyTypes::RAW,
                 ..ufs
             },
         }
@@ -97,10 +100,27 @@ pub struct KeyTypes(pub u8);
 impl KeyTypes {
     /// Raw keys only.
     pub const RAW: Self = Self(KeyType::Raw.config_bit());
+    /// Hardware-wrapped keys only.
+    pub const WRAPPED: Self = Self(KeyType::HardwareWrapped.config_bit());
+    /// Raw and hardware-wrapped keys.
+    pub const RAW_AND_WRAPPED: Self = Self(Self::RAW.0 | Self::WRAPPED.0);
 
     /// True when `key_type` is accepted.
     pub const fn accepts(self, key_type: KeyType) -> bool {
         self.0 & key_type.config_bit() != 0
+    }
+
+    /// The accepted types by name (`raw`, `hw-wrapped`), as the stats
+    /// file shows them.
+    pub fn names(self) -> Vec<String> {
+        [
+            (KeyType::Raw, "raw"),
+            (KeyType::HardwareWrapped, "hw-wrapped"),
+        ]
+        .into_iter()
+        .filter(|(key_type, _)| self.accepts(*key_type))
+        .map(|(_, name)| name.to_owned())
+        .collect()
     }
 }
 
@@ -131,7 +151,7 @@ pub enum CapabilityError {
     #[error("--data-unit-sizes must list powers of two from 512 to 65536 (got mask {0:#x})")]
     DataUnitSizes(u32),
     /// No key type, or an unknown one.
-    #[error("--key-types must name at least one supported key type (raw)")]
+    #[error("--key-types must name at least one supported key type (raw, wrapped)")]
     KeyTypes,
 }
 
@@ -150,8 +170,8 @@ impl Capabilities {
         if mask == 0 || mask & !allowed != 0 {
             return Err(CapabilityError::DataUnitSizes(mask));
         }
-        // Hardware-wrapped keys are modelled by a later profile.
-        if self.key_types != KeyTypes::RAW {
+        let known = KeyTypes::RAW_AND_WRAPPED.0;
+        if self.key_types.0 == 0 || self.key_types.0 & !known != 0 {
             return Err(CapabilityError::KeyTypes);
         }
         Ok(())
@@ -188,7 +208,12 @@ mod tests {
             [512, 1024, 2048, 4096]
         );
         assert_eq!(ufs.modes(), [0, 0x1e00]);
-        assert_eq!(ProfileName::Emmc.capabilities().max_dun_bytes, 4);
+        assert_eq!(ufs.key_types, KeyTypes(0b11), "raw and hardware-wrapped");
+        assert_eq!(ufs.key_types.names(), ["raw", "hw-wrapped"]);
+        let emmc = ProfileName::Emmc.capabilities();
+        assert_eq!(emmc.max_dun_bytes, 4);
+        assert_eq!(emmc.key_types, KeyTypes::RAW);
+        assert!(emmc.validate().is_ok());
         assert_eq!(ProfileName::from_name("emmc"), Some(ProfileName::Emmc));
         assert_eq!(ProfileName::from_name("nvme"), None);
         assert!(ufs.validate().is_ok());
@@ -233,13 +258,23 @@ mod tests {
             .validate()
             .is_err()
         );
-        assert!(
-            Capabilities {
-                key_types: KeyTypes(2),
+        for bad in [0, 4, 0b111] {
+            assert_eq!(
+                Capabilities {
+                    key_types: KeyTypes(bad),
+                    ..ufs
+                }
+                .validate(),
+                Err(CapabilityError::KeyTypes)
+            );
+        }
+        for good in [KeyTypes::RAW, KeyTypes::WRAPPED, KeyTypes::RAW_AND_WRAPPED] {
+            let caps = Capabilities {
+                key_types: good,
                 ..ufs
-            }
-            .validate()
-            .is_err()
-        );
+            };
+            assert!(caps.validate().is_ok());
+            assert_eq!(caps.to_wire().key_types, good.0);
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Why the engine refuses a keyslot operation or a crypto request.
 
 use super::fingerprint::Fingerprint;
+use super::key_manager::KeyManagerError;
 use crate::protocol::Status;
 
 /// A refusal by the engine. Every variant but `KeyMemory` is the guest's
@@ -97,6 +98,10 @@ pub enum EngineError {
         /// The limit.
         limit: u64,
     },
+    /// The key manager refused a raw key or a wrapped blob (hardware-wrapped
+    /// keys: requests 32..35, KEYSLOT_PROGRAM with key type 2).
+    #[error(transparent)]
+    KeyManager(#[from] KeyManagerError),
     /// The device could not map locked memory for a key schedule (the one
     /// refusal that is not the guest's doing: the host is out of memory).
     #[error("the device could not map memory for the key schedule (errno {errno})")]
@@ -111,6 +116,7 @@ impl EngineError {
     /// IOERR for a malformed or inconsistent request.
     pub const fn status(&self) -> Status {
         match self {
+            Self::KeyManager(error) => error.status(),
             Self::NoInlineEncryption
             | Self::UnsupportedMode(_)
             | Self::UnsupportedKeyType(_)
@@ -131,6 +137,7 @@ impl EngineError {
     /// A stable short name for stats and traces.
     pub const fn kind(&self) -> &'static str {
         match self {
+            Self::KeyManager(error) => error.kind(),
             Self::NoInlineEncryption => "no-inline-encryption",
             Self::SlotOutOfRange { .. } => "slot-out-of-range",
             Self::SlotEmpty { .. } => icelab_contract::device::reject_kind::SLOT_EMPTY,

@@ -14,19 +14,31 @@
 //! callee and then scrubs the stack that callee used, which is where the
 //! `aes` backends, key expansion, the fingerprint HMAC and the device's
 //! copy of the key descriptor leave their temporaries.
+//!
+//! An engine whose `key_types` include hardware-wrapped keys has a key
+//! manager ([`super::key_manager`]): requests 32..35 go to it, and a
+//! KEYSLOT_PROGRAM of key type 2 unwraps its ephemerally-wrapped key and
+//! programs the derived inline encryption key, to which the fault, the
+//! usage ledger and the fingerprint apply as to a raw key. A reset
+//! ([`Engine::reset`]) empties the keyslots and renews the ephemeral
+//! wrapping key.
 
 use super::capabilities::Capabilities;
+use super::device_secret::DeviceSecret;
 use super::error::EngineError;
 use super::fault::Fault;
 use super::fingerprint::{Fingerprint, Fingerprinter};
+use super::hw_kdf::SW_SECRET_SIZE;
+use super::key_manager::{KeyManager, KeyManagerError};
 use super::secure::{SecureBox, scrub_stack};
 use super::stats::Stats;
 use super::trace::{
     EvictCause, EvictEvent, KeyMode, KeyUsageLimitEvent, ProgramEvent, Trace, TraceEvent,
 };
 use super::usage::{Charge, KeyUsage, Ledger};
+use super::wrapped_key::{KeyIdText, OpenError};
 use super::xts::{Direction, XtsKey};
-use crate::protocol::{CryptoMode, CryptoMsg, Dun, KeyDesc, KeyType};
+use crate::protocol::{CryptoMode, CryptoMsg, Dun, KeyBlob, KeyDesc, KeyType};
 use icelab_contract::device::{KeyUsageLimit, LimitAction};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
@@ -143,13 +155,22 @@ pub struct Engine {
     ledger: Ledger,
     usage_limit: Option<KeyUsageLimit>,
     default_key: Option<Arc<ProgrammedKey>>,
+    /// With hardware-wrapped keys in `key_types`; `None` also when key
+    /// memory could not be mapped (its requests then get `key-memory`).
+    key_manager: Option<KeyManager>,
 }
 
 impl Engine {
     /// An engine with `capabilities` (`None`: the device offers no inline
-    /// encryption), all keyslots empty.
+    /// encryption), all keyslots empty. When they include hardware-wrapped
+    /// keys, its key manager has a random device secret (see
+    /// [`Engine::with_device_secret`]).
     pub fn new(capabilities: Option<Capabilities>, trace: Option<Trace>) -> Self {
         let slots = capabilities.map_or(0, |caps| caps.slots);
+        let wrapped =
+            capabilities.is_some_and(|caps| caps.key_types.accepts(KeyType::HardwareWrapped));
+        let key_manager = wrapped.then(Self::random_key_manager).flatten();
+        scrub_stack();
         Self {
             capabilities,
             slots: (0..slots).map(|_| RwLock::new(None)).collect(),
@@ -160,7 +181,35 @@ impl Engine {
             ledger: Ledger::default(),
             usage_limit: None,
             default_key: None,
+            key_manager,
         }
+    }
+
+    #[inline(never)]
+    fn random_key_manager() -> Option<KeyManager> {
+        let manager = DeviceSecret::random().and_then(|secret| KeyManager::new(&secret));
+        manager
+            .map_err(|error| tracing::error!("cannot set up the key manager: {error}"))
+            .ok()
+    }
+
+    /// The same engine with its key manager rooted in `secret` (the device
+    /// secret of `--key-manager-state`). Does nothing to an engine without
+    /// hardware-wrapped keys.
+    pub fn with_device_secret(mut self, secret: &DeviceSecret) -> Result<Self, EngineError> {
+        if self.key_manager.is_some() {
+            let manager = KeyManager::new(secret);
+            scrub_stack();
+            self.key_manager = Some(manager.map_err(|error| EngineError::KeyMemory {
+                errno: error.raw_os_error().unwrap_or(0),
+            })?);
+        }
+        Ok(self)
+    }
+
+    /// The key manager, if the engine accepts hardware-wrapped keys.
+    pub fn key_manager(&self) -> Option<&KeyManager> {
+        self.key_manager.as_ref()
     }
 
     /// The same engine with a limit on the bytes one key may encrypt.
@@ -334,17 +383,21 @@ impl Engine {
         let slot = self.slot(desc.slot)?;
         let mode = CryptoMode::from_wire(desc.crypto_mode)
             .ok_or(EngineError::UnsupportedMode(desc.crypto_mode))?;
-        match KeyType::from_wire(desc.key_type) {
-            Some(key_type) if caps.key_types.accepts(key_type) => {}
+        let key_type = match KeyType::from_wire(desc.key_type) {
+            Some(key_type) if caps.key_types.accepts(key_type) => key_type,
             _ => return Err(EngineError::UnsupportedKeyType(desc.key_type)),
-        }
-        let raw = desc
-            .key()
-            .filter(|key| key.len() == mode.raw_key_size())
-            .ok_or(EngineError::WrongKeySize {
-                got: desc.key_size,
-                want: mode.raw_key_size(),
-            })?;
+        };
+        let key = match key_type {
+            KeyType::Raw => desc
+                .key()
+                .filter(|key| key.len() == mode.raw_key_size())
+                .ok_or(EngineError::WrongKeySize {
+                    got: desc.key_size,
+                    want: mode.raw_key_size(),
+                })?,
+            // The blob's size is the key manager's to check, below.
+            KeyType::HardwareWrapped => desc.key().unwrap_or_default(),
+        };
         if !caps.data_unit_sizes.contains_bits(desc.data_unit_size_bits) {
             return Err(EngineError::UnsupportedDataUnitSize(
                 desc.data_unit_size_bits,
@@ -360,11 +413,24 @@ impl Engine {
             });
         }
 
+        let inline_key;
+        let raw = match key_type {
+            KeyType::Raw => key,
+            KeyType::HardwareWrapped => {
+                let manager = self.key_manager_for_request()?;
+                let blob = blob_bytes(desc.key_size, desc.key());
+                inline_key = self.refusal_counted(blob.and_then(|b| manager.inline_key(b)))?;
+                &inline_key[..]
+            }
+        };
         let key = self.new_key(raw, 1 << desc.data_unit_size_bits, desc.dun_bytes, false)?;
+        if key_type == KeyType::HardwareWrapped {
+            self.stats.key_manager.programmed.fetch_add(1, Relaxed);
+        }
         let fingerprint = key.fingerprint;
         let replaced = write(slot).replace(key);
         self.stats.slots_programmed.fetch_add(1, Relaxed);
-        tracing::debug!(slot = desc.slot, %fingerprint, queue, "keyslot programmed");
+        tracing::debug!(slot = desc.slot, %fingerprint, queue, ?key_type, "keyslot programmed");
         if let Some(trace) = &self.trace {
             trace.event(TraceEvent::Program(ProgramEvent {
                 slot: desc.slot,
@@ -417,6 +483,131 @@ impl Engine {
                 self.trace_evict(index as u32, Some(key.fingerprint), None, EvictCause::Reset);
             }
         }
+    }
+
+    /// A device reset (vhost-user RESET_DEVICE, SET_FEATURES, a new
+    /// connection): every keyslot is emptied and the key manager's
+    /// ephemeral wrapping key renewed, so the ephemerally-wrapped keys of
+    /// the previous boot are refused from now on.
+    pub fn reset(&self) {
+        self.evict_all();
+        if let Some(manager) = &self.key_manager {
+            match manager.renew_ephemeral_key() {
+                Ok(()) => tracing::debug!(
+                    boot_id = %KeyIdText(manager.boot_id()),
+                    "ephemeral wrapping key renewed"
+                ),
+                Err(error) => tracing::error!(
+                    "cannot renew the ephemeral wrapping key ({error}); the previous one stays"
+                ),
+            }
+            scrub_stack();
+        }
+    }
+
+    /// IMPORT_KEY: the raw hardware key in `raw` wrapped long-term.
+    pub fn import_key(&self, raw: &KeyBlob) -> Result<KeyBlob, EngineError> {
+        let result = self.import_key_unscrubbed(raw);
+        scrub_stack();
+        result
+    }
+
+    #[inline(never)]
+    fn import_key_unscrubbed(&self, raw: &KeyBlob) -> Result<KeyBlob, EngineError> {
+        let manager = self.key_manager_for_request()?;
+        let key = raw
+            .key()
+            .ok_or(KeyManagerError::RawKeySize { got: raw.key_size });
+        let (blob, hw_key) = self.refusal_counted(key.and_then(|key| manager.import(key)))?;
+        self.stats.key_manager.imported.fetch_add(1, Relaxed);
+        let fingerprint = self.fingerprinter.fingerprint(&hw_key[..]);
+        tracing::debug!(%fingerprint, "hardware key imported (long-term wrapped)");
+        Ok(answer_blob(&blob))
+    }
+
+    /// GENERATE_KEY: a random hardware key wrapped long-term.
+    pub fn generate_key(&self) -> Result<KeyBlob, EngineError> {
+        let result = self.generate_key_unscrubbed();
+        scrub_stack();
+        result
+    }
+
+    #[inline(never)]
+    fn generate_key_unscrubbed(&self) -> Result<KeyBlob, EngineError> {
+        let manager = self.key_manager_for_request()?;
+        let (blob, hw_key) = manager.generate();
+        self.stats.key_manager.generated.fetch_add(1, Relaxed);
+        let fingerprint = self.fingerprinter.fingerprint(&hw_key[..]);
+        tracing::debug!(%fingerprint, "hardware key generated (long-term wrapped)");
+        Ok(answer_blob(&blob))
+    }
+
+    /// PREPARE_KEY: a long-term wrapped key wrapped again, ephemerally.
+    pub fn prepare_key(&self, long_term: &KeyBlob) -> Result<KeyBlob, EngineError> {
+        let result = self.prepare_key_unscrubbed(long_term);
+        scrub_stack();
+        result
+    }
+
+    #[inline(never)]
+    fn prepare_key_unscrubbed(&self, long_term: &KeyBlob) -> Result<KeyBlob, EngineError> {
+        let manager = self.key_manager_for_request()?;
+        let blob = blob_bytes(long_term.key_size, long_term.key());
+        let (blob, hw_key) = self.refusal_counted(blob.and_then(|b| manager.prepare(b)))?;
+        self.stats.key_manager.prepared.fetch_add(1, Relaxed);
+        let fingerprint = self.fingerprinter.fingerprint(&hw_key[..]);
+        tracing::debug!(%fingerprint, "hardware key prepared (ephemerally wrapped)");
+        Ok(answer_blob(&blob))
+    }
+
+    /// DERIVE_SW_SECRET: the software secret of an ephemerally-wrapped
+    /// key.
+    pub fn derive_sw_secret(
+        &self,
+        ephemeral: &KeyBlob,
+    ) -> Result<Zeroizing<[u8; SW_SECRET_SIZE]>, EngineError> {
+        let result = self.derive_sw_secret_unscrubbed(ephemeral);
+        scrub_stack();
+        result
+    }
+
+    #[inline(never)]
+    fn derive_sw_secret_unscrubbed(
+        &self,
+        ephemeral: &KeyBlob,
+    ) -> Result<Zeroizing<[u8; SW_SECRET_SIZE]>, EngineError> {
+        let manager = self.key_manager_for_request()?;
+        let blob = blob_bytes(ephemeral.key_size, ephemeral.key());
+        let secret = self.refusal_counted(blob.and_then(|b| manager.derive_sw_secret(b)))?;
+        self.stats.key_manager.derived.fetch_add(1, Relaxed);
+        Ok(secret)
+    }
+
+    /// Why a hardware-wrapped key request (32..35) cannot be served at
+    /// all, whatever its payload: no engine, or no hardware-wrapped keys
+    /// in `key_types` (UNSUPP).
+    pub fn check_wrapped_keys_offered(&self) -> Result<(), EngineError> {
+        self.key_manager_for_request().map(|_| ())
+    }
+
+    /// The key manager, or why a hardware-wrapped key request cannot be
+    /// served.
+    fn key_manager_for_request(&self) -> Result<&KeyManager, EngineError> {
+        let caps = self.capabilities.ok_or(EngineError::NoInlineEncryption)?;
+        if !caps.key_types.accepts(KeyType::HardwareWrapped) {
+            return Err(KeyManagerError::NotOffered.into());
+        }
+        self.key_manager.as_ref().ok_or(EngineError::KeyMemory {
+            errno: libc::ENOMEM,
+        })
+    }
+
+    /// `result`, counting a refusal by the key manager.
+    fn refusal_counted<T>(&self, result: Result<T, KeyManagerError>) -> Result<T, EngineError> {
+        result.map_err(|error| {
+            self.stats.key_manager.refused.fetch_add(1, Relaxed);
+            error.into()
+        })
     }
 
     /// The checks of a CRYPTO_IN/OUT request covering `len` bytes from
@@ -483,6 +674,17 @@ impl Engine {
     }
 }
 
+/// The bytes of a blob whose `key_size` is `key_size` (`key`: `None` when
+/// it exceeds the key_blob).
+fn blob_bytes(key_size: u32, key: Option<&[u8]>) -> Result<&[u8], KeyManagerError> {
+    key.ok_or(KeyManagerError::Blob(OpenError::Size { got: key_size }))
+}
+
+/// A wrapped key as the answer's key_blob.
+fn answer_blob(blob: &[u8]) -> KeyBlob {
+    KeyBlob::new(blob).expect("a wrapped key fits a key_blob")
+}
+
 /// Poisoning cannot leave a slot half-written (it holds an `Option<Arc>`),
 /// so a poisoned lock is used as is.
 fn read(slot: &Slot) -> std::sync::RwLockReadGuard<'_, Option<Arc<ProgrammedKey>>> {
@@ -530,7 +732,7 @@ mod tests {
             ),
             (|d| d.crypto_mode = 0, EngineError::UnsupportedMode(0)),
             (|d| d.crypto_mode = 2, EngineError::UnsupportedMode(2)),
-            (|d| d.key_type = 2, EngineError::UnsupportedKeyType(2)),
+            (|d| d.key_type = 3, EngineError::UnsupportedKeyType(3)),
             (
                 |d| d.key_size = 32,
                 EngineError::WrongKeySize { got: 32, want: 64 },
@@ -731,6 +933,140 @@ mod tests {
                 depth * 2 <= STACK_SCRUB_BYTES,
                 "{path} uses {depth} bytes of stack"
             );
+        }
+    }
+
+    /// A KEYSLOT_PROGRAM of an ephemerally-wrapped key programs the
+    /// KDF's inline encryption key (faults apply to it), and a reset makes
+    /// the blob stale.
+    #[test]
+    fn a_wrapped_key_programs_its_inline_key_until_a_reset() {
+        use crate::engine::hw_kdf;
+        use crate::engine::key_manager::KeyManagerError;
+        use crate::engine::wrapped_key::{Kind, OpenError};
+        use icelab_contract::device::reject_kind;
+        let raw: [u8; 32] = core::array::from_fn(|i| i as u8 ^ 0x3c);
+        let wrapped_desc = |engine: &Engine| {
+            let long_term = engine
+                .import_key(&KeyBlob::new(&raw).unwrap())
+                .expect("import");
+            let ephemeral = engine.prepare_key(&long_term).expect("prepare");
+            let mut desc = KeyDesc::raw_aes_256_xts(0, &[0; 64], 4096, 8);
+            desc.key_type = KeyType::HardwareWrapped.to_wire();
+            desc.key_size = ephemeral.key_size;
+            desc.bytes = ephemeral.bytes;
+            (desc, long_term, ephemeral)
+        };
+        let inline = hw_kdf::inline_encryption_key(&raw);
+        let plain = vec![0x42u8; 4096];
+        let encrypt = |fault| {
+            let engine = ufs().with_fault(fault);
+            let (desc, _, _) = wrapped_desc(&engine);
+            engine.program(&desc, 0).expect("program a wrapped key");
+            let key = engine.key_for(&msg(0, 9), 0, 4096).unwrap();
+            let mut data = plain.clone();
+            key.crypt(Direction::Encrypt, &mut data, &Dun::from_u64(9));
+            data
+        };
+        let reference = |key: &[u8; 64], dun| {
+            let mut data = plain.clone();
+            XtsKey::new(key).crypt(Direction::Encrypt, &mut data, 4096, dun);
+            data
+        };
+        assert_eq!(encrypt(None), reference(&inline, 9));
+        assert_eq!(encrypt(Some(Fault::DunOffByOne)), reference(&inline, 10));
+        let mut swapped = *inline;
+        swapped.rotate_left(32);
+        assert_eq!(encrypt(Some(Fault::SwapKeyHalves)), reference(&swapped, 9));
+        assert_eq!(encrypt(Some(Fault::Plaintext)), plain);
+
+        let engine = ufs();
+        let (desc, long_term, ephemeral) = wrapped_desc(&engine);
+        assert_eq!(
+            engine.derive_sw_secret(&ephemeral).expect("derive"),
+            hw_kdf::software_secret(&raw)
+        );
+        let mut long_term_desc = desc.clone();
+        long_term_desc.bytes = long_term.bytes;
+        let refused = engine.program(&long_term_desc, 0).unwrap_err();
+        assert_eq!(refused.kind(), reject_kind::WRAPPED_KEY_WRONG_KIND);
+        assert_eq!(
+            refused,
+            EngineError::KeyManager(KeyManagerError::Blob(OpenError::WrongKind {
+                wanted: Kind::Ephemeral,
+                got: Kind::LongTerm
+            }))
+        );
+        engine.program(&desc, 0).expect("program");
+        engine.reset();
+        assert!(matches!(
+            engine.key_for(&msg(0, 0), 0, 4096),
+            Err(EngineError::SlotEmpty { .. })
+        ));
+        let stale = engine.program(&desc, 0).unwrap_err();
+        assert_eq!(stale.kind(), reject_kind::WRAPPED_KEY_STALE);
+        assert_eq!(stale.status(), crate::protocol::Status::IoErr);
+        assert_eq!(
+            engine.derive_sw_secret(&ephemeral).unwrap_err().kind(),
+            reject_kind::WRAPPED_KEY_STALE
+        );
+        // The long-term blob prepares again after the reset.
+        let fresh = engine.prepare_key(&long_term).expect("prepare again");
+        assert_ne!(fresh, ephemeral);
+        let counters = engine.counters().key_manager;
+        assert_eq!(
+            (counters.imported, counters.prepared, counters.derived),
+            (1, 2, 1)
+        );
+        assert_eq!((counters.programmed, counters.refused), (1, 3));
+
+        let raw_only = Engine::new(Some(ProfileName::Emmc.capabilities()), None);
+        assert_eq!(
+            raw_only.generate_key().unwrap_err(),
+            EngineError::KeyManager(KeyManagerError::NotOffered)
+        );
+        assert_eq!(
+            raw_only.program(&desc, 0),
+            Err(EngineError::UnsupportedKeyType(2))
+        );
+    }
+
+    /// The key manager's paths leave neither the hardware key nor the
+    /// inline encryption key on the stack.
+    #[test]
+    fn wrapped_key_paths_leave_no_key_on_the_stack() {
+        use crate::engine::hw_kdf;
+        use crate::engine::secure::tests::left_on_stack;
+        let raw: [u8; 32] = core::array::from_fn(|i| (i as u8).wrapping_mul(29) ^ 0x96);
+        let inline = hw_kdf::inline_encryption_key(&raw);
+        let mut needles: Vec<&[u8]> = raw.chunks_exact(16).collect();
+        needles.extend(inline.chunks_exact(16));
+        let engine = ufs();
+        let raw_blob = KeyBlob::new(&raw).unwrap();
+        let long_term = engine.import_key(&raw_blob).unwrap();
+        let ephemeral = engine.prepare_key(&long_term).unwrap();
+        let mut desc = KeyDesc::raw_aes_256_xts(0, &[0; 64], 4096, 8);
+        desc.key_type = KeyType::HardwareWrapped.to_wire();
+        desc.key_size = ephemeral.key_size;
+        desc.bytes = ephemeral.bytes;
+        type Run<'a> = Box<dyn FnMut() + 'a>;
+        let mut runs: Vec<(&str, Run<'_>)> = vec![
+            ("import", Box::new(|| drop(engine.import_key(&raw_blob)))),
+            ("prepare", Box::new(|| drop(engine.prepare_key(&long_term)))),
+            (
+                "derive",
+                Box::new(|| drop(engine.derive_sw_secret(&ephemeral))),
+            ),
+            (
+                "program",
+                Box::new(|| {
+                    engine.program(&desc, 0).expect("program");
+                }),
+            ),
+            ("generate", Box::new(|| drop(engine.generate_key()))),
+        ];
+        for (name, run) in &mut runs {
+            assert_eq!(left_on_stack(run.as_mut(), &needles), 0, "{name}");
         }
     }
 

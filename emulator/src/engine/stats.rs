@@ -5,7 +5,9 @@
 //! Hot counters are relaxed atomics; rejections, which only a misbehaving
 //! guest causes, go through a mutex-protected map keyed by a stable kind.
 
-use icelab_contract::device::{ControlQueueCounters, KeyslotCounters, Rejections};
+use icelab_contract::device::{
+    ControlQueueCounters, KeyManagerCounters, KeyslotCounters, Rejections,
+};
 pub use icelab_contract::device::{Counters, DeviceInfo, StatsFile};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -39,6 +41,36 @@ impl Traffic {
         icelab_contract::device::Traffic {
             requests: self.requests(),
             bytes: self.bytes(),
+        }
+    }
+}
+
+/// What the key manager did (hardware-wrapped keys).
+#[derive(Default, Debug)]
+pub struct KeyManagerStats {
+    /// IMPORT_KEY requests served.
+    pub imported: AtomicU64,
+    /// GENERATE_KEY requests served.
+    pub generated: AtomicU64,
+    /// PREPARE_KEY requests served.
+    pub prepared: AtomicU64,
+    /// DERIVE_SW_SECRET requests served.
+    pub derived: AtomicU64,
+    /// Keyslots programmed with a hardware-wrapped key.
+    pub programmed: AtomicU64,
+    /// Raw keys and blobs the key manager refused.
+    pub refused: AtomicU64,
+}
+
+impl KeyManagerStats {
+    fn snapshot(&self) -> KeyManagerCounters {
+        KeyManagerCounters {
+            imported: self.imported.load(Relaxed),
+            generated: self.generated.load(Relaxed),
+            prepared: self.prepared.load(Relaxed),
+            derived: self.derived.load(Relaxed),
+            programmed: self.programmed.load(Relaxed),
+            refused: self.refused.load(Relaxed),
         }
     }
 }
@@ -78,6 +110,8 @@ pub struct Stats {
     pub control_commands: AtomicU64,
     /// KEYSLOT_PROGRAM and KEYSLOT_EVICT requests among them.
     pub control_keyslot_commands: AtomicU64,
+    /// The key manager's operations.
+    pub key_manager: KeyManagerStats,
     per_slot_uses: Box<[AtomicU64]>,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -101,6 +135,7 @@ impl Stats {
             queries: AtomicU64::new(0),
             control_commands: AtomicU64::new(0),
             control_keyslot_commands: AtomicU64::new(0),
+            key_manager: KeyManagerStats::default(),
             per_slot_uses: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             rejected: Mutex::new(BTreeMap::new()),
         }
@@ -160,6 +195,7 @@ impl Stats {
                 commands: self.control_commands.load(Relaxed),
                 keyslot_commands: self.control_keyslot_commands.load(Relaxed),
             },
+            key_manager: self.key_manager.snapshot(),
             rejected: Rejections {
                 total: rejected.values().sum(),
                 by_kind: rejected
@@ -188,6 +224,7 @@ mod tests {
         stats.count_slot_use(2);
         stats.count_slot_use(9);
         stats.control_keyslot_commands.fetch_add(4, Relaxed);
+        stats.key_manager.prepared.fetch_add(2, Relaxed);
         stats.count_rejection("slot-empty");
         stats.count_rejection("slot-empty");
         stats.count_rejection("misaligned");
@@ -206,6 +243,7 @@ mod tests {
         );
         assert_eq!(counters.crypto_in.bytes, 8192);
         assert_eq!(counters.control_queue.keyslot_commands, 4);
+        assert_eq!(counters.key_manager.prepared, 2);
         assert_eq!(counters.rejected.total, 3);
         assert_eq!(counters.rejected.of_kind(reject_kind::SLOT_EMPTY), 2);
         assert_eq!(stats.rejections(), 3);

@@ -4,8 +4,8 @@
 //!
 //! Each row of [`rows`] is one request: a name; where it is offered (`On`:
 //! the request or control queue of a full device, or of a read-only device,
-//! a device without an engine, or one whose driver did not negotiate inline
-//! encryption); a builder that writes the request's buffers and its
+//! a device without an engine, one whose engine takes raw keys only, or one
+//! whose driver did not negotiate inline encryption); a builder that writes the request's buffers and its
 //! descriptor chain (direct, indirect, looped, ...) into a
 //! `GuestMemoryMmap`; the status the device must write (OK, IOERR, UNSUPP,
 //! or NONE when the chain has no device-writable byte); and the used length
@@ -30,11 +30,11 @@ use crate::device::backend::{BlockDevice, DeviceConfig};
 use crate::device::image::Image;
 use crate::device::refusal_log::RefusalLog;
 use crate::device::request::{self, Context, Limits, Scratch};
-use crate::engine::{Engine, EngineError, ProfileName};
+use crate::engine::{Capabilities, Engine, EngineError, KeyTypes, ProfileName};
 use crate::protocol::{
-    CryptoMsg, DEVICE_ID_BYTES, DiscardSegment, Dun, KEY_BLOB_SIZE, KeyDesc, OutHeader, QueueRole,
-    RequestType, SECTOR_SIZE, Status, VIRTIO_BLK_F_CTRL_VQ, VIRTIO_BLK_F_INLINE_ENCRYPTION,
-    crypto_negotiated, feature,
+    CryptoMsg, DEVICE_ID_BYTES, DiscardSegment, Dun, KEY_BLOB_SIZE, KeyBlob, KeyDesc, OutHeader,
+    QueueRole, RequestType, SECTOR_SIZE, Status, VIRTIO_BLK_F_CTRL_VQ,
+    VIRTIO_BLK_F_INLINE_ENCRYPTION, crypto_negotiated, feature,
 };
 use aes::Aes256;
 use aes::cipher::KeyInit;
@@ -154,8 +154,11 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 /// The devices rows run against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Device {
-    /// An engine (ufs profile), inline encryption negotiated, writable.
+    /// An engine (ufs profile: raw and hardware-wrapped keys), inline
+    /// encryption negotiated, writable.
     Full,
+    /// As `Full`, but the engine takes raw keys only.
+    RawOnly,
     /// As `Full`, on a read-only image.
     ReadOnly,
     /// No engine: neither feature bit is offered.
@@ -180,6 +183,11 @@ const Q: On = On {
 /// The control queue of the full device.
 const C: On = On {
     device: Device::Full,
+    control: true,
+};
+/// The control queue of a device whose engine takes raw keys only.
+const RAW_C: On = On {
+    device: Device::RawOnly,
     control: true,
 };
 /// The request queue of a read-only device.
@@ -223,7 +231,15 @@ impl Lab {
         let path = dir.path().join("disk.img");
         std::fs::write(&path, pattern(IMAGE_SIZE as usize, 7)).expect("fill the image");
         let image = Image::open(&path, None, kind == Device::ReadOnly).expect("image");
-        let capabilities = (kind != Device::NoEngine).then(|| ProfileName::Ufs.capabilities());
+        let ufs = ProfileName::Ufs.capabilities();
+        let capabilities = match kind {
+            Device::NoEngine => None,
+            Device::RawOnly => Some(Capabilities {
+                key_types: KeyTypes::RAW,
+                ..ufs
+            }),
+            Device::Full | Device::ReadOnly | Device::NotNegotiated => Some(ufs),
+        };
         let engine = Arc::new(Engine::new(capabilities, None));
         let mem = GuestMemoryMmap::from_ranges(&[
             (GuestAddress(0), REGION as usize),
@@ -640,6 +656,15 @@ impl<'a> Guest<'a> {
         let hdr = self.hdr(EVICT, 0);
         let payload = self.bytes(&desc.encode());
         vec![hdr, payload, self.status()]
+    }
+
+    /// A hardware-wrapped key command (32, 34, 35) whose key_blob holds
+    /// `key`, with an answer buffer of `answer` bytes.
+    fn key_blob_command(&mut self, request: u32, key: &[u8], answer: usize) -> Vec<Descriptor> {
+        let blob = KeyBlob::new(key).expect("row error: the key fits a key_blob");
+        let hdr = self.hdr(request, 0);
+        let payload = self.bytes(&blob.encode());
+        vec![hdr, payload, self.buf(answer), self.status()]
     }
 
     /// A hardware-wrapped key command (32..35) with its payload and answer.
@@ -1109,7 +1134,10 @@ fn rows() -> Vec<Row> {
         row("program: no key_desc", C, |g| link(at(g.program(6, keep), 1, |d| d.with_len(0))), IOERR, 1),
         row("program: key_desc device-writable", C, |g| link(at(g.program(6, keep), 1, |d| d.plus(W))), IOERR, 1),
         row("program: key type 0", C, |g| link(g.program(6, |d| d.key_type = 0)), UNSUPP, 1),
-        row("program: key type 2 (hardware-wrapped, not offered)", C, |g| link(g.program(6, |d| d.key_type = 2)), UNSUPP, 1),
+        row("program: key type 2 (hardware-wrapped, not offered)", RAW_C, |g| link(g.program(6, |d| d.key_type = 2)), UNSUPP, 1),
+        row("program: key type 2, a 64-byte key that is no wrapped key", C, |g| link(g.program(6, |d| d.key_type = 2)), IOERR, 1),
+        row("program: key type 2, 76 bytes the device never wrapped", C, |g| link(g.program(6, |d| { d.key_type = 2; d.key_size = 76 })), IOERR, 1),
+        row("program: key type 2, key size 129", C, |g| link(g.program(6, |d| { d.key_type = 2; d.key_size = 129 })), IOERR, 1),
         row("program: key type 3 (unknown)", C, |g| link(g.program(6, |d| d.key_type = 3)), UNSUPP, 1),
         row("program: key type u32::MAX", C, |g| link(g.program(6, |d| d.key_type = u32::MAX)), UNSUPP, 1),
         row("program: mode 0 (reserved)", C, |g| link(g.program(6, |d| d.crypto_mode = 0)), UNSUPP, 1),
@@ -1144,10 +1172,28 @@ fn rows() -> Vec<Row> {
         row("get-crypto-modes with a 7-byte buffer", C, |g| link(g.modes(7)), IOERR, 1),
         row("get-crypto-modes with no answer buffer", C, |g| link(g.request(GET_CRYPTO_MODES)), IOERR, 1),
         row("valid: get-crypto-modes with a 16-byte buffer", C, |g| link(g.modes(16)), OK, 9),
-        row("DERIVE_SW_SECRET (hardware-wrapped keys not offered)", C, |g| link(g.wrapped_key(DERIVE_SW_SECRET, true, 32)), UNSUPP, 1),
-        row("GENERATE_KEY (hardware-wrapped keys not offered)", C, |g| link(g.wrapped_key(GENERATE_KEY, false, KEY_BLOB_SIZE)), UNSUPP, 1),
-        row("IMPORT_KEY (hardware-wrapped keys not offered)", C, |g| link(g.wrapped_key(IMPORT_KEY, true, KEY_BLOB_SIZE)), UNSUPP, 1),
-        row("PREPARE_KEY (hardware-wrapped keys not offered)", C, |g| link(g.wrapped_key(PREPARE_KEY, true, KEY_BLOB_SIZE)), UNSUPP, 1),
+        row("DERIVE_SW_SECRET (hardware-wrapped keys not offered)", RAW_C, |g| link(g.wrapped_key(DERIVE_SW_SECRET, true, 32)), UNSUPP, 1),
+        row("GENERATE_KEY (hardware-wrapped keys not offered)", RAW_C, |g| link(g.wrapped_key(GENERATE_KEY, false, KEY_BLOB_SIZE)), UNSUPP, 1),
+        row("IMPORT_KEY (hardware-wrapped keys not offered)", RAW_C, |g| link(g.wrapped_key(IMPORT_KEY, true, KEY_BLOB_SIZE)), UNSUPP, 1),
+        row("PREPARE_KEY (hardware-wrapped keys not offered)", RAW_C, |g| link(g.wrapped_key(PREPARE_KEY, true, KEY_BLOB_SIZE)), UNSUPP, 1),
+        row("GENERATE_KEY with a payload and no answer buffer (not offered: UNSUPP first)", RAW_C, |g| link(vec![g.hdr(GENERATE_KEY, 0), g.data(16), g.status()]), UNSUPP, 1),
+
+        // -- the control queue: hardware-wrapped keys (refusals; the
+        // answers of valid requests are random, tests/wrapped_keys.rs
+        // checks them) --
+        row("DERIVE_SW_SECRET of random bytes", C, |g| link(g.wrapped_key(DERIVE_SW_SECRET, true, 32)), IOERR, 1),
+        row("DERIVE_SW_SECRET of 76 bytes the device never wrapped", C, |g| link(g.key_blob_command(DERIVE_SW_SECRET, &[0x5a; 76], 32)), IOERR, 1),
+        row("DERIVE_SW_SECRET: key_blob of 131 bytes", C, |g| link(at(g.key_blob_command(DERIVE_SW_SECRET, &[0x5a; 76], 32), 1, |d| d.with_len(131))), IOERR, 1),
+        row("DERIVE_SW_SECRET with a 31-byte answer buffer", C, |g| link(g.key_blob_command(DERIVE_SW_SECRET, &[0x5a; 76], 31)), IOERR, 1),
+        row("IMPORT_KEY of a 64-byte raw key", C, |g| link(g.key_blob_command(IMPORT_KEY, &KEY_NEW, KEY_BLOB_SIZE)), IOERR, 1),
+        row("IMPORT_KEY of a 16-byte raw key", C, |g| link(g.key_blob_command(IMPORT_KEY, &KEY_NEW[..16], KEY_BLOB_SIZE)), IOERR, 1),
+        row("IMPORT_KEY with a 131-byte answer buffer", C, |g| link(g.key_blob_command(IMPORT_KEY, &KEY_NEW[..32], 131)), IOERR, 1),
+        row("IMPORT_KEY: key_blob device-writable", C, |g| link(at(g.key_blob_command(IMPORT_KEY, &KEY_NEW[..32], KEY_BLOB_SIZE), 1, |d| d.plus(W))), IOERR, 1),
+        row("PREPARE_KEY of 76 bytes the device never wrapped", C, |g| link(g.key_blob_command(PREPARE_KEY, &[0x5a; 76], KEY_BLOB_SIZE)), IOERR, 1),
+        row("PREPARE_KEY of random bytes", C, |g| link(g.wrapped_key(PREPARE_KEY, true, KEY_BLOB_SIZE)), IOERR, 1),
+        row("GENERATE_KEY with a 131-byte answer buffer", C, |g| link(g.wrapped_key(GENERATE_KEY, false, 131)), IOERR, 1),
+        row("GENERATE_KEY with a payload", C, |g| link(g.wrapped_key(GENERATE_KEY, true, KEY_BLOB_SIZE)), IOERR, 1),
+        row("GENERATE_KEY without an answer buffer", C, |g| link(g.request(GENERATE_KEY)), IOERR, 1),
 
         // -- other requests on the control queue --
         row("write on the control queue", C, |g| link(g.write(0, 4096)), UNSUPP, 1),
@@ -1192,7 +1238,7 @@ fn follow_ups(device: Device) -> Vec<Row> {
         rows.push(row("read back", on(false), |g| link(g.read(16, 4096)), OK, 4097));
     }
     match device {
-        Device::Full => {
+        Device::Full | Device::RawOnly => {
             rows.push(row("crypto-out with slot 0's key", on(false), |g| link(g.crypto_write(24, 0, dun(5), 8192)), OK, 1));
             rows.push(row("crypto-in back", on(false), |g| link(g.crypto_read(24, 0, dun(5), 8192)), OK, 8193));
             rows.push(row("get-crypto-modes", on(true), |g| link(g.modes(8)), OK, 9));
@@ -1400,10 +1446,15 @@ fn full_device_rows() {
 }
 
 #[test]
-fn read_only_no_engine_and_not_negotiated_rows() {
+fn read_only_no_engine_raw_only_and_not_negotiated_rows() {
     let rows = rows();
     let mut problems = Vec::new();
-    for device in [Device::ReadOnly, Device::NoEngine, Device::NotNegotiated] {
+    for device in [
+        Device::ReadOnly,
+        Device::NoEngine,
+        Device::NotNegotiated,
+        Device::RawOnly,
+    ] {
         problems.extend(run_on(device, &rows));
     }
     assert!(
