@@ -217,6 +217,12 @@ fn assert_profile_conforms(profile: &str, max_dun_bytes: u64, skipped: &[&str]) 
         run.check("refusals/key-command-on-request-queue")["requirement"],
         "CHOICE"
     );
+    if skipped.is_empty() {
+        for id in WRAPPED_CHECKS {
+            assert_eq!(run.outcome(id), "pass", "{id}");
+        }
+        assert_eq!(run.check("wrapped/kinds-enforced")["requirement"], "CHOICE");
+    }
     assert!(
         run.stdout
             .contains("PASS crypto/highest-dun/du-4096 (Device rules, MUST)")
@@ -224,7 +230,14 @@ fn assert_profile_conforms(profile: &str, max_dun_bytes: u64, skipped: &[&str]) 
 }
 
 /// The checks of hardware-wrapped keys (they skip without them).
-const WRAPPED_CHECKS: &[&str] = &["wrapped/unknown-blob-refused"];
+const WRAPPED_CHECKS: &[&str] = &[
+    "wrapped/unknown-blob-refused",
+    "wrapped/import-prepare-program",
+    "wrapped/sw-secret-follows-the-key",
+    "wrapped/altered-blob-refused",
+    "wrapped/kinds-enforced",
+    "wrapped/reset-makes-ephemeral-keys-stale",
+];
 
 #[test]
 fn icelab_serve_with_the_ufs_profile_conforms() {

@@ -20,6 +20,8 @@ pub mod section {
     pub const REQUESTS: &str = "Requests";
     /// "Device rules".
     pub const RULES: &str = "Device rules";
+    /// "Hardware-wrapped keys".
+    pub const WRAPPED: &str = "Hardware-wrapped keys";
     /// "Relation to the public drafts" (the table of icelab's choices).
     pub const DRAFTS: &str = "Relation to the public drafts";
 }

@@ -9,7 +9,7 @@ use vhost::vhost_user::VhostUserFrontend;
 use crate::check::{Check, CheckResult, Failure, Param, Requirement, section};
 use crate::crypto::{Write, key_in_slot0, setup, some_dun};
 use crate::keyslots::assert_slot_refused;
-use crate::session::{AREA_SECTOR, Ctx};
+use crate::session::{AREA_SECTOR, Ctx, Session};
 
 pub(crate) const CHECKS: &[Check] = &[
     Check {
@@ -63,6 +63,20 @@ fn set_features_evicts_keys(ctx: &mut Ctx<'_>) -> CheckResult {
     let setup = setup(ctx)?;
     let (key, mut session) = key_in_slot0(ctx, &setup)?;
     Write::in_area(&key, &setup).write_ok(&mut session)?;
+    set_features_again(&mut session)?;
+    assert_slot_refused(
+        &mut session,
+        0,
+        &setup,
+        "after a second SET_FEATURES (a device reset)",
+    )?;
+    Ok(())
+}
+
+/// A device reset as QEMU starts the device again: SET_FEATURES with the
+/// acked features on the same connection, then (with protocol features)
+/// every ring in use enabled again.
+pub(crate) fn set_features_again(session: &mut Session) -> Result<(), Failure> {
     let frontend = session.frontend();
     let acked = frontend.acked_features();
     frontend
@@ -89,11 +103,5 @@ fn set_features_evicts_keys(ctx: &mut Ctx<'_>) -> CheckResult {
                 })?;
         }
     }
-    assert_slot_refused(
-        &mut session,
-        0,
-        &setup,
-        "after a second SET_FEATURES (a device reset)",
-    )?;
     Ok(())
 }

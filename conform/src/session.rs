@@ -20,6 +20,7 @@ use icelab_protocol::{
 use crate::check::{Failure, Stop};
 use crate::device::{CryptoInfo, DeviceInfo};
 use crate::oracle::TestKey;
+use zeroize::Zeroizing;
 
 /// Where checks put their data: sector 128 (64 KiB), aligned to every
 /// data unit size up to 64 KiB. Nothing is written past 1 MiB.
@@ -207,11 +208,7 @@ impl Session {
             Ok(completion) => Ok(Reply {
                 status: completion.status,
                 used_len: completion.used_len,
-                data: if op.hide_answer {
-                    Vec::new()
-                } else {
-                    completion.data.clone()
-                },
+                data: Zeroizing::new(completion.data.clone()),
                 hidden: op.hide_answer,
             }),
             Err(error) => Err(
@@ -379,9 +376,9 @@ pub struct Reply {
     pub status: u8,
     /// The used element's length.
     pub used_len: u32,
-    /// The device-writable bytes before the status byte (empty when the
-    /// answer may hold key material).
-    pub data: Vec<u8>,
+    /// The device-writable bytes before the status byte (wiped when
+    /// dropped; never shown when the answer may hold key material).
+    pub data: Zeroizing<Vec<u8>>,
     hidden: bool,
 }
 
@@ -524,7 +521,8 @@ impl Op {
         self
     }
 
-    /// Do not keep or show the answer (it may hold key material).
+    /// Never show the answer in descriptions (it may hold key material;
+    /// the check still reads it, e.g. a wrapped key to pass on).
     pub fn hiding_answer(mut self) -> Self {
         self.hide_answer = true;
         self
@@ -771,7 +769,7 @@ mod tests {
         let reply = Reply {
             status: 1,
             used_len: 1,
-            data: vec![0xab; 40],
+            data: Zeroizing::new(vec![0xab; 40]),
             hidden: false,
         };
         assert_eq!(
