@@ -6,6 +6,12 @@
 //! what a cipher backend leaves behind, and two consecutive ones give the
 //! key back.
 //!
+//! The same holds for a hardware-wrapped key: once its slot is evicted,
+//! neither the hardware key (the 32 bytes the blob wraps, the key of the
+//! KDF's AES-256-CMAC) nor the inline encryption key derived from it is
+//! anywhere; while it is programmed, only the inline key's schedule is, in
+//! the key arena.
+//!
 //! The guest memory memfd is scanned too: the frontend says it wipes the
 //! key descriptor from guest memory once the request completes, so a hit
 //! there is a finding as well (reported separately, with the region).
@@ -17,8 +23,8 @@ mod ice;
 mod support;
 
 use ice::{Session, msg, random_bytes, random_key};
-use icelab_emulator::protocol::{KeyDesc, Status};
-use icelab_frontend::blk::Request;
+use icelab_emulator::protocol::{KEY_BLOB_SIZE, KeyDesc, KeyType, Status};
+use icelab_frontend::blk::{Request, key_blob};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -250,13 +256,9 @@ fn is_root() -> bool {
 /// (one of them 2 MiB, split across the device's thread pool), checks the
 /// positive control: the scan must find the key schedule while the key is
 /// programmed, and only in the locked, non-dumped key arena.
-fn program_and_use(session: &mut Session, key: &[u8; 64], needles: &[(String, Vec<u8>)]) {
+fn program_and_use(session: &mut Session, program: &Request, needles: &[(String, Vec<u8>)]) {
     let control = session.control();
-    session.expect(
-        control,
-        &Request::keyslot_program(&KeyDesc::raw_aes_256_xts(SLOT, key, UNIT, 8)),
-        Status::Ok,
-    );
+    session.expect(control, program, Status::Ok);
     for queue in 0..control {
         for (round, len) in [4096usize, 64 * 1024, 2 * MIB as usize]
             .into_iter()
@@ -336,7 +338,8 @@ fn an_evicted_key_leaves_no_copy_in_device_memory() {
     let mut session = Session::start(64 * MIB, &["--queues", "2"]);
     let key = random_key();
     let needles = needles(&key);
-    program_and_use(&mut session, &key, &needles);
+    let program = Request::keyslot_program(&KeyDesc::raw_aes_256_xts(SLOT, &key, UNIT, 8));
+    program_and_use(&mut session, &program, &needles);
 
     // Evict with the whole key in the descriptor (what a driver passing
     // its blk_crypto_key does): that copy must go too.
@@ -371,7 +374,8 @@ fn a_reset_leaves_no_copy_in_device_memory() {
     let mut session = Session::start(64 * MIB, &["--queues", "2", "--persist"]);
     let key = random_key();
     let needles = needles(&key);
-    program_and_use(&mut session, &key, &needles);
+    let program = Request::keyslot_program(&KeyDesc::raw_aes_256_xts(SLOT, &key, UNIT, 8));
+    program_and_use(&mut session, &program, &needles);
 
     // Disconnect: the device resets (evicts every slot) and waits for the
     // next connection.
@@ -395,4 +399,63 @@ fn a_reset_leaves_no_copy_in_device_memory() {
         hits.len(),
         summary(&hits)
     );
+}
+
+/// A hardware key unlikely to occur in memory by chance, and its inline
+/// encryption key: the third known answer of
+/// `emulator/tests/hw_kdf_vectors.py` (raw key byte i = 37 i + 11).
+const HW_KEY_INLINE_KEY: &str = "eadf1e1a504a2616470b99e425358a3faf62d1ca2375e8ed0e2731774993a787\
+                                 6a697cbe074cc6f068e119ae019db9c14603197fcc683ec05b52924d02a4b51d";
+
+#[test]
+fn an_evicted_wrapped_key_leaves_no_copy_in_device_memory() {
+    if !is_root() {
+        eprintln!("skipped: reading another process's memory needs root");
+        return;
+    }
+    let hw_key: [u8; 32] = core::array::from_fn(|i| (37 * i as u8).wrapping_add(11));
+    let inline: [u8; 64] = (0..HW_KEY_INLINE_KEY.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&HW_KEY_INLINE_KEY[i..i + 2], 16).expect("hex"))
+        .collect::<Vec<u8>>()
+        .try_into()
+        .expect("64 bytes");
+    let mut needles = needles(&inline);
+    needles.push(("hardware key".to_owned(), hw_key.to_vec()));
+    for (round, block) in round_keys(&hw_key).iter().enumerate() {
+        needles.push((format!("hardware key rk[{round}]"), block.to_vec()));
+    }
+    let mut session = Session::start(64 * MIB, &["--queues", "2"]);
+    let control = session.control();
+    let blob_answer = |session: &mut Session, request: &Request| -> [u8; KEY_BLOB_SIZE] {
+        let completion = session.expect(control, request, Status::Ok);
+        completion.data[..KEY_BLOB_SIZE]
+            .try_into()
+            .expect("a key_blob")
+    };
+    let raw = key_blob(&hw_key).expect("fits");
+    let long_term = blob_answer(&mut session, &Request::import_key(&raw));
+    let ephemeral = blob_answer(&mut session, &Request::prepare_key(&long_term));
+    session.expect(control, &Request::derive_sw_secret(&ephemeral), Status::Ok);
+    let mut desc = KeyDesc::raw_aes_256_xts(SLOT, &[0; 64], UNIT, 8);
+    desc.key_type = KeyType::HardwareWrapped.to_wire();
+    desc.key_size = u32::from_le_bytes(ephemeral[..4].try_into().expect("4 bytes"));
+    desc.bytes.copy_from_slice(&ephemeral[4..]);
+    program_and_use(&mut session, &Request::keyslot_program(&desc), &needles);
+
+    session.expect(control, &Request::keyslot_evict_slot(SLOT), Status::Ok);
+    session.expect(control, &Request::get_crypto_modes(), Status::Ok);
+    for queue in 0..control {
+        session.expect(queue, &Request::get_id(), Status::Ok);
+        session.expect(queue, &Request::read(0, 4096), Status::Ok);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let hits = scan(session.device.process().id(), &needles);
+    assert!(
+        hits.is_empty(),
+        "{} copies of the hardware or inline key remain after the eviction:\n{}",
+        hits.len(),
+        summary(&hits)
+    );
+    session.finish();
 }
