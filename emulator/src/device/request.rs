@@ -347,18 +347,18 @@ fn execute<M: GuestMemory>(
         }
         RequestType::GenerateKey | RequestType::ImportKey | RequestType::PrepareKey => {
             ctx.engine.check_wrapped_keys_offered()?;
-            let payload = match request {
-                RequestType::GenerateKey => {
-                    no_payload(&reader, request)?;
-                    None
+            let blob = if request == RequestType::GenerateKey {
+                no_payload(&reader, request)?;
+                answer_fits(request, answer_room, KeyBlob::SIZE)?;
+                ctx.engine.generate_key()?
+            } else {
+                let payload = read_key_blob(mem, &mut reader, request)?;
+                answer_fits(request, answer_room, KeyBlob::SIZE)?;
+                if request == RequestType::ImportKey {
+                    ctx.engine.import_key(&payload)?
+                } else {
+                    ctx.engine.prepare_key(&payload)?
                 }
-                _ => Some(read_key_blob(mem, &mut reader, request)?),
-            };
-            answer_fits(request, answer_room, KeyBlob::SIZE)?;
-            let blob = match (request, &payload) {
-                (RequestType::ImportKey, Some(raw)) => ctx.engine.import_key(raw)?,
-                (RequestType::PrepareKey, Some(long_term)) => ctx.engine.prepare_key(long_term)?,
-                _ => ctx.engine.generate_key()?,
             };
             let bytes = Zeroizing::new(blob.encode());
             answer(mem, segments, request, answer_room, &bytes[..])?;

@@ -194,6 +194,8 @@ impl DeviceSecret {
         let mut temporary = path.as_os_str().to_owned();
         temporary.push(format!(".{}.tmp", std::process::id()));
         let temporary = PathBuf::from(temporary);
+        // Left by a process of the same id that died mid-way: ours to drop.
+        let _ = std::fs::remove_file(&temporary);
         let written = write_new(&temporary, &contents[..]).and_then(|()| {
             let linked = std::fs::hard_link(&temporary, path);
             let _ = std::fs::remove_file(&temporary);
