@@ -8,8 +8,10 @@
 //! (Aumasson and Bernstein, "SipHash: a fast short-input PRF", 2012) hashes
 //! the inode number for IV_INO_LBLK_32.
 //!
-//! Only raw (software) master keys are modelled; hardware-wrapped keys,
-//! v1 policies and DIRECT_KEY (Adiantum only) are non-goals.
+//! For a hardware-wrapped key the engine's inline encryption key encrypts
+//! the contents and the software secret is the master key of this HKDF
+//! (both from [`crate::hw_kdf`]). v1 policies and DIRECT_KEY (Adiantum
+//! only) are non-goals.
 
 use hkdf::Hkdf;
 use sha2::Sha512;

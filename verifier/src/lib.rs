@@ -23,6 +23,7 @@ pub mod default_key;
 pub mod dun;
 pub mod ext4;
 pub mod hex;
+pub mod hw_kdf;
 pub mod kdf;
 pub mod manifest;
 pub mod xts;
