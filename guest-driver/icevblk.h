@@ -39,26 +39,37 @@ struct icevblk_vq {
 /**
  * struct icevblk_ctrl - buffers of the device's one control command
  * @out_hdr: request header (device-readable)
- * @key_desc: KEYSLOT_PROGRAM/EVICT payload (device-readable)
- * @answer: GET_CRYPTO_MODES or GET_ID answer (device-writable)
+ * @payload: the command's payload (device-readable)
+ * @payload.key_desc: KEYSLOT_PROGRAM/EVICT payload
+ * @payload.key_blob: DERIVE_SW_SECRET, IMPORT_KEY and PREPARE_KEY payload
+ * @answer: the command's answer (device-writable)
  * @answer.modes: GET_CRYPTO_MODES answer
  * @answer.id: GET_ID answer
+ * @answer.key_blob: GENERATE_KEY, IMPORT_KEY and PREPARE_KEY answer
+ * @answer.sw_secret: DERIVE_SW_SECRET answer
  * @status: status byte (device-writable)
  * @done: completed by the virtqueue callback
  *
  * Control commands are the requests that are not block I/O: GET_ID on
- * the first request virtqueue, and GET_CRYPTO_MODES, KEYSLOT_PROGRAM and
- * KEYSLOT_EVICT on the control virtqueue.  They bypass blk-mq (see
- * icevblk_ctrl.c for why), one at a time, so one set of buffers per
- * device is enough.  Allocated with kmalloc, never on the stack, because
- * the device reads and writes it directly.
+ * the first request virtqueue, and GET_CRYPTO_MODES, the keyslot
+ * commands and the hardware-wrapped key commands on the control
+ * virtqueue.  They bypass blk-mq (see icevblk_ctrl.c for why), one at a
+ * time, so one set of buffers per device is enough.  Allocated with
+ * kmalloc, never on the stack, because the device reads and writes it
+ * directly.  Key material in @payload and @answer is wiped as soon as the
+ * device has answered.
  */
 struct icevblk_ctrl {
 	struct virtio_blk_outhdr out_hdr;
-	struct icevblk_key_desc key_desc;
+	union {
+		struct icevblk_key_desc key_desc;
+		struct icevblk_key_blob key_blob;
+	} payload;
 	union {
 		__le32 modes[ICEVBLK_NR_MODES];
 		u8 id[VIRTIO_BLK_ID_BYTES];
+		struct icevblk_key_blob key_blob;
+		u8 sw_secret[ICEVBLK_SW_SECRET_BYTES];
 	} answer;
 	u8 status;
 	struct completion done;
@@ -169,6 +180,9 @@ int icevblk_ctrl_get_crypto_modes(struct icevblk *vblk,
 				  u32 modes[ICEVBLK_NR_MODES]);
 int icevblk_ctrl_keyslot(struct icevblk *vblk, u32 type,
 			 const struct icevblk_key_desc *desc);
+int icevblk_ctrl_wrapped_key(struct icevblk *vblk, u32 type,
+			     const u8 *key, size_t key_size,
+			     void *answer, size_t answer_size);
 
 /* icevblk_crypto.c */
 #ifdef CONFIG_BLK_INLINE_ENCRYPTION

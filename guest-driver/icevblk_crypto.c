@@ -11,9 +11,11 @@
  * the draft's crypto_msg.  When the engine loses its keys (it restarted),
  * it programs them again and resends the requests the engine failed.
  *
- * Only raw keys are offered to blk-crypto.  A device that accepts only
- * hardware-wrapped keys is driven without inline encryption, and fscrypt
- * then falls back to blk-crypto-fallback.
+ * The key types blk-crypto gets are those of the config's key_types:
+ * raw keys, and hardware-wrapped keys, for which the engine is its own
+ * key manager (import, generate, prepare, derive the software secret;
+ * see "Hardware-wrapped keys" below).  A device offering only
+ * hardware-wrapped keys leaves raw keys to blk-crypto-fallback.
  */
 #include "icevblk.h"
 
@@ -107,9 +109,110 @@ static int icevblk_keyslot_evict(struct blk_crypto_profile *profile,
 				   ICEVBLK_T_KEYSLOT_EVICT);
 }
 
+/*
+ * Hardware-wrapped keys.  The engine keeps the keys that encrypt data to
+ * itself; the kernel only ever holds wrapped keys, opaque bytes whose
+ * size is the device's: long-term wrapped ones (IMPORT_KEY, GENERATE_KEY),
+ * which userspace stores, and ephemerally-wrapped ones (PREPARE_KEY),
+ * which fscrypt hands to blk-crypto and which keyslots are programmed
+ * with (key_type ICEVBLK_KEY_TYPE_HW_WRAPPED in the key_desc).
+ *
+ * The device answers IOERR to a key it refuses: malformed, of the wrong
+ * kind, sealed by another device or (ephemerally-wrapped) before its
+ * last reset, or altered.  blk-crypto wants -EBADMSG for an invalid
+ * wrapped key (derive_sw_secret, prepare_key) and the ioctls' -EINVAL
+ * for a raw key that cannot be imported; UNSUPP stays -EOPNOTSUPP.
+ */
+static_assert(BLK_CRYPTO_MAX_HW_WRAPPED_KEY_SIZE <= ICEVBLK_MAX_KEY_BYTES);
+static_assert(BLK_CRYPTO_SW_SECRET_SIZE == ICEVBLK_SW_SECRET_BYTES);
+
+/* @err of a command that sent a key, with -EIO turned into @bad_key. */
+static int icevblk_key_errno(int err, int bad_key)
+{
+	return err == -EIO ? bad_key : err;
+}
+
+/*
+ * Sends @type (GENERATE_KEY with no @key, IMPORT_KEY or PREPARE_KEY),
+ * whose answer is a wrapped key, and copies that into @out.  Returns its
+ * size, @bad_key when the device refuses @key, or another -errno.
+ */
+static int icevblk_wrapped_key_cmd(struct blk_crypto_profile *profile,
+				   u32 type, const u8 *key, size_t key_size,
+				   int bad_key,
+				   u8 out[BLK_CRYPTO_MAX_HW_WRAPPED_KEY_SIZE])
+{
+	struct icevblk *vblk = icevblk_from_profile(profile);
+	struct icevblk_key_blob blob;
+	u32 size;
+	int ret;
+
+	if (key_size > ICEVBLK_MAX_KEY_BYTES)
+		return bad_key;
+	ret = icevblk_ctrl_wrapped_key(vblk, type, key, key_size, &blob,
+				       sizeof(blob));
+	if (ret)
+		return icevblk_key_errno(ret, bad_key);
+
+	size = le32_to_cpu(blob.key_size);
+	if (size && size <= BLK_CRYPTO_MAX_HW_WRAPPED_KEY_SIZE) {
+		memcpy(out, blob.key, size);
+		ret = size;
+	} else {
+		dev_warn_ratelimited(&vblk->vdev->dev,
+				     "command %u answered a wrapped key of %u bytes\n",
+				     type, size);
+		ret = -EIO;
+	}
+	memzero_explicit(&blob, sizeof(blob));
+	return ret;
+}
+
+static int icevblk_derive_sw_secret(struct blk_crypto_profile *profile,
+				    const u8 *eph_key, size_t eph_key_size,
+				    u8 sw_secret[BLK_CRYPTO_SW_SECRET_SIZE])
+{
+	struct icevblk *vblk = icevblk_from_profile(profile);
+	int err;
+
+	if (eph_key_size > ICEVBLK_MAX_KEY_BYTES)
+		return -EBADMSG;
+	err = icevblk_ctrl_wrapped_key(vblk, ICEVBLK_T_DERIVE_SW_SECRET,
+				       eph_key, eph_key_size, sw_secret,
+				       BLK_CRYPTO_SW_SECRET_SIZE);
+	return icevblk_key_errno(err, -EBADMSG);
+}
+
+static int icevblk_import_key(struct blk_crypto_profile *profile,
+			      const u8 *raw_key, size_t raw_key_size,
+			      u8 lt_key[BLK_CRYPTO_MAX_HW_WRAPPED_KEY_SIZE])
+{
+	return icevblk_wrapped_key_cmd(profile, ICEVBLK_T_IMPORT_KEY, raw_key,
+				       raw_key_size, -EINVAL, lt_key);
+}
+
+static int icevblk_generate_key(struct blk_crypto_profile *profile,
+				u8 lt_key[BLK_CRYPTO_MAX_HW_WRAPPED_KEY_SIZE])
+{
+	return icevblk_wrapped_key_cmd(profile, ICEVBLK_T_GENERATE_KEY, NULL, 0,
+				       -EIO, lt_key);
+}
+
+static int icevblk_prepare_key(struct blk_crypto_profile *profile,
+			       const u8 *lt_key, size_t lt_key_size,
+			       u8 eph_key[BLK_CRYPTO_MAX_HW_WRAPPED_KEY_SIZE])
+{
+	return icevblk_wrapped_key_cmd(profile, ICEVBLK_T_PREPARE_KEY, lt_key,
+				       lt_key_size, -EBADMSG, eph_key);
+}
+
 static const struct blk_crypto_ll_ops icevblk_crypto_ops = {
 	.keyslot_program	= icevblk_keyslot_program,
 	.keyslot_evict		= icevblk_keyslot_evict,
+	.derive_sw_secret	= icevblk_derive_sw_secret,
+	.import_key		= icevblk_import_key,
+	.generate_key		= icevblk_generate_key,
+	.prepare_key		= icevblk_prepare_key,
 };
 
 /*
@@ -143,25 +246,31 @@ static int icevblk_evict_all(struct icevblk *vblk, unsigned int slots)
  * the device offers nothing blk-crypto can use natively.
  */
 static bool icevblk_crypto_caps(struct icevblk *vblk, unsigned int *slots,
-				unsigned int *dun_bytes, u32 *xts_units)
+				unsigned int *dun_bytes, u32 *xts_units,
+				unsigned int *key_types)
 {
 	struct virtio_device *vdev = vblk->vdev;
 	u32 modes[ICEVBLK_NR_MODES];
-	u8 key_types;
+	u8 offered;
 	int err;
 
 	*slots = virtio_cread16(vdev, ICEVBLK_CFG_MAX_SLOTS);
 	*dun_bytes = virtio_cread8(vdev, ICEVBLK_CFG_MAX_DUN_BYTES);
-	key_types = virtio_cread8(vdev, ICEVBLK_CFG_KEY_TYPES);
+	offered = virtio_cread8(vdev, ICEVBLK_CFG_KEY_TYPES);
 
 	if (!*slots || !*dun_bytes) {
 		dev_warn(&vdev->dev, "inline encryption offered with %u keyslots and %u DUN bytes; not using it\n",
 			 *slots, *dun_bytes);
 		return false;
 	}
-	if (!(key_types & ICEVBLK_KEY_TYPES_RAW)) {
-		dev_warn(&vdev->dev, "inline encryption offers no raw keys (key_types %#x); not using it\n",
-			 key_types);
+	*key_types = 0;
+	if (offered & ICEVBLK_KEY_TYPES_RAW)
+		*key_types |= BLK_CRYPTO_KEY_TYPE_RAW;
+	if (offered & ICEVBLK_KEY_TYPES_HW_WRAPPED)
+		*key_types |= BLK_CRYPTO_KEY_TYPE_HW_WRAPPED;
+	if (!*key_types) {
+		dev_warn(&vdev->dev, "inline encryption offers no raw and no hardware-wrapped keys (key_types %#x); not using it\n",
+			 offered);
 		return false;
 	}
 	/* blk-crypto carries at most a 32-byte DUN. */
@@ -181,6 +290,19 @@ static bool icevblk_crypto_caps(struct icevblk *vblk, unsigned int *slots,
 	return true;
 }
 
+/* For the log: the blk-crypto key types in @key_types. */
+static const char *icevblk_key_types_name(unsigned int key_types)
+{
+	switch (key_types) {
+	case BLK_CRYPTO_KEY_TYPE_RAW:
+		return "raw keys";
+	case BLK_CRYPTO_KEY_TYPE_HW_WRAPPED:
+		return "hardware-wrapped keys";
+	default:
+		return "raw and hardware-wrapped keys";
+	}
+}
+
 /**
  * icevblk_crypto_setup() - give blk-crypto the device's inline crypto engine
  * @vblk: the device, with its virtqueues ready and its disk allocated but
@@ -188,8 +310,9 @@ static bool icevblk_crypto_caps(struct icevblk *vblk, unsigned int *slots,
  *
  * Reads max_slots, max_dun_bytes and key_types from the config space,
  * asks the device for its modes[] (GET_CRYPTO_MODES), sets up a crypto
- * profile, evicts every keyslot (KEYSLOT_EVICT) and registers the profile
- * on the disk's queue.  It must run before the disk is added, so that the
+ * profile with the key types the device offers (raw, hardware-wrapped),
+ * evicts every keyslot (KEYSLOT_EVICT) and registers the profile on the
+ * disk's queue.  It must run before the disk is added, so that the
  * queue's crypto sysfs directory is created with it.
  *
  * A device without both features, whose capabilities blk-crypto cannot
@@ -204,7 +327,7 @@ int icevblk_crypto_setup(struct icevblk *vblk)
 {
 	struct blk_crypto_profile *profile = &vblk->crypto_profile;
 	struct virtio_device *vdev = vblk->vdev;
-	unsigned int slots, dun_bytes;
+	unsigned int slots, dun_bytes, key_types;
 	u32 xts_units;
 	int err;
 
@@ -217,7 +340,8 @@ int icevblk_crypto_setup(struct icevblk *vblk)
 		dev_info(&vdev->dev, "no inline encryption: the device has no control virtqueue (VIRTIO_BLK_F_CTRL_VQ)\n");
 		return 0;
 	}
-	if (!icevblk_crypto_caps(vblk, &slots, &dun_bytes, &xts_units))
+	if (!icevblk_crypto_caps(vblk, &slots, &dun_bytes, &xts_units,
+				 &key_types))
 		return 0;
 
 	err = blk_crypto_profile_init(profile, slots);
@@ -225,7 +349,7 @@ int icevblk_crypto_setup(struct icevblk *vblk)
 		return err;
 	profile->ll_ops = icevblk_crypto_ops;
 	profile->max_dun_bytes_supported = dun_bytes;
-	profile->key_types_supported = BLK_CRYPTO_KEY_TYPE_RAW;
+	profile->key_types_supported = key_types;
 	profile->modes_supported[BLK_ENCRYPTION_MODE_AES_256_XTS] = xts_units;
 
 	if (icevblk_evict_all(vblk, slots))
@@ -233,8 +357,8 @@ int icevblk_crypto_setup(struct icevblk *vblk)
 	if (!blk_crypto_register(profile, vblk->disk->queue))
 		goto out_destroy_profile;
 	vblk->crypto_enabled = true;
-	dev_info(&vdev->dev, "inline encryption: %u keyslots, %u DUN bytes, AES-256-XTS data units %#x\n",
-		 slots, dun_bytes, xts_units);
+	dev_info(&vdev->dev, "inline encryption: %u keyslots, %u DUN bytes, AES-256-XTS data units %#x, %s\n",
+		 slots, dun_bytes, xts_units, icevblk_key_types_name(key_types));
 	return 0;
 
 out_destroy_profile:

@@ -2,9 +2,11 @@
 /*
  * icelab virtio-blk driver: control commands.
  *
- * GET_CRYPTO_MODES, KEYSLOT_PROGRAM and KEYSLOT_EVICT go on the control
- * virtqueue, the last one, which the device reserves for them; GET_ID, a
- * standard request, goes on the first request virtqueue.  Both are put on
+ * GET_CRYPTO_MODES, the keyslot commands (KEYSLOT_PROGRAM, KEYSLOT_EVICT)
+ * and the hardware-wrapped key commands (DERIVE_SW_SECRET, GENERATE_KEY,
+ * IMPORT_KEY, PREPARE_KEY) go on the control virtqueue, the last one,
+ * which the device reserves for them; GET_ID, a standard request, goes on
+ * the first request virtqueue.  Both are put on
  * the virtqueue directly, not through blk-mq, one at a time, and the
  * caller sleeps until the device answers.
  *
@@ -218,12 +220,76 @@ int icevblk_ctrl_keyslot(struct icevblk *vblk, u32 type,
 
 	mutex_lock(&vblk->ctrl_lock);
 	icevblk_ctrl_set_type(vblk, type);
-	memcpy(&ctrl->key_desc, desc, sizeof(ctrl->key_desc));
+	memcpy(&ctrl->payload.key_desc, desc, sizeof(ctrl->payload.key_desc));
 	sg_init_one(&hdr, &ctrl->out_hdr, sizeof(ctrl->out_hdr));
-	sg_init_one(&payload, &ctrl->key_desc, sizeof(ctrl->key_desc));
+	sg_init_one(&payload, &ctrl->payload.key_desc,
+		    sizeof(ctrl->payload.key_desc));
 	sg_init_one(&status, &ctrl->status, sizeof(ctrl->status));
 	err = icevblk_ctrl_exec(vblk, &vblk->ctrl_vq, sgs, 2, 1);
-	memzero_explicit(&ctrl->key_desc, sizeof(ctrl->key_desc));
+	memzero_explicit(&ctrl->payload, sizeof(ctrl->payload));
+	mutex_unlock(&vblk->ctrl_lock);
+	return err;
+}
+
+/**
+ * icevblk_ctrl_wrapped_key() - send a hardware-wrapped key command
+ * @vblk: the device
+ * @type: ICEVBLK_T_DERIVE_SW_SECRET, ICEVBLK_T_GENERATE_KEY,
+ *	ICEVBLK_T_IMPORT_KEY or ICEVBLK_T_PREPARE_KEY
+ * @key: the key to send in a key_blob, or NULL to send no payload
+ *	(GENERATE_KEY)
+ * @key_size: number of bytes of @key, at most ICEVBLK_MAX_KEY_BYTES
+ * @answer: where to store the answer: the software secret
+ *	(DERIVE_SW_SECRET) or a struct icevblk_key_blob (the others)
+ * @answer_size: size of @answer; the device is given exactly this much
+ *	room for its answer
+ *
+ * Sent on the control virtqueue.  The key and the answer pass through
+ * the device's command buffers, which are wiped as soon as the device has
+ * answered, whatever the answer.  @answer is written only on success.
+ *
+ * Context: Process context, may sleep.  Takes and releases
+ * vblk->ctrl_lock.  blk-crypto calls in with its profile lock held.
+ * Return: 0 on success, -EOPNOTSUPP when the device answers UNSUPP or
+ * has no control virtqueue, -EIO when it answers IOERR, -EINVAL when
+ * @key_size or @answer_size exceeds the command buffers, -ENODEV after
+ * removal, or another -errno from the virtqueue.
+ */
+int icevblk_ctrl_wrapped_key(struct icevblk *vblk, u32 type,
+			     const u8 *key, size_t key_size,
+			     void *answer, size_t answer_size)
+{
+	struct icevblk_ctrl *ctrl = vblk->ctrl;
+	struct icevblk_key_blob *blob = &ctrl->payload.key_blob;
+	struct scatterlist hdr, payload, reply, status;
+	struct scatterlist *sgs[4];
+	unsigned int num_out = 0;
+	int err;
+
+	if (key_size > sizeof(blob->key) || answer_size > sizeof(ctrl->answer))
+		return -EINVAL;
+
+	mutex_lock(&vblk->ctrl_lock);
+	icevblk_ctrl_set_type(vblk, type);
+	sg_init_one(&hdr, &ctrl->out_hdr, sizeof(ctrl->out_hdr));
+	sgs[num_out++] = &hdr;
+	if (key) {
+		memset(blob, 0, sizeof(*blob));
+		blob->key_size = cpu_to_le32(key_size);
+		memcpy(blob->key, key, key_size);
+		sg_init_one(&payload, blob, sizeof(*blob));
+		sgs[num_out++] = &payload;
+	}
+	memset(&ctrl->answer, 0, sizeof(ctrl->answer));
+	sg_init_one(&reply, &ctrl->answer, answer_size);
+	sg_init_one(&status, &ctrl->status, sizeof(ctrl->status));
+	sgs[num_out] = &reply;
+	sgs[num_out + 1] = &status;
+	err = icevblk_ctrl_exec(vblk, &vblk->ctrl_vq, sgs, num_out, 2);
+	if (!err)
+		memcpy(answer, &ctrl->answer, answer_size);
+	memzero_explicit(&ctrl->payload, sizeof(ctrl->payload));
+	memzero_explicit(&ctrl->answer, sizeof(ctrl->answer));
 	mutex_unlock(&vblk->ctrl_lock);
 	return err;
 }

@@ -58,11 +58,15 @@
 #define ICEVBLK_T_GET_CRYPTO_MODES	29	/* -> le32 modes[2] */
 #define ICEVBLK_T_KEYSLOT_PROGRAM	30	/* key_desc -> */
 #define ICEVBLK_T_KEYSLOT_EVICT		31	/* key_desc -> */
-/* Hardware-wrapped key management, with key_blob payloads (not used). */
+/*
+ * Hardware-wrapped key management, with key_blob payloads and answers.
+ * The device offers them when the config's key_types has
+ * ICEVBLK_KEY_TYPES_HW_WRAPPED.
+ */
 #define ICEVBLK_T_DERIVE_SW_SECRET	32	/* key_blob -> sw secret */
-#define ICEVBLK_T_GENERATE_KEY		33
-#define ICEVBLK_T_IMPORT_KEY		34
-#define ICEVBLK_T_PREPARE_KEY		35
+#define ICEVBLK_T_GENERATE_KEY		33	/* -> key_blob */
+#define ICEVBLK_T_IMPORT_KEY		34	/* key_blob -> key_blob */
+#define ICEVBLK_T_PREPARE_KEY		35	/* key_blob -> key_blob */
 
 /*
  * Crypto modes, as numbered in the GET_CRYPTO_MODES answer and in
@@ -124,11 +128,16 @@ struct icevblk_key_desc {
 static_assert(sizeof(struct icevblk_key_desc) == 152);
 
 /**
- * struct icevblk_key_blob - a hardware-wrapped key, for types 32 to 35
+ * struct icevblk_key_blob - a key of the hardware-wrapped key commands
  * @key_size: number of key bytes
  * @key: key bytes; only the first @key_size are meaningful
  *
- * Not used by this driver yet: it offers raw keys only.
+ * The payload of DERIVE_SW_SECRET (an ephemerally-wrapped key),
+ * IMPORT_KEY (a raw key) and PREPARE_KEY (a long-term wrapped key), and
+ * the answer of GENERATE_KEY, IMPORT_KEY (long-term wrapped) and
+ * PREPARE_KEY (ephemerally wrapped).  Wrapped keys are opaque to the
+ * driver; their size is the device's.  The device expects exactly this
+ * many bytes and answers IOERR to any other payload size.
  */
 struct icevblk_key_blob {
 	__le32 key_size;
