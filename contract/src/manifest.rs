@@ -36,8 +36,8 @@ pub struct FileEntry {
     /// The policy the guest set; checked against the on-disk context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicySpec>,
-    /// The raw fscrypt master key, hex. Exactly one of this and
-    /// `master_key_seed` must be given.
+    /// The raw fscrypt master key, hex. Exactly one of this,
+    /// `master_key_seed` and `hw_wrapped_key_seed` must be given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master_key_hex: Option<String>,
     /// The seed the master key is generated from (16 hex digits, a u64):
@@ -46,6 +46,15 @@ pub struct FileEntry {
     /// report a key without ever printing it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master_key_seed: Option<String>,
+    /// The master key is a hardware-wrapped key (fscrypt's
+    /// `FSCRYPT_ADD_KEY_FLAG_HW_WRAPPED`) that the guest imported
+    /// (`BLKCRYPTOIMPORTKEY`) from the 32-byte raw key generated from this
+    /// seed (16 hex digits, a u64; see [`hw_key_from_seed`]). The inline
+    /// encryption key and the software secret (fscrypt's HKDF key) are the
+    /// hardware KDF of that raw key (docs/PROTOCOL.md, "The hardware
+    /// KDF"); the wrapped forms the kernel held do not matter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hw_wrapped_key_seed: Option<String>,
     pub plaintext: Plaintext,
 }
 
@@ -114,6 +123,29 @@ pub fn master_key_from_seed(seed: u64) -> [u8; SEEDED_KEY_SIZE] {
     key
 }
 
+/// The size of the raw keys the lab's guest imports as hardware-wrapped
+/// keys (the hardware KDF's key size, docs/PROTOCOL.md).
+pub const HW_KEY_SIZE: usize = 32;
+
+/// The raw key generated from `seed` for a hardware-wrapped key: the
+/// `splitmix64` generator's bytes at offsets 0..32 under `seed` (the first
+/// half of [`master_key_from_seed`]).
+pub fn hw_key_from_seed(seed: u64) -> [u8; HW_KEY_SIZE] {
+    let mut key = [0u8; HW_KEY_SIZE];
+    Plaintext::Splitmix64 { seed, ranges: None }.fill(0, HW_KEY_SIZE as u64, &mut key);
+    key
+}
+
+/// Parses a seed field: 1 to 16 hex digits, `0x` optional.
+fn parse_seed(field: &str, seed: &str) -> std::result::Result<u64, String> {
+    let digits = seed.strip_prefix("0x").unwrap_or(seed);
+    let bad = || format!("{field} {seed:?} is not 1 to 16 hex digits");
+    if digits.is_empty() || digits.len() > 16 {
+        return Err(bad());
+    }
+    u64::from_str_radix(digits, 16).map_err(|_| bad())
+}
+
 /// Bytes from hex digits (either case, an even number of them, no
 /// separators).
 pub fn from_hex(s: &str) -> Option<Vec<u8>> {
@@ -128,28 +160,45 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
 
 impl FileEntry {
     /// The raw master key this entry states, from `master_key_hex` or
-    /// `master_key_seed` (exactly one must be present).
+    /// `master_key_seed` (exactly one of them and `hw_wrapped_key_seed`
+    /// must be present). A hardware-wrapped key has no raw master key:
+    /// an error says so (see [`FileEntry::hw_wrapped_key`]).
     pub fn master_key(&self) -> std::result::Result<Vec<u8>, String> {
-        match (&self.master_key_hex, &self.master_key_seed) {
-            (Some(hex), None) => {
+        match (
+            &self.master_key_hex,
+            &self.master_key_seed,
+            &self.hw_wrapped_key_seed,
+        ) {
+            (Some(hex), None, None) => {
                 from_hex(hex).ok_or_else(|| "master_key_hex is not hex".to_owned())
             }
-            (None, Some(seed)) => {
-                let digits = seed.strip_prefix("0x").unwrap_or(seed);
-                if digits.is_empty() || digits.len() > 16 {
-                    return Err(format!(
-                        "master_key_seed {seed:?} is not 1 to 16 hex digits"
-                    ));
-                }
-                u64::from_str_radix(digits, 16)
-                    .map(|s| master_key_from_seed(s).to_vec())
-                    .map_err(|_| format!("master_key_seed {seed:?} is not 1 to 16 hex digits"))
+            (None, Some(seed), None) => {
+                parse_seed("master_key_seed", seed).map(|s| master_key_from_seed(s).to_vec())
             }
-            (Some(_), Some(_)) => {
-                Err("both master_key_hex and master_key_seed are given; give one".to_owned())
-            }
-            (None, None) => Err("neither master_key_hex nor master_key_seed is given".to_owned()),
+            (None, None, Some(_)) => Err(
+                "the master key is hardware-wrapped (hw_wrapped_key_seed): its inline \
+                 encryption key and software secret come from the hardware KDF, not a raw \
+                 master key"
+                    .to_owned(),
+            ),
+            (None, None, None) => Err(
+                "none of master_key_hex, master_key_seed and hw_wrapped_key_seed is given"
+                    .to_owned(),
+            ),
+            _ => Err(
+                "more than one of master_key_hex, master_key_seed and hw_wrapped_key_seed is \
+                 given; give one"
+                    .to_owned(),
+            ),
         }
+    }
+
+    /// The raw key of a hardware-wrapped master key (from
+    /// `hw_wrapped_key_seed`, see [`hw_key_from_seed`]): `None` for a raw
+    /// master key.
+    pub fn hw_wrapped_key(&self) -> Option<std::result::Result<[u8; HW_KEY_SIZE], String>> {
+        let seed = self.hw_wrapped_key_seed.as_deref()?;
+        Some(parse_seed("hw_wrapped_key_seed", seed).map(hw_key_from_seed))
     }
 }
 
@@ -225,6 +274,7 @@ mod tests {
             policy: None,
             master_key_hex: hex.map(str::to_owned),
             master_key_seed: seed.map(str::to_owned),
+            hw_wrapped_key_seed: None,
             plaintext: Plaintext::Splitmix64 {
                 seed: 0,
                 ranges: None,
@@ -253,13 +303,13 @@ mod tests {
             entry(None, None)
                 .master_key()
                 .unwrap_err()
-                .contains("neither")
+                .contains("none of")
         );
         assert!(
             entry(Some("00"), Some("1"))
                 .master_key()
                 .unwrap_err()
-                .contains("both")
+                .contains("more than one")
         );
         assert!(
             entry(Some("0g"), None)
@@ -273,6 +323,32 @@ mod tests {
         assert_eq!(
             entry(None, Some("0x1")).master_key().unwrap(),
             master_key_from_seed(1).to_vec()
+        );
+    }
+
+    #[test]
+    fn hardware_wrapped_keys_come_from_their_seed() {
+        let mut e = entry(None, None);
+        e.hw_wrapped_key_seed = Some("0123456789abcdef".to_owned());
+        assert_eq!(
+            e.hw_wrapped_key(),
+            Some(Ok(master_key_from_seed(0x0123_4567_89ab_cdef)[..32]
+                .try_into()
+                .unwrap()))
+        );
+        assert!(e.master_key().unwrap_err().contains("hardware-wrapped"));
+        e.master_key_seed = Some("1".to_owned());
+        assert!(e.master_key().unwrap_err().contains("more than one"));
+        assert_eq!(entry(None, Some("1")).hw_wrapped_key(), None);
+        e.hw_wrapped_key_seed = Some("xyz".to_owned());
+        assert!(e.hw_wrapped_key().unwrap().is_err());
+        // The JSON field, as the guest writes it.
+        let json = r#"{"files":[{"inode":12,"hw_wrapped_key_seed":"00000000000000ff",
+            "plaintext":{"generator":"splitmix64","seed":7}}]}"#;
+        let m: Manifest = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            m.files[0].hw_wrapped_key(),
+            Some(Ok(hw_key_from_seed(0xff)))
         );
     }
 

@@ -585,6 +585,7 @@ mod tests {
             policy: None,
             master_key_hex: None,
             master_key_seed: Some("1".to_owned()),
+            hw_wrapped_key_seed: None,
             plaintext: Plaintext::Splitmix64 {
                 seed: 7,
                 ranges: None,

@@ -130,6 +130,7 @@ fn fixture() -> Fixture {
             policy: None,
             master_key_hex: Some(to_hex(&MK)),
             master_key_seed: None,
+            hw_wrapped_key_seed: None,
             plaintext: enc_text,
         }],
         plain_files: vec![PlainFile {

@@ -134,6 +134,7 @@ fn build(flags: u8, log2_dus: u8, fault: Fault) -> Fixture {
             }),
             master_key_hex: Some(to_hex(&MK)),
             master_key_seed: None,
+            hw_wrapped_key_seed: None,
             plaintext,
         }],
         plain_files: vec![],

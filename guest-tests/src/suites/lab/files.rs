@@ -237,6 +237,7 @@ pub fn manifest_entry(
         policy: Some(policy_spec(case)),
         master_key_hex: None,
         master_key_seed: Some(data::seed_hex(key_seed)),
+        hw_wrapped_key_seed: None,
         plaintext: Plaintext::Splitmix64 {
             seed: content_seed,
             ranges: Some(spec.ranges().into_iter().map(|(s, e)| [s, e]).collect()),
