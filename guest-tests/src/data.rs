@@ -132,6 +132,19 @@ pub fn master_key_bytes(key_seed: u64) -> zeroize::Zeroizing<[u8; MASTER_KEY_SIZ
     key
 }
 
+/// Bytes of a generated raw key for a hardware-wrapped key (the hardware
+/// KDF's key size).
+pub const HW_KEY_SIZE: usize = icelab_contract::manifest::HW_KEY_SIZE;
+
+/// The raw key generated from `key_seed` that the lab imports as a
+/// hardware-wrapped key: the generator's bytes at offsets 0..32 (the
+/// manifest's `hw_wrapped_key_seed` names the seed). Wiped when dropped.
+pub fn hw_key_bytes(key_seed: u64) -> zeroize::Zeroizing<[u8; HW_KEY_SIZE]> {
+    let mut key = zeroize::Zeroizing::new([0u8; HW_KEY_SIZE]);
+    fill_at(key_seed, 0, key.as_mut());
+    key
+}
+
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
@@ -161,6 +174,20 @@ pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hw_keys_are_what_the_manifest_says() {
+        for seed in [0, 1, 0x0123_4567_89ab_cdef, u64::MAX] {
+            assert_eq!(
+                *hw_key_bytes(seed),
+                icelab_contract::manifest::hw_key_from_seed(seed)
+            );
+            assert_eq!(
+                hw_key_bytes(seed)[..],
+                master_key_bytes(seed)[..HW_KEY_SIZE]
+            );
+        }
+    }
 
     #[test]
     fn splitmix64_matches_the_reference_outputs() {

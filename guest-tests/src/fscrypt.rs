@@ -43,6 +43,13 @@ pub const FSCRYPT_POLICY_FLAG_IV_INO_LBLK_32: u8 = 0x10;
 /// `FSCRYPT_KEY_SPEC_TYPE_IDENTIFIER`: a v2 key, named by its identifier.
 pub const FSCRYPT_KEY_SPEC_TYPE_IDENTIFIER: u32 = 2;
 
+/// `FSCRYPT_ADD_KEY_FLAG_HW_WRAPPED` (Linux 6.15+): the key added is a
+/// hardware-wrapped key in ephemerally-wrapped form.
+pub const FSCRYPT_ADD_KEY_FLAG_HW_WRAPPED: u32 = 0x1;
+/// `FSCRYPT_MAX_HW_WRAPPED_KEY_SIZE` (fs/crypto/fscrypt_private.h: blk-crypto's
+/// `BLK_CRYPTO_MAX_HW_WRAPPED_KEY_SIZE`): the largest hardware-wrapped key.
+pub const FSCRYPT_MAX_HW_WRAPPED_KEY_SIZE: usize = 128;
+
 /// `FSCRYPT_KEY_REMOVAL_STATUS_FLAG_FILES_BUSY`.
 pub const FSCRYPT_KEY_REMOVAL_STATUS_FLAG_FILES_BUSY: u32 = 0x1;
 /// `FSCRYPT_KEY_REMOVAL_STATUS_FLAG_OTHER_USERS`.
@@ -192,6 +199,20 @@ impl Drop for AddKeyRequest {
     }
 }
 
+/// FS_IOC_ADD_ENCRYPTION_KEY's argument with room for a hardware-wrapped
+/// key appended; wiped when dropped.
+#[repr(C)]
+struct AddWrappedKeyRequest {
+    arg: FscryptAddKeyArg,
+    raw: [u8; FSCRYPT_MAX_HW_WRAPPED_KEY_SIZE],
+}
+
+impl Drop for AddWrappedKeyRequest {
+    fn drop(&mut self) {
+        self.raw.zeroize();
+    }
+}
+
 // --- ioctl numbers (asm-generic/ioctl.h) -----------------------------------------
 
 const IOC_WRITE: u32 = 1;
@@ -242,7 +263,8 @@ pub const FS_IOC_GET_ENCRYPTION_NONCE: libc::c_ulong =
 
 // --- safe wrappers ----------------------------------------------------------------
 
-/// A failed fscrypt ioctl: which one and the errno.
+/// A failed ioctl (fscrypt's, or blk-crypto's of [`crate::blk_crypto`]):
+/// which one and the errno.
 #[derive(Debug, thiserror::Error)]
 #[error("{ioctl} on {what}: {}", crate::sys::Errno(source.raw_os_error().unwrap_or(0)))]
 pub struct Error {
@@ -299,7 +321,7 @@ impl std::fmt::Debug for MasterKey {
 ///
 /// # Safety
 /// `arg` must point to a live value of the type `request` expects.
-unsafe fn ioctl<T>(file: &File, request: libc::c_ulong, arg: *mut T) -> io::Result<()> {
+pub(crate) unsafe fn ioctl<T>(file: &File, request: libc::c_ulong, arg: *mut T) -> io::Result<()> {
     loop {
         // SAFETY: the caller guarantees `arg` matches `request`.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), request, arg) };
@@ -313,7 +335,11 @@ unsafe fn ioctl<T>(file: &File, request: libc::c_ulong, arg: *mut T) -> io::Resu
     }
 }
 
-fn err<'a>(ioctl: &'static str, what: &'a str) -> impl FnOnce(io::Error) -> Error + 'a {
+/// Turns an ioctl's `io::Error` into an [`Error`] naming it and `what`.
+pub(crate) fn ioctl_error<'a>(
+    ioctl: &'static str,
+    what: &'a str,
+) -> impl FnOnce(io::Error) -> Error + 'a {
     move |source| Error {
         ioctl,
         what: what.to_owned(),
@@ -337,7 +363,45 @@ pub fn add_key(file: &File, what: &str, key: &MasterKey) -> Result<KeyIdentifier
     };
     // SAFETY: `req` is a fscrypt_add_key_arg followed by raw_size key bytes.
     unsafe { ioctl(file, FS_IOC_ADD_ENCRYPTION_KEY, &mut req.arg) }
-        .map_err(err("FS_IOC_ADD_ENCRYPTION_KEY", what))?;
+        .map_err(ioctl_error("FS_IOC_ADD_ENCRYPTION_KEY", what))?;
+    let mut id = [0u8; FSCRYPT_KEY_IDENTIFIER_SIZE];
+    id.copy_from_slice(&req.arg.key_spec.u[..FSCRYPT_KEY_IDENTIFIER_SIZE]);
+    Ok(KeyIdentifier(id))
+}
+
+/// FS_IOC_ADD_ENCRYPTION_KEY with `FSCRYPT_ADD_KEY_FLAG_HW_WRAPPED`: adds
+/// the hardware-wrapped key `eph_key`, in ephemerally-wrapped form (as
+/// BLKCRYPTOPREPAREKEY returns it), to the filesystem of `file` as a v2
+/// key and returns its identifier. fscrypt asks the block device for the
+/// key's software secret (blk-crypto's `derive_sw_secret`), from which it
+/// derives the identifier; file contents are encrypted with the key the
+/// device derives itself. A key longer than
+/// [`FSCRYPT_MAX_HW_WRAPPED_KEY_SIZE`] is refused with EINVAL here, as the
+/// kernel would.
+pub fn add_hw_wrapped_key(file: &File, what: &str, eph_key: &[u8]) -> Result<KeyIdentifier> {
+    let mut req = AddWrappedKeyRequest {
+        arg: FscryptAddKeyArg {
+            key_spec: FscryptKeySpecifier {
+                spec_type: FSCRYPT_KEY_SPEC_TYPE_IDENTIFIER,
+                ..Default::default()
+            },
+            raw_size: eph_key.len() as u32,
+            flags: FSCRYPT_ADD_KEY_FLAG_HW_WRAPPED,
+            ..Default::default()
+        },
+        raw: [0; FSCRYPT_MAX_HW_WRAPPED_KEY_SIZE],
+    };
+    let Some(room) = req.raw.get_mut(..eph_key.len()) else {
+        return Err(Error {
+            ioctl: "FS_IOC_ADD_ENCRYPTION_KEY",
+            what: what.to_owned(),
+            source: io::Error::from_raw_os_error(libc::EINVAL),
+        });
+    };
+    room.copy_from_slice(eph_key);
+    // SAFETY: `req` is a fscrypt_add_key_arg followed by raw_size key bytes.
+    unsafe { ioctl(file, FS_IOC_ADD_ENCRYPTION_KEY, &mut req.arg) }
+        .map_err(ioctl_error("FS_IOC_ADD_ENCRYPTION_KEY", what))?;
     let mut id = [0u8; FSCRYPT_KEY_IDENTIFIER_SIZE];
     id.copy_from_slice(&req.arg.key_spec.u[..FSCRYPT_KEY_IDENTIFIER_SIZE]);
     Ok(KeyIdentifier(id))
@@ -349,7 +413,7 @@ pub fn set_policy(dir: &File, what: &str, policy: &FscryptPolicyV2) -> Result<()
     let mut policy = *policy;
     // SAFETY: the kernel reads the version byte, then a fscrypt_policy_v2.
     unsafe { ioctl(dir, FS_IOC_SET_ENCRYPTION_POLICY, &mut policy) }
-        .map_err(err("FS_IOC_SET_ENCRYPTION_POLICY", what))
+        .map_err(ioctl_error("FS_IOC_SET_ENCRYPTION_POLICY", what))
 }
 
 /// FS_IOC_GET_ENCRYPTION_POLICY_EX: the v2 policy of `file`. A v1 policy
@@ -361,7 +425,7 @@ pub fn get_policy(file: &File, what: &str) -> Result<FscryptPolicyV2> {
     };
     // SAFETY: `arg` is a fscrypt_get_policy_ex_arg with room for a v2 policy.
     unsafe { ioctl(file, FS_IOC_GET_ENCRYPTION_POLICY_EX, &mut arg) }
-        .map_err(err("FS_IOC_GET_ENCRYPTION_POLICY_EX", what))?;
+        .map_err(ioctl_error("FS_IOC_GET_ENCRYPTION_POLICY_EX", what))?;
     Ok(arg.policy)
 }
 
@@ -371,7 +435,7 @@ pub fn get_nonce(file: &File, what: &str) -> Result<[u8; FSCRYPT_FILE_NONCE_SIZE
     let mut nonce = [0u8; FSCRYPT_FILE_NONCE_SIZE];
     // SAFETY: the kernel writes 16 bytes to `nonce`.
     unsafe { ioctl(file, FS_IOC_GET_ENCRYPTION_NONCE, &mut nonce) }
-        .map_err(err("FS_IOC_GET_ENCRYPTION_NONCE", what))?;
+        .map_err(ioctl_error("FS_IOC_GET_ENCRYPTION_NONCE", what))?;
     Ok(nonce)
 }
 
@@ -384,7 +448,7 @@ pub fn remove_key(file: &File, what: &str, id: &KeyIdentifier) -> Result<u32> {
     };
     // SAFETY: `arg` is a fscrypt_remove_key_arg.
     unsafe { ioctl(file, FS_IOC_REMOVE_ENCRYPTION_KEY, &mut arg) }
-        .map_err(err("FS_IOC_REMOVE_ENCRYPTION_KEY", what))?;
+        .map_err(ioctl_error("FS_IOC_REMOVE_ENCRYPTION_KEY", what))?;
     Ok(arg.removal_status_flags)
 }
 
@@ -397,7 +461,7 @@ pub fn key_status(file: &File, what: &str, id: &KeyIdentifier) -> Result<(u32, u
     };
     // SAFETY: `arg` is a fscrypt_get_key_status_arg.
     unsafe { ioctl(file, FS_IOC_GET_ENCRYPTION_KEY_STATUS, &mut arg) }
-        .map_err(err("FS_IOC_GET_ENCRYPTION_KEY_STATUS", what))?;
+        .map_err(ioctl_error("FS_IOC_GET_ENCRYPTION_KEY_STATUS", what))?;
     Ok((arg.status, arg.status_flags, arg.user_count))
 }
 
@@ -433,6 +497,9 @@ mod tests {
         assert_eq!(size_of::<FscryptGetKeyStatusArg>(), 128);
         assert_eq!(size_of::<FscryptGetPolicyExArg>(), 32);
         assert_eq!(size_of::<AddKeyRequest>(), 80 + 64);
+        assert_eq!(size_of::<AddWrappedKeyRequest>(), 80 + 128);
+        assert_eq!(std::mem::offset_of!(FscryptAddKeyArg, flags), 48);
+        assert_eq!(std::mem::offset_of!(AddWrappedKeyRequest, raw), 80);
         assert_eq!(std::mem::offset_of!(FscryptAddKeyArg, raw_size), 40);
         assert_eq!(std::mem::offset_of!(FscryptAddKeyArg, key_id), 44);
         assert_eq!(std::mem::offset_of!(AddKeyRequest, raw), 80);

@@ -6,11 +6,13 @@
 //! - [`report`]: the JSON-lines results stream;
 //! - [`runner`]: tests with deadlines and dependencies;
 //! - [`suites`]: the suites (smoke) and the steps they share;
-//! - [`fscrypt`], [`kmsg`], [`sys`], [`command`]: the system interfaces;
+//! - [`fscrypt`], [`blk_crypto`], [`kmsg`], [`sys`], [`command`]: the
+//!   system interfaces;
 //! - [`init`]: PID 1 duties; [`data`]: reproducible file contents.
 
 #![warn(missing_docs)]
 
+pub mod blk_crypto;
 pub mod cmdline;
 pub mod command;
 pub mod data;
