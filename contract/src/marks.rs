@@ -96,6 +96,17 @@ pub const REMOVAL_BUSY_CLOSED: &str = "removal/busy/closed";
 /// A file held open: the key was removed again, for good.
 pub const REMOVAL_BUSY_REMOVED: &str = "removal/busy/removed";
 
+// --- removal of a hardware-wrapped key --------------------------------------------
+
+/// The prefix of the hardware-wrapped key removal marks.
+pub const WRAPPED_REMOVAL_PREFIX: &str = "wrapped-removal/";
+/// Before the files under the hardware-wrapped key are written.
+pub const WRAPPED_REMOVAL_START: &str = "wrapped-removal/start";
+/// Its files read back: the key is in a keyslot.
+pub const WRAPPED_REMOVAL_KEYS_IN_USE: &str = "wrapped-removal/keys-in-use";
+/// The key was removed (no file open).
+pub const WRAPPED_REMOVAL_REMOVED: &str = "wrapped-removal/removed";
+
 // --- keyslot pressure -----------------------------------------------------------------
 
 /// The prefix of the keyslot-pressure marks.
@@ -115,7 +126,7 @@ pub const FSCRYPT_TOOL_START: &str = "fscrypt-tool/start";
 pub const FSCRYPT_TOOL_END: &str = "fscrypt-tool/end";
 
 /// Every fixed label (the path-selection labels come from [`path`]).
-pub const FIXED_LABELS: [&str; 12] = [
+pub const FIXED_LABELS: [&str; 15] = [
     REMOVAL_IDLE_START,
     REMOVAL_IDLE_KEYS_IN_USE,
     REMOVAL_IDLE_REMOVED,
@@ -124,6 +135,9 @@ pub const FIXED_LABELS: [&str; 12] = [
     REMOVAL_BUSY_BUSY,
     REMOVAL_BUSY_CLOSED,
     REMOVAL_BUSY_REMOVED,
+    WRAPPED_REMOVAL_START,
+    WRAPPED_REMOVAL_KEYS_IN_USE,
+    WRAPPED_REMOVAL_REMOVED,
     PRESSURE_START,
     PRESSURE_END,
     FSCRYPT_TOOL_START,
@@ -140,6 +154,8 @@ pub enum TraceCheckKind {
     PathSelection,
     /// Removing a key evicts it at the device, not while a file is open.
     KeyRemoval,
+    /// Removing a hardware-wrapped key evicts it at the device.
+    WrappedKeyRemoval,
     /// Many keys through few keyslots: replaced and programmed again.
     KeyslotPressure,
     /// Google's `fscrypt` tool's files went through the engine.
@@ -148,9 +164,10 @@ pub enum TraceCheckKind {
 
 impl TraceCheckKind {
     /// Every check, in the order the host runs them.
-    pub const ALL: [TraceCheckKind; 4] = [
+    pub const ALL: [TraceCheckKind; 5] = [
         TraceCheckKind::PathSelection,
         TraceCheckKind::KeyRemoval,
+        TraceCheckKind::WrappedKeyRemoval,
         TraceCheckKind::KeyslotPressure,
         TraceCheckKind::FscryptTool,
     ];
@@ -160,6 +177,7 @@ impl TraceCheckKind {
         match self {
             TraceCheckKind::PathSelection => "trace/path-selection",
             TraceCheckKind::KeyRemoval => "trace/key-removal",
+            TraceCheckKind::WrappedKeyRemoval => "trace/wrapped-key-removal",
             TraceCheckKind::KeyslotPressure => "trace/keyslot-pressure",
             TraceCheckKind::FscryptTool => "trace/fscrypt-tool",
         }
@@ -170,6 +188,7 @@ impl TraceCheckKind {
         match self {
             TraceCheckKind::PathSelection => PATH_PREFIX,
             TraceCheckKind::KeyRemoval => REMOVAL_PREFIX,
+            TraceCheckKind::WrappedKeyRemoval => WRAPPED_REMOVAL_PREFIX,
             TraceCheckKind::KeyslotPressure => PRESSURE_PREFIX,
             TraceCheckKind::FscryptTool => FSCRYPT_TOOL_PREFIX,
         }

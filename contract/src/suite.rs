@@ -24,6 +24,17 @@ pub enum GuestSuite {
     LabDefaultKey,
     /// A key past `--key-usage-limit` with the refuse action.
     LabKeyLimit,
+    /// Hardware-wrapped keys: the blk-crypto ioctls, fscrypt with
+    /// hardware-wrapped keys, key removal; the long-term keys saved on the
+    /// filesystem.
+    LabWrapped,
+    /// The same image and device secret after a reboot: the saved
+    /// long-term keys unlock the files, the old ephemerally-wrapped keys
+    /// are refused.
+    LabWrappedReboot,
+    /// The same image on a device with another secret: the saved keys are
+    /// refused; the raw keys imported again unlock the files.
+    LabWrappedForeign,
     /// The policy matrix alone (the fault runs).
     Matrix,
     /// fio on an inlinecrypt ext4 file.
@@ -36,7 +47,7 @@ pub enum GuestSuite {
 
 impl GuestSuite {
     /// Every suite.
-    pub const ALL: [GuestSuite; 10] = [
+    pub const ALL: [GuestSuite; 13] = [
         GuestSuite::Smoke,
         GuestSuite::Lab,
         GuestSuite::LabReboot,
@@ -44,6 +55,9 @@ impl GuestSuite {
         GuestSuite::LabRestart,
         GuestSuite::LabDefaultKey,
         GuestSuite::LabKeyLimit,
+        GuestSuite::LabWrapped,
+        GuestSuite::LabWrappedReboot,
+        GuestSuite::LabWrappedForeign,
         GuestSuite::Matrix,
         GuestSuite::Bench,
         GuestSuite::Userland,
@@ -59,6 +73,9 @@ impl GuestSuite {
             GuestSuite::LabRestart => "lab-restart",
             GuestSuite::LabDefaultKey => "lab-default-key",
             GuestSuite::LabKeyLimit => "lab-key-limit",
+            GuestSuite::LabWrapped => "lab-wrapped",
+            GuestSuite::LabWrappedReboot => "lab-wrapped-reboot",
+            GuestSuite::LabWrappedForeign => "lab-wrapped-foreign",
             GuestSuite::Matrix => "matrix",
             GuestSuite::Bench => "bench",
             GuestSuite::Userland => "userland",

@@ -171,7 +171,8 @@ const KNOWN_KEYS: &[&str] = &[
 /// What a bad `icelab.suite` is told (a unit test checks it names every
 /// suite of the contract).
 const SUITES_HINT: &str = "known suites: smoke, lab, lab-reboot, lab-pressure, lab-restart, \
-                           lab-default-key, lab-key-limit, matrix, bench, userland";
+                           lab-default-key, lab-key-limit, lab-wrapped, lab-wrapped-reboot, \
+                           lab-wrapped-foreign, matrix, bench, userland";
 
 /// A fault the runner injects into itself (`icelab.fault=KIND:TEST`), to
 /// prove its own safety nets: a panic must be reported and power the
@@ -653,6 +654,9 @@ mod tests {
             ("lab-restart", SuiteName::LabRestart),
             ("lab-default-key", SuiteName::LabDefaultKey),
             ("lab-key-limit", SuiteName::LabKeyLimit),
+            ("lab-wrapped", SuiteName::LabWrapped),
+            ("lab-wrapped-reboot", SuiteName::LabWrappedReboot),
+            ("lab-wrapped-foreign", SuiteName::LabWrappedForeign),
             ("matrix", SuiteName::Matrix),
             ("bench", SuiteName::Bench),
         ] {

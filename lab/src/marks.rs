@@ -9,6 +9,8 @@
 //!   does; UFS: both do, LBLK_64 with 8 DUN bytes);
 //! - `trace/key-removal`: removing a key evicts its keys at the device,
 //!   not before a busy file is closed, and they never come back;
+//! - `trace/wrapped-key-removal`: removing a hardware-wrapped key evicts
+//!   the key the engine derived from it, which never comes back;
 //! - `trace/keyslot-pressure`: with 2 keyslots and many keys, keys are
 //!   replaced and programmed again, no slot beyond the device's, and the
 //!   device's counters agree with its trace;
@@ -23,7 +25,7 @@ use icelab_contract::marks::{
     self as label, FSCRYPT_TOOL_END, FSCRYPT_TOOL_START, PATH_POLICIES, PRESSURE_END,
     PRESSURE_START, PathEdge, REMOVAL_BUSY_BUSY, REMOVAL_BUSY_OPEN, REMOVAL_BUSY_REMOVED,
     REMOVAL_BUSY_START, REMOVAL_IDLE_KEYS_IN_USE, REMOVAL_IDLE_REMOVED, REMOVAL_IDLE_START,
-    TraceCheckKind,
+    TraceCheckKind, WRAPPED_REMOVAL_KEYS_IN_USE, WRAPPED_REMOVAL_REMOVED, WRAPPED_REMOVAL_START,
 };
 use icelab_emulator::engine::ProfileName;
 use serde_json::{Value, json};
@@ -103,6 +105,7 @@ fn check_fn(kind: TraceCheckKind) -> CheckFn {
     match kind {
         TraceCheckKind::PathSelection => path_selection,
         TraceCheckKind::KeyRemoval => key_removal,
+        TraceCheckKind::WrappedKeyRemoval => wrapped_key_removal,
         TraceCheckKind::KeyslotPressure => keyslot_pressure,
         TraceCheckKind::FscryptTool => fscrypt_tool,
     }
@@ -275,6 +278,35 @@ fn key_removal(
          close and the second removal; none programmed again",
         idle.len(),
         held.len()
+    ))
+}
+
+/// `trace/wrapped-key-removal`: `wrapped-removal/*`. The trace shows the
+/// inline encryption key the engine derived from the hardware-wrapped key
+/// (its fingerprint), never the wrapped key itself.
+fn wrapped_key_removal(
+    _input: &TraceCheck<'_>,
+    marks: &Marks,
+    timeline: &Timeline,
+    facts: &mut Facts,
+) -> anyhow::Result<String> {
+    let pos = |label: &str| marks.pos(timeline, label);
+    let start = pos(WRAPPED_REMOVAL_START)?;
+    let in_use = pos(WRAPPED_REMOVAL_KEYS_IN_USE)?;
+    let removed = pos(WRAPPED_REMOVAL_REMOVED)?;
+    let keys = keys_in_use(timeline, start, in_use);
+    facts.insert("keys".into(), json!(keys));
+    if keys.is_empty() {
+        bail!(
+            "no key of the files under the hardware-wrapped key was in a keyslot when the guest \
+             marked keys-in-use"
+        );
+    }
+    gone_for_good(timeline, &keys, in_use, removed, "hardware-wrapped key")?;
+    Ok(format!(
+        "{} key(s) programmed from the hardware-wrapped key evicted by its removal, none \
+         programmed again",
+        keys.len()
     ))
 }
 
@@ -643,6 +675,29 @@ mod tests {
         t.program(0, "a2", 4);
         let r = run(&t, ProfileName::Ufs, 32, std::slice::from_ref(&m));
         assert!(r[0].2.contains("programmed again"), "{}", r[0].2);
+    }
+
+    #[test]
+    fn wrapped_key_removal_evicts_the_derived_key() {
+        let trace = |evict: bool| {
+            let mut t = Trace::default();
+            let mut m = vec![("wrapped-removal/start", t.mark())];
+            t.program(2, "w1", 8);
+            m.push(("wrapped-removal/keys-in-use", t.mark()));
+            if evict {
+                t.evict(2);
+            }
+            m.push(("wrapped-removal/removed", t.mark()));
+            (t, marks(&m))
+        };
+        let (t, m) = trace(true);
+        let r = run(&t, ProfileName::Ufs, 32, std::slice::from_ref(&m));
+        assert_eq!(r[0].0, "trace/wrapped-key-removal");
+        assert_eq!(r[0].1, Outcome::Pass, "{}", r[0].2);
+        let (t, m) = trace(false);
+        let r = run(&t, ProfileName::Ufs, 32, std::slice::from_ref(&m));
+        assert_eq!(r[0].1, Outcome::Fail);
+        assert!(r[0].2.contains("were not evicted"), "{}", r[0].2);
     }
 
     #[test]

@@ -223,7 +223,9 @@ pub const KERNEL_COMPLAINTS: &[&str] = &[
 
 /// `kernel-clean`: no kernel warning, BUG, oops or call trace in the log
 /// of the whole run.
-fn kernel_clean(_ctx: &Ctx, _state: &mut State, facts: &mut Facts) -> Result<String, Failure> {
+/// `kernel-clean`: no kernel warning, BUG, oops or call trace in the
+/// whole log (shared with the suites that end with it).
+pub fn kernel_clean(_ctx: &Ctx, _state: &mut State, facts: &mut Facts) -> Result<String, Failure> {
     let records = kmsg::read_all(Path::new("/dev/kmsg"))
         .map_err(|e| Failure(format!("cannot read /dev/kmsg: {e}")))?;
     let complaints: Vec<&str> = records

@@ -11,6 +11,10 @@
 //!   selection and unencrypted files on a device with a default key;
 //! - [`KEY_LIMIT_TESTS`] (`lab-key-limit`): a key past the device's
 //!   usage limit (refuse);
+//! - [`WRAPPED_TESTS`] (`lab-wrapped`), [`WRAPPED_REBOOT_TESTS`]
+//!   (`lab-wrapped-reboot`), [`WRAPPED_FOREIGN_TESTS`]
+//!   (`lab-wrapped-foreign`): hardware-wrapped keys, then the same image
+//!   on the same device secret and on another ([`wrapped`]);
 //! - [`MATRIX_TESTS`] (`matrix`): the policy matrix alone.
 //!
 //! Modules: [`plan`] (the matrix as data), [`files`] (writing and reading
@@ -29,6 +33,7 @@ pub mod pressure;
 pub mod provisioning;
 pub mod reboot;
 pub mod restart;
+pub mod wrapped;
 
 use crate::runner::TestDef;
 
@@ -145,6 +150,49 @@ pub const KEY_LIMIT_TESTS: &[TestDef] = &[
     matrix::UNMOUNT,
 ];
 
+/// `icelab.suite=lab-wrapped`: hardware-wrapped keys on a fresh image.
+pub const WRAPPED_TESTS: &[TestDef] = table![
+    &[
+        matrix::DRIVER_LOAD,
+        matrix::CRYPTO_SYSFS,
+        wrapped::WRAPPED_SYSFS,
+        wrapped::WRAPPED_IOCTLS,
+        matrix::MKFS_MOUNT,
+    ],
+    &wrapped::WRAPPED_FSCRYPT,
+    &[
+        wrapped::WRAPPED_NEEDS_LBLK,
+        wrapped::WRAPPED_REMOVAL,
+        matrix::UNMOUNT,
+        wrapped::KERNEL_CLEAN,
+    ],
+];
+
+/// `icelab.suite=lab-wrapped-reboot`: the same image and device secret.
+pub const WRAPPED_REBOOT_TESTS: &[TestDef] = table![
+    &[
+        matrix::DRIVER_LOAD,
+        matrix::CRYPTO_SYSFS,
+        reboot::MOUNT_EXISTING,
+        wrapped::WRAPPED_STALE,
+    ],
+    &wrapped::WRAPPED_REREAD,
+    &[matrix::UNMOUNT, wrapped::KERNEL_CLEAN],
+];
+
+/// `icelab.suite=lab-wrapped-foreign`: the same image, another device
+/// secret.
+pub const WRAPPED_FOREIGN_TESTS: &[TestDef] = table![
+    &[
+        matrix::DRIVER_LOAD,
+        matrix::CRYPTO_SYSFS,
+        reboot::MOUNT_EXISTING,
+        wrapped::WRAPPED_FOREIGN,
+    ],
+    &wrapped::WRAPPED_REIMPORT,
+    &[matrix::UNMOUNT, wrapped::KERNEL_CLEAN],
+];
+
 /// `icelab.suite=matrix`: the policy matrix alone (the fault runs).
 pub const MATRIX_TESTS: &[TestDef] =
     table![MATRIX_SETUP, &matrix::POLICY_TESTS, &[matrix::UNMOUNT]];
@@ -220,6 +268,13 @@ mod tests {
             assert_eq!(table.last().map(|t| t.name), Some("unmount"));
         }
         check_table(PRESSURE_TESTS);
+        // The wrapped-key tables end with unmount, then kernel-clean.
+        for table in [WRAPPED_TESTS, WRAPPED_REBOOT_TESTS, WRAPPED_FOREIGN_TESTS] {
+            check_table(table);
+            assert_eq!(table[0].name, "driver-load");
+            let names = names(table);
+            assert_eq!(names[names.len() - 2..], ["unmount", "kernel-clean"]);
+        }
         // The lab suite starts with the whole matrix.
         assert_eq!(
             TESTS[..MATRIX_TESTS.len() - 1]
