@@ -82,7 +82,11 @@ pub fn parse_stats(stats: &Value) -> Result<StatsFile, String> {
 /// `device-stats`: the emulator's counters against [`BootPlan::traffic`];
 /// no request is ever rejected; every keyslot program and evict arrived on
 /// the control queue; a boot with fewer keyslots than keys (pressure) must
-/// have programmed more keys than it has slots.
+/// have programmed more keys than it has slots. A boot with
+/// hardware-wrapped keys ([`BootPlan::key_manager_state`]) must have
+/// programmed keyslots with them, and may see the key manager's refusals
+/// (its guest provokes them: tampered, wrong-kind, stale and foreign keys,
+/// a short raw key), but no other.
 pub fn device_stats(boot: &BootPlan, stats: &Value) -> TestResult {
     let file = parse_stats(stats);
     let counters = file.as_ref().ok().map(|f| &f.stats);
@@ -96,6 +100,13 @@ pub fn device_stats(boot: &BootPlan, stats: &Value) -> TestResult {
     let refusing = boot
         .key_usage_limit
         .is_some_and(|l| l.action == LimitAction::Refuse);
+    let wrapped = boot.key_manager_state.is_some();
+    let key_manager_refusals = counters.map_or(0, |c| {
+        KEY_MANAGER_REFUSALS
+            .iter()
+            .map(|kind| c.rejected.of_kind(kind))
+            .sum::<u64>()
+    });
     let rejected = |total: u64| {
         let mut unexpected = total;
         if boot.restart_device {
@@ -103,6 +114,9 @@ pub fn device_stats(boot: &BootPlan, stats: &Value) -> TestResult {
         }
         if refusing {
             unexpected -= limit_refusals.min(unexpected);
+        }
+        if wrapped {
+            unexpected -= key_manager_refusals.min(unexpected);
         }
         unexpected
     };
@@ -115,22 +129,41 @@ pub fn device_stats(boot: &BootPlan, stats: &Value) -> TestResult {
         "crypto_in_requests": counters.map(|c| c.crypto_in.requests),
         "rejected_requests": counters.map(|c| rejected(c.rejected.total)),
         "slot_empty_refusals": slot_empty,
+        "key_manager": counters.map(|c| json!(c.key_manager)),
+        "key_manager_refusals": counters.map(|c| {
+            KEY_MANAGER_REFUSALS
+                .iter()
+                .filter(|kind| c.rejected.of_kind(kind) > 0)
+                .map(|kind| (kind.to_string(), json!(c.rejected.of_kind(kind))))
+                .collect::<serde_json::Map<_, _>>()
+        }),
     });
     let problem = match &file {
         Err(problem) => Some(problem.clone()),
         Ok(StatsFile { stats: c, .. }) => {
             let p = c.keyslots.programmed;
             let (o, i) = (c.crypto_out.requests, c.crypto_in.requests);
-            traffic_problem(boot, p, o, i, rejected(c.rejected.total)).or_else(|| {
-                let keyslot_commands = p + c.keyslots.evicted;
-                let on_control_queue = c.control_queue.keyslot_commands;
-                (on_control_queue != keyslot_commands).then(|| {
-                    format!(
-                        "{keyslot_commands} keyslot programs and evictions, but \
-                         {on_control_queue} arrived on the control queue"
-                    )
+            traffic_problem(boot, p, o, i, rejected(c.rejected.total))
+                .or_else(|| {
+                    let keyslot_commands = p + c.keyslots.evicted;
+                    let on_control_queue = c.control_queue.keyslot_commands;
+                    (on_control_queue != keyslot_commands).then(|| {
+                        format!(
+                            "{keyslot_commands} keyslot programs and evictions, but \
+                             {on_control_queue} arrived on the control queue"
+                        )
+                    })
                 })
-            })
+                .or_else(|| {
+                    let km = &c.key_manager;
+                    (wrapped && boot.traffic != Traffic::None && km.programmed == 0).then(|| {
+                        format!(
+                            "no keyslot was programmed with a hardware-wrapped key (key \
+                             manager: {} imported, {} prepared, {} derived)",
+                            km.imported, km.prepared, km.derived
+                        )
+                    })
+                })
         }
     };
     TestResult::host(
@@ -141,6 +174,17 @@ pub fn device_stats(boot: &BootPlan, stats: &Value) -> TestResult {
         facts,
     )
 }
+
+/// The key manager's refusal kinds: what a boot with hardware-wrapped
+/// keys provokes on purpose.
+const KEY_MANAGER_REFUSALS: [&str; 6] = [
+    reject_kind::WRONG_RAW_KEY_SIZE,
+    reject_kind::WRAPPED_KEY_MALFORMED,
+    reject_kind::WRAPPED_KEY_WRONG_KIND,
+    reject_kind::WRAPPED_KEY_FOREIGN,
+    reject_kind::WRAPPED_KEY_STALE,
+    reject_kind::WRAPPED_KEY_UNAUTHENTIC,
+];
 
 /// Why counters `p` (keyslots programmed), `o` (CRYPTO_OUT), `i`
 /// (CRYPTO_IN), `r` (rejected) do not fit `boot`, if they do not.
@@ -307,6 +351,67 @@ mod tests {
         by_kind.insert(reject_kind::SLOT_EMPTY.to_owned(), 3);
         by_kind.insert("dun-overflow".to_owned(), 1);
         assert!(!device_stats(restart, &value_of(refused)).message.is_empty());
+    }
+
+    #[test]
+    fn a_wrapped_boot_needs_wrapped_programs_and_tolerates_only_key_manager_refusals() {
+        let boots = plan(&PlanInput {
+            suite: Suite::LabWrapped,
+            profile: None,
+            no_control: false,
+            seed: 1,
+        });
+        let (wrapped, foreign) = (&boots[0], &boots[2]);
+        let mut refused = file(3, 10, 10, 3);
+        refused.stats.key_manager.programmed = 2;
+        let by_kind = &mut refused.stats.rejected.by_kind;
+        by_kind.insert(reject_kind::WRAPPED_KEY_UNAUTHENTIC.to_owned(), 1);
+        by_kind.insert(reject_kind::WRAPPED_KEY_WRONG_KIND.to_owned(), 1);
+        by_kind.insert(reject_kind::WRONG_RAW_KEY_SIZE.to_owned(), 1);
+        let result = device_stats(wrapped, &value_of(refused.clone()));
+        assert!(result.message.is_empty(), "{}", result.message);
+        assert_eq!(
+            result.facts["key_manager_refusals"]["wrapped-key-wrong-kind"],
+            json!(1)
+        );
+        assert!(
+            device_stats(foreign, &value_of(refused.clone()))
+                .message
+                .is_empty()
+        );
+        // Not in a boot without hardware-wrapped keys.
+        let lab = plan(&PlanInput {
+            suite: Suite::Lab,
+            profile: None,
+            no_control: false,
+            seed: 1,
+        });
+        assert!(
+            !device_stats(&lab[0], &value_of(refused.clone()))
+                .message
+                .is_empty()
+        );
+        // Another kind of refusal is still one too many.
+        refused.stats.rejected.total = 4;
+        refused
+            .stats
+            .rejected
+            .by_kind
+            .insert("dun-overflow".to_owned(), 1);
+        assert!(
+            !device_stats(wrapped, &value_of(refused.clone()))
+                .message
+                .is_empty()
+        );
+        // Keyslots programmed, but none with a hardware-wrapped key.
+        let mut raw_only = file(3, 10, 10, 0);
+        raw_only.stats.key_manager.imported = 1;
+        let result = device_stats(wrapped, &value_of(raw_only));
+        assert!(
+            result.message.contains("hardware-wrapped"),
+            "{}",
+            result.message
+        );
     }
 
     #[test]

@@ -8,13 +8,16 @@
 //! a device with 4 DUN bytes, `pressure` gives the device 2 keyslots,
 //! `restart` writes while the host kills and restarts the device,
 //! `default-key` runs on a device with a default key and a key usage
-//! limit.
+//! limit. The `lab-wrapped` suite's `wrapped` boot uses hardware-wrapped
+//! keys with a key manager state file, `wrapped-reboot` boots its image
+//! again on the same state, `wrapped-foreign` on another.
 
 use crate::serve_process::{CommandTemplate, DeviceOptions};
 use icelab_contract::cmdline::{Engine, GuestPlan};
 use icelab_contract::device::{KeyUsageLimit, LimitAction};
 use icelab_contract::suite::{Expect, GuestSuite, Profile};
 use icelab_emulator::engine::{Capabilities, Fault, ProfileName};
+use std::path::{Path, PathBuf};
 
 /// A suite the host knows how to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +35,9 @@ pub enum Suite {
     LabRestart,
     /// The `default-key` boot of the lab plan alone.
     LabDefaultKey,
+    /// Hardware-wrapped keys: `wrapped`, `wrapped-reboot` (same image and
+    /// device secret), `wrapped-foreign` (same image, another secret).
+    LabWrapped,
     /// One `ufs` boot of the policy matrix (the fault runs use it).
     Matrix,
     /// One native boot of the guest's bench suite.
@@ -40,13 +46,14 @@ pub enum Suite {
 
 impl Suite {
     /// Every suite, in the order the help lists them.
-    pub const ALL: [Suite; 8] = [
+    pub const ALL: [Suite; 9] = [
         Suite::Smoke,
         Suite::Lab,
         Suite::LabReboot,
         Suite::LabPressure,
         Suite::LabRestart,
         Suite::LabDefaultKey,
+        Suite::LabWrapped,
         Suite::Matrix,
         Suite::Bench,
     ];
@@ -60,6 +67,7 @@ impl Suite {
             Suite::LabPressure => "lab-pressure",
             Suite::LabRestart => "lab-restart",
             Suite::LabDefaultKey => "lab-default-key",
+            Suite::LabWrapped => "lab-wrapped",
             Suite::Matrix => "matrix",
             Suite::Bench => "bench",
         }
@@ -79,6 +87,7 @@ impl Suite {
                 | Suite::LabPressure
                 | Suite::LabRestart
                 | Suite::LabDefaultKey
+                | Suite::LabWrapped
                 | Suite::Matrix
         )
     }
@@ -135,6 +144,13 @@ pub struct BootPlan {
     pub default_key: bool,
     /// `--key-usage-limit` of the device.
     pub key_usage_limit: Option<KeyUsageLimit>,
+    /// Hardware-wrapped keys with a persistent device secret: the boot
+    /// (by name) in whose directory the key manager's state file
+    /// ([`KEY_MANAGER_STATE_FILE`]) lives (`icelab serve
+    /// --key-manager-state`). Boots naming the same one share the
+    /// secret; the boot naming itself starts from a new one. Such boots
+    /// expect the key manager's refusals the guest provokes.
+    pub key_manager_state: Option<&'static str>,
 }
 
 /// Everything the plan depends on.
@@ -172,6 +188,15 @@ pub const KEY_LIMIT_BOOT_LIMIT: KeyUsageLimit = KeyUsageLimit {
 };
 /// Request queues of every boot's device (and QEMU's `num-queues`).
 pub const QUEUES: u16 = 2;
+/// The key manager's state file of a boot with
+/// [`BootPlan::key_manager_state`], in the directory of the boot it names.
+pub const KEY_MANAGER_STATE_FILE: &str = "km.state";
+
+/// The key manager state file of `boot` under the run's directory `base`.
+pub fn key_manager_state_path(boot: &BootPlan, base: &Path) -> Option<PathBuf> {
+    boot.key_manager_state
+        .map(|owner| base.join(owner).join(KEY_MANAGER_STATE_FILE))
+}
 
 /// The boots of `input.suite`, in order. Empty when `--profile` leaves no
 /// boot of the suite (lab-pressure with `--profile emmc`): the caller
@@ -194,6 +219,7 @@ pub fn plan(input: &PlanInput) -> Vec<BootPlan> {
         restart_device: false,
         default_key: false,
         key_usage_limit: None,
+        key_manager_state: None,
     };
     let ufs = BootPlan {
         name: "ufs",
@@ -207,6 +233,7 @@ pub fn plan(input: &PlanInput) -> Vec<BootPlan> {
         restart_device: false,
         default_key: false,
         key_usage_limit: None,
+        key_manager_state: None,
     };
     let ufs_reboot = BootPlan {
         name: "ufs-reboot",
@@ -251,6 +278,27 @@ pub fn plan(input: &PlanInput) -> Vec<BootPlan> {
         key_usage_limit: Some(KEY_LIMIT_BOOT_LIMIT),
         ..ufs.clone()
     };
+    let wrapped = BootPlan {
+        name: "wrapped",
+        guest_suite: GuestSuite::LabWrapped,
+        image: Image::Fresh(SMOKE_IMAGE_SIZE),
+        seed: boot_seed(input.seed, 7),
+        key_manager_state: Some("wrapped"),
+        ..ufs.clone()
+    };
+    let wrapped_reboot = BootPlan {
+        name: "wrapped-reboot",
+        guest_suite: GuestSuite::LabWrappedReboot,
+        image: Image::SameAs("wrapped"),
+        traffic: Traffic::Read,
+        ..wrapped.clone()
+    };
+    let wrapped_foreign = BootPlan {
+        name: "wrapped-foreign",
+        guest_suite: GuestSuite::LabWrappedForeign,
+        key_manager_state: Some("wrapped-foreign"),
+        ..wrapped_reboot.clone()
+    };
     match input.suite {
         Suite::Smoke => {
             let mut boots = vec![single(
@@ -284,7 +332,8 @@ pub fn plan(input: &PlanInput) -> Vec<BootPlan> {
         | Suite::LabReboot
         | Suite::LabPressure
         | Suite::LabRestart
-        | Suite::LabDefaultKey => {
+        | Suite::LabDefaultKey
+        | Suite::LabWrapped => {
             let boots = match input.suite {
                 Suite::Lab => vec![
                     ufs,
@@ -298,6 +347,7 @@ pub fn plan(input: &PlanInput) -> Vec<BootPlan> {
                 Suite::LabReboot => vec![ufs, ufs_reboot],
                 Suite::LabRestart => vec![restart],
                 Suite::LabDefaultKey => vec![default_key, key_limit],
+                Suite::LabWrapped => vec![wrapped, wrapped_reboot, wrapped_foreign],
                 _ => vec![pressure],
             };
             boots
@@ -328,6 +378,7 @@ pub fn bench_boot(name: &'static str, native: bool, image_size: u64) -> BootPlan
         restart_device: false,
         default_key: false,
         key_usage_limit: None,
+        key_manager_state: None,
     }
 }
 
@@ -427,6 +478,13 @@ pub fn device_command_refusal(boot: &BootPlan, profile: ProfileName) -> Option<S
         return Some(
             "needs a device default key and a key usage limit (icelab serve --default-key, \
              --key-usage-limit)"
+                .to_owned(),
+        );
+    }
+    if boot.key_manager_state.is_some() {
+        return Some(
+            "needs hardware-wrapped keys on a device whose secret is kept across boots and \
+             another one with a different secret (icelab serve --key-manager-state)"
                 .to_owned(),
         );
     }
@@ -635,6 +693,58 @@ mod tests {
         assert!(guest_cmdline(emmc).contains("icelab.max_dun_bits=32"));
         assert!(guest_cmdline(pressure).starts_with("icelab.suite=lab-pressure"));
         assert!(guest_cmdline(pressure).contains("icelab.slots=2 "));
+    }
+
+    #[test]
+    fn wrapped_plan_shares_the_image_and_one_of_two_secrets() {
+        let boots = plan(&input(Suite::LabWrapped, None));
+        assert_eq!(
+            names(&boots),
+            ["wrapped", "wrapped-reboot", "wrapped-foreign"]
+        );
+        let [first, reboot, foreign] = &boots[..] else {
+            panic!("three boots");
+        };
+        assert_eq!(first.image, Image::Fresh(SMOKE_IMAGE_SIZE));
+        assert_eq!(reboot.image, Image::SameAs("wrapped"));
+        assert_eq!(foreign.image, Image::SameAs("wrapped"));
+        // The keys come from the seed: the same in all three.
+        assert!(boots.iter().all(|b| b.seed == first.seed));
+        assert_eq!(first.traffic, Traffic::ReadWrite);
+        assert_eq!(reboot.traffic, Traffic::Read);
+        assert_eq!(foreign.traffic, Traffic::Read);
+        assert!(boots.iter().all(|b| b.verify));
+        let base = Path::new("/run");
+        let state = |b: &BootPlan| key_manager_state_path(b, base);
+        assert_eq!(state(first), Some(PathBuf::from("/run/wrapped/km.state")));
+        assert_eq!(state(reboot), state(first));
+        assert_eq!(
+            state(foreign),
+            Some(PathBuf::from("/run/wrapped-foreign/km.state"))
+        );
+        assert_eq!(
+            key_manager_state_path(&plan(&input(Suite::Lab, None))[0], base),
+            None
+        );
+        for (boot, suite) in
+            boots
+                .iter()
+                .zip(["lab-wrapped", "lab-wrapped-reboot", "lab-wrapped-foreign"])
+        {
+            assert!(
+                guest_cmdline(boot).starts_with(&format!(
+                    "icelab.suite={suite} icelab.expect=native icelab.profile=ufs"
+                )),
+                "{}",
+                guest_cmdline(boot)
+            );
+            assert_eq!(GuestPlan::parse(&guest_cmdline(boot)), Ok(guest_plan(boot)));
+            assert!(
+                device_command_refusal(boot, ProfileName::Ufs)
+                    .is_some_and(|r| r.contains("--key-manager-state"))
+            );
+        }
+        assert!(plan(&input(Suite::LabWrapped, Some(ProfileName::Emmc))).is_empty());
     }
 
     #[test]

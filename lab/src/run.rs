@@ -438,6 +438,16 @@ fn run_one(
         device.default_key = Some(path);
         record.device_args = device.arg_strings();
     }
+    // Hardware-wrapped keys: the key manager's device secret, in the
+    // directory of the boot that owns it. Its owner starts from a new
+    // secret (a kept directory may hold an earlier run's).
+    if let Some(state) = plan::key_manager_state_path(boot, base) {
+        if boot.key_manager_state == Some(boot.name) {
+            let _ = std::fs::remove_file(&state);
+        }
+        device.key_manager_state = Some(state);
+        record.device_args = device.arg_strings();
+    }
     let spec = BootSpec {
         name: boot.name,
         dir: &dir,
@@ -680,6 +690,7 @@ mod tests {
             ("lab-pressure", "pressure", "--slots 2"),
             ("lab-restart", "restart", "restarts icelab serve"),
             ("lab-default-key", "default-key", "--default-key"),
+            ("lab-wrapped", "wrapped", "--key-manager-state"),
         ] {
             let message = error(&["--suite", suite, "--device-cmd", cmd]);
             assert!(message.contains("no boot of --suite"), "{message}");

@@ -43,6 +43,9 @@ pub struct DeviceOptions {
     pub default_key: Option<PathBuf>,
     /// `--key-usage-limit` and `--key-usage-limit-action`.
     pub key_usage_limit: Option<KeyUsageLimit>,
+    /// `--key-manager-state`: the key manager's device secret
+    /// (hardware-wrapped keys).
+    pub key_manager_state: Option<PathBuf>,
     /// Anything else, verbatim, after the typed options (tests of the
     /// command line itself).
     pub extra: Vec<OsString>,
@@ -81,6 +84,10 @@ impl DeviceOptions {
                 "--key-usage-limit-action",
                 limit.action.name(),
             ]);
+        }
+        if let Some(state) = &self.key_manager_state {
+            args.push("--key-manager-state".into());
+            args.push(state.into());
         }
         if let Some(key) = &self.default_key {
             args.push("--default-key".into());
