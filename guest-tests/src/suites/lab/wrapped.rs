@@ -26,7 +26,7 @@
 //! |---|---|
 //! | `wrapped-sysfs` | `queue/crypto/hw_wrapped_keys` and `raw_keys` both read `supported` |
 //! | `wrapped-ioctls` | import, prepare and generate round trip (sizes 1..=128, the raw key nowhere in the blob, a generated key differs); a tampered long-term key and an ephemerally-wrapped key are refused by PREPARE (EBADMSG); a 16-byte raw key by IMPORT (EINVAL: the device takes 32-byte keys) |
-//! | `wrapped-fscrypt/lblk64`, `wrapped-fscrypt/lblk32` | the seeded raw key imported, prepared and added with HW_WRAPPED; imported again, it gives the same key identifier; a v2 policy with IV_INO_LBLK_64 / _32; files written, synced, caches dropped, read back; fscrypt used the engine; the long-term and ephemerally-wrapped keys saved under `/mnt/wrapped-keys/` |
+//! | `wrapped-fscrypt/lblk64`, `wrapped-fscrypt/lblk32` | the seeded raw key imported; the long-term key itself refused by FS_IOC_ADD_ENCRYPTION_KEY (EBADMSG); prepared and added with HW_WRAPPED; imported again, it gives the same key identifier; a v2 policy with IV_INO_LBLK_64 / _32; files written, synced, caches dropped, read back; fscrypt used the engine; the long-term and ephemerally-wrapped keys saved under `/mnt/wrapped-keys/` |
 //! | `wrapped-fscrypt/default-rejected` | a per-file-key policy with a hardware-wrapped key: creating a file fails with EINVAL and fscrypt's warning |
 //! | `wrapped-removal` | files under their own hardware-wrapped key read back, the key removed (no file busy, absent, ENOKEY); marks for the host's `trace/wrapped-key-removal` (the key evicted at the device) |
 //!
@@ -512,6 +512,19 @@ fn wrapped_fscrypt(
         .set("key_name", case.name)
         .set("hw_wrapped_key_seed", data::seed_hex(key_seed))
         .set("lt_key_size", lt.len());
+    // fscrypt takes the ephemerally-wrapped form (it asks the device for
+    // the software secret of exactly what it is given): the long-term key
+    // itself is refused.
+    ctx.step(format!(
+        "FS_IOC_ADD_ENCRYPTION_KEY (HW_WRAPPED) of the long-term key for {shown}"
+    ));
+    expect_errno(
+        fscrypt::add_hw_wrapped_key(&dir_file, &shown, lt.bytes()),
+        libc::EBADMSG,
+        "FS_IOC_ADD_ENCRYPTION_KEY (HW_WRAPPED) of the long-term key, not prepared",
+        "add_lt_errno",
+        facts,
+    )?;
     let (id, eph) = add_wrapped(ctx, state, &disk, &disk_shown, &lt, &dir_file, &shown)?;
     facts
         .set("key_identifier", id.to_hex())
@@ -554,7 +567,8 @@ fn wrapped_fscrypt(
     facts.set("data_units", units);
     Ok(format!(
         "{} files, {units} data units under a hardware-wrapped key ({label}, {} B long-term, \
-         {} B ephemeral) read back; imported twice, the same identifier; keys saved in {KEYS_DIR}",
+         {} B ephemeral) read back; the long-term key itself refused (EBADMSG); imported twice, \
+         the same identifier; keys saved in {KEYS_DIR}",
         FILES.len(),
         lt.len(),
         eph.len()
