@@ -238,26 +238,6 @@ pub fn verify(
         );
     }
     let manifest = merged.to_manifest();
-    let wrapped = manifest
-        .files
-        .iter()
-        .filter(|f| f.hw_wrapped_key_seed.is_some())
-        .count();
-    if wrapped > 0 {
-        return Verification {
-            result: TestResult::skipped(
-                boot,
-                "verify",
-                format!(
-                    "{wrapped} of the {} files are under hardware-wrapped keys, whose inline \
-                     encryption keys the verifier does not derive yet (the hardware KDF of \
-                     docs/PROTOCOL.md); the boot's manifest.json is ready for icelab verify",
-                    manifest.files.len()
-                ),
-            ),
-            report: None,
-        };
-    }
     // With a default key, the decrypted view goes next to the image.
     let view_dir = image.parent().unwrap_or(Path::new("."));
     let verified = match default_key {
@@ -415,7 +395,8 @@ mod tests {
         let v = verify("ufs", image, &one, &[], true, None);
         assert_eq!(v.result.outcome, crate::report::Outcome::Fail);
         assert!(v.result.message.contains("/nonexistent/disk.img"));
-        // Hardware-wrapped keys: skipped, saying why.
+        // Hardware-wrapped keys are verified like the others: the run
+        // reaches the image (which does not exist here).
         let mut wrapped = file(13, 1, 1);
         let fields = wrapped.as_object_mut().expect("an object");
         fields.remove("master_key_hex");
@@ -423,12 +404,8 @@ mod tests {
         one.add_fact("b", &json!({"files": [wrapped]}))
             .expect("merges");
         let v = verify("wrapped", image, &one, &[], true, None);
-        assert_eq!(v.result.outcome, crate::report::Outcome::Skip);
-        assert!(
-            v.result.message.contains("1 of the 2 files"),
-            "{}",
-            v.result.message
-        );
+        assert_eq!(v.result.outcome, crate::report::Outcome::Fail);
+        assert!(v.result.message.contains("/nonexistent/disk.img"));
     }
 
     #[test]

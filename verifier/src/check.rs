@@ -13,6 +13,7 @@ use crate::default_key::DefaultKeyReport;
 use crate::dun::{FSCRYPT_MODE_AES_256_XTS, FileCrypt, IvScheme};
 use crate::ext4::{Debugfs, Extent, InodeInfo, InodeLayout, Superblock};
 use crate::hex::{from_hex, to_hex};
+use crate::hw_kdf;
 use crate::kdf::MasterKeyHkdf;
 use crate::manifest::{FileEntry, Manifest, PlainFile, PolicySpec};
 use crate::xts::XtsKey;
@@ -413,9 +414,19 @@ fn prepare(
             info.size
         ));
     }
-    let mk = entry.master_key()?;
-    let master = MasterKeyHkdf::new(&mk);
-    let id = master.key_identifier();
+    let (master, id, hw_key) = match entry.hw_wrapped_key() {
+        Some(hw_key) => {
+            let hw_key = hw_key?;
+            let master = MasterKeyHkdf::new(&hw_kdf::software_secret(&hw_key));
+            let id = master.hw_wrapped_key_identifier();
+            (master, id, Some(hw_key))
+        }
+        None => {
+            let master = MasterKeyHkdf::new(&entry.master_key()?);
+            let id = master.key_identifier();
+            (master, id, None)
+        }
+    };
     if id != ctx.master_key_identifier {
         return Err(format!(
             "master key identifier {} derived from the manifest's key is not the context's {}",
@@ -423,7 +434,15 @@ fn prepare(
             to_hex(&ctx.master_key_identifier)
         ));
     }
-    let crypt = FileCrypt::derive(&master, scheme, &ctx.nonce, &sb.uuid, entry.inode);
+    let crypt = match hw_key {
+        Some(hw_key) => FileCrypt::hw_wrapped(
+            hw_kdf::inline_encryption_key(&hw_key),
+            &master,
+            scheme,
+            entry.inode,
+        )?,
+        None => FileCrypt::derive(&master, scheme, &ctx.nonce, &sb.uuid, entry.inode),
+    };
     Ok(Prepared { crypt, dus })
 }
 

@@ -118,6 +118,35 @@ impl FileCrypt {
         }
     }
 
+    /// The contents key and IV parameters of file `ino` under a
+    /// hardware-wrapped key: the engine's inline encryption key encrypts
+    /// the contents; fscrypt's HKDF (`master`, keyed by the software
+    /// secret) gives IV_INO_LBLK_32's inode-hash key. Only the
+    /// IV_INO_LBLK policies take hardware-wrapped keys.
+    pub fn hw_wrapped(
+        inline_key: [u8; AES_256_XTS_KEY_SIZE],
+        master: &MasterKeyHkdf,
+        scheme: IvScheme,
+        ino: u64,
+    ) -> Result<Self, String> {
+        let hashed_ino = match scheme {
+            IvScheme::PerFile => {
+                return Err(
+                    "a per-file-key policy cannot use a hardware-wrapped key (fscrypt refuses it)"
+                        .to_owned(),
+                );
+            }
+            IvScheme::IvInoLblk64 => 0,
+            IvScheme::IvInoLblk32 => kdf::hashed_ino(&master.inode_hash_key(), ino),
+        };
+        Ok(Self {
+            key: inline_key,
+            scheme,
+            ino,
+            hashed_ino,
+        })
+    }
+
     /// The DUN of data unit `index` (counted from the start of the file),
     /// as `fscrypt_generate_iv` computes it.
     pub fn dun(&self, index: u64) -> Dun {

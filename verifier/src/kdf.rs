@@ -19,6 +19,9 @@ use siphasher::sip::SipHasher24;
 
 /// `HKDF_CONTEXT_KEY_IDENTIFIER` (for a raw key).
 pub const HKDF_CONTEXT_KEY_IDENTIFIER: u8 = 1;
+/// `HKDF_CONTEXT_KEY_IDENTIFIER_FOR_HW_WRAPPED_KEY`: a hardware-wrapped
+/// key's identifier, from its software secret.
+pub const HKDF_CONTEXT_KEY_IDENTIFIER_FOR_HW_WRAPPED_KEY: u8 = 8;
 /// `HKDF_CONTEXT_PER_FILE_ENC_KEY`: info is the file's 16-byte nonce.
 pub const HKDF_CONTEXT_PER_FILE_ENC_KEY: u8 = 2;
 /// `HKDF_CONTEXT_IV_INO_LBLK_64_KEY`: info is mode number || fs UUID.
@@ -64,6 +67,18 @@ impl MasterKeyHkdf {
     pub fn key_identifier(&self) -> [u8; KEY_IDENTIFIER_SIZE] {
         let mut out = [0; KEY_IDENTIFIER_SIZE];
         self.expand(HKDF_CONTEXT_KEY_IDENTIFIER, &[], &mut out);
+        out
+    }
+
+    /// The identifier of a hardware-wrapped key, this HKDF being keyed by
+    /// its software secret.
+    pub fn hw_wrapped_key_identifier(&self) -> [u8; KEY_IDENTIFIER_SIZE] {
+        let mut out = [0; KEY_IDENTIFIER_SIZE];
+        self.expand(
+            HKDF_CONTEXT_KEY_IDENTIFIER_FOR_HW_WRAPPED_KEY,
+            &[],
+            &mut out,
+        );
         out
     }
 
