@@ -482,6 +482,28 @@ impl LineFollower {
     }
 }
 
+/// Reads the bytes appended to a growing file since the last call.
+#[derive(Default)]
+pub(crate) struct ByteFollower {
+    offset: u64,
+}
+
+impl ByteFollower {
+    pub(crate) fn new_bytes(&mut self, path: &Path) -> Vec<u8> {
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        let Ok(mut file) = std::fs::File::open(path) else {
+            return bytes;
+        };
+        if file.seek(std::io::SeekFrom::Start(self.offset)).is_ok() {
+            // What was read before an error counts as read.
+            let _ = file.read_to_end(&mut bytes);
+            self.offset += bytes.len() as u64;
+        }
+        bytes
+    }
+}
+
 /// Waits up to `timeout` for `child`; kills it after that (`None`).
 pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
@@ -511,6 +533,20 @@ pub fn tail(path: &Path, lines: usize) -> String {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn the_byte_follower_reads_only_what_was_appended() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("output.log");
+        let mut follower = ByteFollower::default();
+        assert!(follower.new_bytes(&path).is_empty());
+        let mut file = std::fs::File::create(&path).expect("create");
+        file.write_all(b"one\ntw").expect("write");
+        assert_eq!(follower.new_bytes(&path), b"one\ntw");
+        assert!(follower.new_bytes(&path).is_empty());
+        file.write_all(b"o\n").expect("write");
+        assert_eq!(follower.new_bytes(&path), b"o\n");
+    }
 
     #[test]
     fn a_non_utf8_byte_does_not_stop_the_result_stream() {

@@ -345,24 +345,23 @@ fn execute<M: GuestMemory>(
             answer(mem, segments, request, answer_room, &secret[..])?;
             Ok(SW_SECRET_SIZE as u32)
         }
-        RequestType::GenerateKey | RequestType::ImportKey | RequestType::PrepareKey => {
+        RequestType::GenerateKey => {
             ctx.engine.check_wrapped_keys_offered()?;
-            let blob = if request == RequestType::GenerateKey {
-                no_payload(&reader, request)?;
-                answer_fits(request, answer_room, KeyBlob::SIZE)?;
-                ctx.engine.generate_key()?
+            no_payload(&reader, request)?;
+            answer_fits(request, answer_room, KeyBlob::SIZE)?;
+            let blob = ctx.engine.generate_key()?;
+            answer_key_blob(mem, segments, request, answer_room, &blob)
+        }
+        RequestType::ImportKey | RequestType::PrepareKey => {
+            ctx.engine.check_wrapped_keys_offered()?;
+            let payload = read_key_blob(mem, &mut reader, request)?;
+            answer_fits(request, answer_room, KeyBlob::SIZE)?;
+            let blob = if request == RequestType::ImportKey {
+                ctx.engine.import_key(&payload)?
             } else {
-                let payload = read_key_blob(mem, &mut reader, request)?;
-                answer_fits(request, answer_room, KeyBlob::SIZE)?;
-                if request == RequestType::ImportKey {
-                    ctx.engine.import_key(&payload)?
-                } else {
-                    ctx.engine.prepare_key(&payload)?
-                }
+                ctx.engine.prepare_key(&payload)?
             };
-            let bytes = Zeroizing::new(blob.encode());
-            answer(mem, segments, request, answer_room, &bytes[..])?;
-            Ok(KeyBlob::SIZE as u32)
+            answer_key_blob(mem, segments, request, answer_room, &blob)
         }
         RequestType::Unsupported(_) => Err(RequestError::Unsupported(request)),
     }
@@ -486,6 +485,19 @@ fn no_payload(reader: &Cursor<'_>, request: RequestType) -> Result<(), RequestEr
             want: 0,
         }),
     }
+}
+
+/// Writes a `key_blob` answer (wiped from the device's memory after).
+fn answer_key_blob<M: GuestMemory>(
+    mem: &M,
+    segments: &Segments,
+    request: RequestType,
+    room: u64,
+    blob: &KeyBlob,
+) -> Result<u32, RequestError> {
+    let bytes = Zeroizing::new(blob.encode());
+    answer(mem, segments, request, room, &bytes[..])?;
+    Ok(KeyBlob::SIZE as u32)
 }
 
 /// Checks, before the work is done, that the answer will fit.

@@ -387,16 +387,18 @@ impl Engine {
             Some(key_type) if caps.key_types.accepts(key_type) => key_type,
             _ => return Err(EngineError::UnsupportedKeyType(desc.key_type)),
         };
-        let key = match key_type {
-            KeyType::Raw => desc
-                .key()
-                .filter(|key| key.len() == mode.raw_key_size())
-                .ok_or(EngineError::WrongKeySize {
-                    got: desc.key_size,
-                    want: mode.raw_key_size(),
-                })?,
-            // The blob's size is the key manager's to check, below.
-            KeyType::HardwareWrapped => desc.key().unwrap_or_default(),
+        // A raw key's size is checked here; a wrapped key's blob is the key
+        // manager's to check, after the cheaper checks below.
+        let raw_key = match key_type {
+            KeyType::Raw => Some(
+                desc.key()
+                    .filter(|key| key.len() == mode.raw_key_size())
+                    .ok_or(EngineError::WrongKeySize {
+                        got: desc.key_size,
+                        want: mode.raw_key_size(),
+                    })?,
+            ),
+            KeyType::HardwareWrapped => None,
         };
         if !caps.data_unit_sizes.contains_bits(desc.data_unit_size_bits) {
             return Err(EngineError::UnsupportedDataUnitSize(
@@ -414,9 +416,9 @@ impl Engine {
         }
 
         let inline_key;
-        let raw = match key_type {
-            KeyType::Raw => key,
-            KeyType::HardwareWrapped => {
+        let raw = match raw_key {
+            Some(key) => key,
+            None => {
                 let manager = self.key_manager_for_request()?;
                 let blob = blob_bytes(desc.key_size, desc.key());
                 inline_key = self.refusal_counted(blob.and_then(|b| manager.inline_key(b)))?;
@@ -424,7 +426,7 @@ impl Engine {
             }
         };
         let key = self.new_key(raw, 1 << desc.data_unit_size_bits, desc.dun_bytes, false)?;
-        if key_type == KeyType::HardwareWrapped {
+        if raw_key.is_none() {
             self.stats.key_manager.programmed.fetch_add(1, Relaxed);
         }
         let fingerprint = key.fingerprint;

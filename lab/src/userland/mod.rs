@@ -393,17 +393,15 @@ impl OutputEcho {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let mut offset = 0u64;
+            // Only what was appended since the last look is read.
+            let mut follower = boot::ByteFollower::default();
             loop {
                 let last = flag.load(Ordering::Acquire);
-                if let Ok(bytes) = std::fs::read(&path)
-                    && (bytes.len() as u64) > offset
-                {
-                    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                let bytes = follower.new_bytes(&path);
+                if !bytes.is_empty() {
                     let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(&bytes[start..]);
+                    let _ = out.write_all(&bytes);
                     let _ = out.flush();
-                    offset = bytes.len() as u64;
                 }
                 if last {
                     return;
