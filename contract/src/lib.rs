@@ -7,7 +7,8 @@
 //!   guest runner reads);
 //! - guest → host: [`record`] (the result lines on the guest's second
 //!   serial port), [`marks`] (the labels the guest leaves in the device's
-//!   trace), [`manifest`] (the files the verifier checks);
+//!   trace), [`manifest`] (the files the verifier checks), [`memory_scan`]
+//!   (the keys the host looks for in guest memory);
 //! - device → host: [`device`] (the stats file and the trace events).
 //!
 //! Serde only: it builds for the static guest runner as for the host.
@@ -17,5 +18,6 @@ pub mod cmdline;
 pub mod device;
 pub mod manifest;
 pub mod marks;
+pub mod memory_scan;
 pub mod record;
 pub mod suite;

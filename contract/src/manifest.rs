@@ -137,7 +137,7 @@ pub fn hw_key_from_seed(seed: u64) -> [u8; HW_KEY_SIZE] {
 }
 
 /// Parses a seed field: 1 to 16 hex digits, `0x` optional.
-fn parse_seed(field: &str, seed: &str) -> std::result::Result<u64, String> {
+pub fn parse_seed(field: &str, seed: &str) -> std::result::Result<u64, String> {
     let digits = seed.strip_prefix("0x").unwrap_or(seed);
     let bad = || format!("{field} {seed:?} is not 1 to 16 hex digits");
     if digits.is_empty() || digits.len() > 16 {

@@ -84,6 +84,10 @@ pub enum Record {
     Signal {
         /// What to do, e.g. [`SIGNAL_RESTART_DEVICE`].
         name: String,
+        /// What the host needs to do it (e.g.
+        /// [`crate::memory_scan::FACT_MEMORY_SCAN`]).
+        #[serde(default, skip_serializing_if = "Facts::is_empty")]
+        facts: Facts,
     },
     /// Last line.
     Done {
@@ -134,6 +138,7 @@ mod tests {
             }),
             Record::Signal {
                 name: SIGNAL_RESTART_DEVICE.into(),
+                facts: Facts::new(),
             },
             Record::Done {
                 passed: 6,
@@ -159,6 +164,14 @@ mod tests {
                 passed: 1,
                 failed: 2
             })
+        );
+        assert_eq!(
+            Record::from_line(r#"{"type":"signal","name":"restart-device"}"#),
+            Some(Record::Signal {
+                name: SIGNAL_RESTART_DEVICE.into(),
+                facts: Facts::new()
+            }),
+            "a signal without facts"
         );
         assert_eq!(Record::from_line("garbage"), None);
         assert_eq!(Record::from_line(r#"{"type":"unknown"}"#), None);

@@ -214,8 +214,14 @@ impl Reporter {
 
     /// Writes a signal line: the host acts on it at once.
     pub fn signal(&mut self, name: &str) {
+        self.signal_with(name, Facts::new());
+    }
+
+    /// Writes a signal line with what the host needs to act on it.
+    pub fn signal_with(&mut self, name: &str, facts: Facts) {
         self.write_record(&Record::Signal {
             name: name.to_owned(),
+            facts: facts.0,
         });
     }
 

@@ -6,13 +6,15 @@
 //! host checks and the verifier, `icelab bench guest` its measurements.
 
 use super::artifacts::Artifacts;
+use super::memory_scan::{self, MemoryScan};
 use super::qemu::{self, Accel, VmSpec};
 use super::report::TestResult;
 use super::serve_process::{
     CommandTemplate, DeviceOptions, Logs, START_TIMEOUT, ServeConfig, ServeProcess,
 };
 use anyhow::Context;
-use icelab_contract::record::{Record, SIGNAL_RESTART_DEVICE};
+use icelab_contract::memory_scan::SIGNAL_SCAN_GUEST_MEMORY;
+use icelab_contract::record::{Facts, Record, SIGNAL_RESTART_DEVICE};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Seek};
 use std::path::{Path, PathBuf};
@@ -44,6 +46,9 @@ pub struct BootSpec<'a> {
     /// Kill the device and start it again when the guest signals
     /// [`SIGNAL_RESTART_DEVICE`]; QEMU reconnects.
     pub restart_device: bool,
+    /// Scan guest memory when the guest signals
+    /// [`memory_scan::SIGNAL_SCAN_GUEST_MEMORY`](icelab_contract::memory_scan::SIGNAL_SCAN_GUEST_MEMORY).
+    pub scan_memory: bool,
 }
 
 /// How long the guest writes on after its signal before the device is
@@ -140,6 +145,9 @@ pub struct BootOutcome {
     /// The device restart, when the spec asked for one and the guest
     /// signalled it.
     pub restart: Option<DeviceRestart>,
+    /// The guest-RAM scan, when the spec asked for one and the guest
+    /// signalled it.
+    pub memory_scan: Option<MemoryScan>,
 }
 
 /// Boots once: device, QEMU, results (printed as they arrive), device exit.
@@ -177,6 +185,7 @@ pub fn run_boot(
     }
     let mut device = launcher.spawn()?;
     let mut restart = None;
+    let mut memory_scan = None;
     let vm_spec = VmSpec {
         artifacts,
         socket: &paths.socket,
@@ -206,17 +215,23 @@ pub fn run_boot(
                 .with_context(|| format!("cannot start {}", artifacts.qemu.display()));
         }
     };
+    let qemu_pid = vm.id();
     let guest = stream_results(
         &mut vm,
         &paths.results,
         spec.name,
         spec.timeout,
         true,
-        &mut |signal| {
+        &mut |signal, facts| {
             if signal == SIGNAL_RESTART_DEVICE && spec.restart_device && restart.is_none() {
                 let done = restart_device(&mut device, &launcher);
                 println!("{}", done.line());
                 restart = Some(done);
+            }
+            if signal == SIGNAL_SCAN_GUEST_MEMORY && spec.scan_memory && memory_scan.is_none() {
+                let scan = memory_scan::scan_guest(qemu_pid, &paths.results, facts, Instant::now());
+                println!("{}", scan.line());
+                memory_scan = Some(scan);
             }
         },
     );
@@ -267,6 +282,7 @@ pub fn run_boot(
         paths,
         duration: started.elapsed(),
         restart,
+        memory_scan,
     })
 }
 
@@ -385,14 +401,14 @@ pub(crate) struct GuestOutcome {
 
 /// Follows the results file until the runner's `done` line, QEMU's exit or
 /// the timeout, printing each test as it arrives (with `print`) and handing
-/// each signal line's name to `on_signal`.
+/// each signal line's name and facts to `on_signal`.
 pub(crate) fn stream_results(
     vm: &mut Child,
     path: &Path,
     boot: &str,
     timeout: Duration,
     print: bool,
-    on_signal: &mut dyn FnMut(&str),
+    on_signal: &mut dyn FnMut(&str, &Facts),
 ) -> GuestOutcome {
     let deadline = Instant::now() + timeout;
     let mut outcome = GuestOutcome {
@@ -416,7 +432,7 @@ pub(crate) fn stream_results(
                     }
                     outcome.results.push(result);
                 }
-                Some(Record::Signal { name }) => on_signal(&name),
+                Some(Record::Signal { name, facts }) => on_signal(&name, &facts),
                 Some(Record::Done { .. }) => done = true,
                 None => {}
             }

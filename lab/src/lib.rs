@@ -21,6 +21,7 @@ pub mod junit;
 pub mod kcidb;
 pub mod key_usage;
 pub mod marks;
+pub mod memory_scan;
 pub mod plan;
 pub mod qemu;
 pub mod report;

@@ -192,6 +192,14 @@ pub const QUEUES: u16 = 2;
 /// [`BootPlan::key_manager_state`], in the directory of the boot it names.
 pub const KEY_MANAGER_STATE_FILE: &str = "km.state";
 
+/// Whether `boot`'s guest asks the host to scan its memory
+/// (`guest-memory-scan`, crate::memory_scan): the lab suite's first boot
+/// of each profile (a raw key found: the scan works) and `lab-wrapped`'s
+/// first boot (no hardware-wrapped key found, the raw-key control found).
+pub fn scans_memory(boot: &BootPlan) -> bool {
+    matches!(boot.guest_suite, GuestSuite::Lab | GuestSuite::LabWrapped)
+}
+
 /// The key manager state file of `boot` under the run's directory `base`.
 pub fn key_manager_state_path(boot: &BootPlan, base: &Path) -> Option<PathBuf> {
     boot.key_manager_state
@@ -632,6 +640,12 @@ mod tests {
             panic!("seven boots");
         };
         assert!(!limited.default_key);
+        let scanned: Vec<_> = boots
+            .iter()
+            .filter(|b| scans_memory(b))
+            .map(|b| b.name)
+            .collect();
+        assert_eq!(scanned, [ufs.name, emmc.name]);
         assert_eq!(limited.key_usage_limit, Some(KEY_LIMIT_BOOT_LIMIT));
         assert_eq!(limited.guest_suite, GuestSuite::LabKeyLimit);
         assert!(restart.restart_device);
@@ -706,6 +720,7 @@ mod tests {
             panic!("three boots");
         };
         assert_eq!(first.image, Image::Fresh(SMOKE_IMAGE_SIZE));
+        assert!(scans_memory(first) && !scans_memory(reboot) && !scans_memory(foreign));
         assert_eq!(reboot.image, Image::SameAs("wrapped"));
         assert_eq!(foreign.image, Image::SameAs("wrapped"));
         // The keys come from the seed: the same in all three.

@@ -11,6 +11,7 @@ use super::junit;
 use super::kcidb;
 use super::key_usage;
 use super::marks;
+use super::memory_scan;
 use super::plan::{self, BootPlan, Device, Image, LeftOut, PlanInput, Suite};
 use super::qemu::{self, Accel};
 use super::report::{self, BootRecord, Source, TestResult};
@@ -459,6 +460,7 @@ fn run_one(
         inline_encryption: boot.profile.is_some(),
         timeout: Duration::from_secs(args.timeout),
         restart_device: boot.restart_device,
+        scan_memory: plan::scans_memory(boot),
     };
     let outcome = match boot::run_boot(artifacts, accel, &spec) {
         Ok(outcome) => outcome,
@@ -478,6 +480,13 @@ fn run_one(
     }
     if boot.restart_device {
         results.push(checks::device_restart(boot.name, outcome.restart.as_ref()));
+    }
+    if plan::scans_memory(boot) {
+        results.extend(memory_scan::results(
+            boot.name,
+            outcome.memory_scan.as_ref(),
+            boot.key_manager_state.is_some(),
+        ));
     }
 
     // The verifier, on the image the device has let go of.

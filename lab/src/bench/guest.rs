@@ -654,6 +654,7 @@ fn run_boot(
             inline_encryption: boot == Boot::Native,
             timeout: plan.timeout,
             restart_device: false,
+            scan_memory: false,
         },
     )?;
     if !outcome.guest_completed {

@@ -284,7 +284,7 @@ pub fn boot(machine: &Machine<'_>) -> anyhow::Result<Outcome> {
                 BOOT,
                 machine.timeout.unwrap_or(Duration::MAX / 4),
                 machine.print_tests,
-                &mut |_| {},
+                &mut |_, _| {},
             );
             echo.stop();
             guest

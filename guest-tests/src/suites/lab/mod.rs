@@ -26,6 +26,7 @@ pub mod fscrypt_tool;
 pub mod key_limit;
 pub mod keys;
 pub mod matrix;
+pub mod memory_scan;
 pub mod path;
 pub mod plain;
 pub mod plan;
@@ -93,6 +94,7 @@ pub const TESTS: &[TestDef] = table![
     MATRIX_SETUP,
     &matrix::POLICY_TESTS,
     &[
+        memory_scan::GUEST_MEMORY_SCAN_RAW,
         path::PATH_SELECTION,
         plain::PLAIN_FILES,
         keys::KEY_REMOVAL,
@@ -161,6 +163,7 @@ pub const WRAPPED_TESTS: &[TestDef] = table![
     ],
     &wrapped::WRAPPED_FSCRYPT,
     &[
+        memory_scan::GUEST_MEMORY_SCAN,
         wrapped::WRAPPED_NEEDS_LBLK,
         wrapped::WRAPPED_REMOVAL,
         matrix::UNMOUNT,

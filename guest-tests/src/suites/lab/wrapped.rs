@@ -27,6 +27,7 @@
 //! | `wrapped-sysfs` | `queue/crypto/hw_wrapped_keys` and `raw_keys` both read `supported` |
 //! | `wrapped-ioctls` | import, prepare and generate round trip (sizes 1..=128, the raw key nowhere in the blob, a generated key differs); a tampered long-term key and an ephemerally-wrapped key are refused by PREPARE (EBADMSG); a 16-byte raw key by IMPORT (EINVAL: the device takes 32-byte keys) |
 //! | `wrapped-fscrypt/lblk64`, `wrapped-fscrypt/lblk32` | the seeded raw key imported; the long-term key itself refused by FS_IOC_ADD_ENCRYPTION_KEY (EBADMSG); prepared and added with HW_WRAPPED; imported again, it gives the same key identifier; a v2 policy with IV_INO_LBLK_64 / _32; files written, synced, caches dropped, read back; fscrypt used the engine; the long-term and ephemerally-wrapped keys saved under `/mnt/wrapped-keys/` |
+//! | `guest-memory-scan` | ([`super::memory_scan`]) with both keys loaded and a raw-key control added, the host is asked to scan guest memory; every key still loaded after the hold |
 //! | `wrapped-fscrypt/default-rejected` | a per-file-key policy with a hardware-wrapped key: creating a file fails with EINVAL and fscrypt's warning |
 //! | `wrapped-removal` | files under their own hardware-wrapped key read back, the key removed (no file busy, absent, ENOKEY); marks for the host's `trace/wrapped-key-removal` (the key evicted at the device) |
 //!
