@@ -222,14 +222,19 @@ impl Image {
 
     /// The mapping to write `len` bytes at `offset` through, with their
     /// pages faulted in writable (MADV_POPULATE_WRITE): `None` when
-    /// writes go through `pwrite` (a sparse image, no writable mapping)
-    /// or populating failed (past the end of a truncated file, no space,
-    /// an I/O error), in which case `pwrite` reports the real error.
+    /// writes go through `pwrite`: a sparse image, no writable mapping,
+    /// pages not in the page cache (a first write there is cheaper with
+    /// `pwrite`, see [`Mapping::resident`]), or populating failed (past
+    /// the end of a truncated file, no space, an I/O error), in which case
+    /// `pwrite` reports the real error.
     pub fn mapping_for_write(&self, offset: u64, len: usize) -> Option<&Mapping> {
         if !self.write_through.load(Relaxed) {
             return None;
         }
         let mapping = self.mapping()?;
+        if !mapping.resident(offset, len).unwrap_or(false) {
+            return None;
+        }
         match mapping.populate_write(offset, len) {
             Ok(()) => Some(mapping),
             Err(error) => {

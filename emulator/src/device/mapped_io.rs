@@ -228,6 +228,13 @@ mod tests {
     ) -> Vec<u8> {
         let (_engine, key, msg) = programmed(data_unit_size);
         let span = (OFFSET, plain.len() as u64);
+        // Pages in the page cache: a mapped image is written through the
+        // mapping (a first write to a page goes through pwrite).
+        image.write_at(&vec![0; plain.len()], OFFSET).unwrap();
+        assert_eq!(
+            image.mapping_for_write(OFFSET, plain.len()).is_some(),
+            image.writes_through_mapping()
+        );
         put(mem, &STRADDLING, plain);
         let readable = chain(mem, &STRADDLING, false);
         let mut buffer = Vec::new();
