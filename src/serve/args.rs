@@ -3,6 +3,7 @@
 
 use anyhow::{Context, bail};
 use icelab_contract::device::{KeyUsageLimit, LimitAction};
+use icelab_emulator::device::Preallocate;
 use icelab_emulator::engine::capabilities::{DataUnitSizes, KeyTypes};
 use icelab_emulator::engine::{Capabilities, Fault, ProfileName};
 use icelab_lab::size::parse_size;
@@ -11,7 +12,8 @@ use std::path::PathBuf;
 /// Options of `icelab serve`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Backing image file (created sparse when absent and --size is given).
+    /// Backing image file (created, with its blocks allocated, when absent and --size is
+    /// given).
     #[arg(long)]
     pub image: PathBuf,
     /// vhost-user socket path to listen on (replaced if it exists).
@@ -29,6 +31,18 @@ pub struct ServeArgs {
     /// Refuse writes (the device offers VIRTIO_BLK_F_RO).
     #[arg(long)]
     pub read_only: bool,
+    /// Allocate every block of the image at start (contents are kept), so that CRYPTO_OUT
+    /// encrypts straight into the image's mapping. Default for an image --size creates;
+    /// an existing image written through the mapping when it is fully allocated.
+    #[arg(long, conflicts_with = "sparse")]
+    pub preallocate: bool,
+    /// Create a new image sparse (CRYPTO_OUT then encrypts into a buffer and pwrites).
+    #[arg(long)]
+    pub sparse: bool,
+    /// Serve through pread/pwrite only, never through a shared mapping of the image (the
+    /// data path before issue 13; for comparisons).
+    #[arg(long)]
+    pub no_mmap: bool,
     /// Logical block size in bytes (power of two, 512 to 4096).
     #[arg(long, default_value_t = 512)]
     pub block_size: u32,
@@ -106,6 +120,10 @@ pub struct ServeConfig {
     pub queue_size: u16,
     /// Read-only device.
     pub read_only: bool,
+    /// Block allocation of the image.
+    pub preallocate: Preallocate,
+    /// Never map the image.
+    pub no_mmap: bool,
     /// Logical block size.
     pub block_size: u32,
     /// GET_ID string.
@@ -213,6 +231,14 @@ impl TryFrom<ServeArgs> for ServeConfig {
             queues: args.queues,
             queue_size: args.queue_size,
             read_only: args.read_only,
+            preallocate: if args.preallocate {
+                Preallocate::Always
+            } else if args.sparse {
+                Preallocate::Never
+            } else {
+                Preallocate::NewImage
+            },
+            no_mmap: args.no_mmap,
             block_size: args.block_size,
             serial: args.serial,
             profile,
@@ -312,6 +338,17 @@ mod tests {
         assert_eq!(config.capabilities, Some(ProfileName::Ufs.capabilities()));
         assert_eq!(config.queues, 1);
         assert_eq!(config.create_size, None);
+        assert_eq!(config.preallocate, Preallocate::NewImage);
+        assert!(!config.no_mmap);
+    }
+
+    #[test]
+    fn preallocate_and_sparse_choose_the_allocation() {
+        let allocation = |extra: &[&str]| config(extra).unwrap().preallocate;
+        assert_eq!(allocation(&["--preallocate"]), Preallocate::Always);
+        assert_eq!(allocation(&["--sparse"]), Preallocate::Never);
+        assert!(config(&["--preallocate", "--sparse"]).is_err());
+        assert!(config(&["--no-mmap"]).unwrap().no_mmap);
     }
 
     #[test]

@@ -6,7 +6,7 @@ pub use args::{ServeArgs, ServeConfig};
 
 use anyhow::Context;
 use icelab_contract::device::DefaultKeyInfo;
-use icelab_emulator::device::{BlockDevice, DeviceConfig, GuestMemory, Image};
+use icelab_emulator::device::{BlockDevice, DeviceConfig, GuestMemory, Image, ImageOptions};
 use icelab_emulator::engine::device_secret::Origin;
 use icelab_emulator::engine::stats::{DeviceInfo, StatsFile};
 use icelab_emulator::engine::wrapped_key::KeyIdText;
@@ -27,7 +27,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let hardening = icelab_emulator::engine::harden_process()
         .context("cannot harden the process for holding keys")?;
     tracing::info!(%hardening, "key memory hardening");
-    let image = Image::open(&config.image, config.create_size, config.read_only)?;
+    let image = Image::open_with(
+        &config.image,
+        &ImageOptions {
+            create_size: config.create_size,
+            read_only: config.read_only,
+            preallocate: config.preallocate,
+            no_mmap: config.no_mmap,
+        },
+    )?;
+    tracing::info!(
+        mapped = !config.no_mmap && image.mapping().is_some(),
+        writes_through_mapping = image.writes_through_mapping(),
+        "image data path"
+    );
     let trace = config
         .trace
         .as_deref()

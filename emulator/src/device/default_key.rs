@@ -9,6 +9,7 @@ use super::chain::{Cursor, Segments};
 use super::error::RequestError;
 use super::guest_io;
 use super::image::Image;
+use super::mapped_io;
 use crate::engine::xts::Direction;
 use crate::engine::{Engine, EngineError, ProgrammedKey};
 use crate::protocol::{Dun, RequestType};
@@ -38,8 +39,8 @@ fn first_dun(key: &ProgrammedKey, offset: u64, len: u64) -> Result<Dun, EngineEr
     Ok(Dun::from_u64(offset / unit))
 }
 
-/// IN: reads `len` bytes at `offset` into guest memory at `segments`'s
-/// writable part and decrypts them there.
+/// IN: decrypts `len` bytes at `offset` into guest memory at
+/// `segments`'s writable part.
 pub fn read<M: GuestMemory>(
     engine: &Engine,
     key: &ProgrammedKey,
@@ -50,18 +51,25 @@ pub fn read<M: GuestMemory>(
     buffer: &mut Vec<u8>,
 ) -> Result<(), RequestError> {
     let dun = first_dun(key, offset, len)?;
-    let data = segments.writer();
-    let mut writer = data.clone();
-    guest_io::read_into_guest(image, mem, RequestType::In, &mut writer, len, offset)?;
-    let mut writer = data;
-    guest_io::decrypt_in_guest(mem, &mut writer, len, key, &dun, buffer)?;
+    let mut writer = segments.writer();
+    let span = (offset, len);
+    mapped_io::read_decrypted(
+        image,
+        mem,
+        RequestType::In,
+        &mut writer,
+        span,
+        key,
+        &dun,
+        buffer,
+    )?;
     engine.charge(key, Direction::Decrypt, len)?;
     engine.stats().default_key_reads.add(len);
     Ok(())
 }
 
-/// OUT: encrypts the `len` bytes of guest memory at `reader` into
-/// `buffer` and writes them at `offset`.
+/// OUT: encrypts the `len` bytes of guest memory at `reader` onto the
+/// image at `offset` (through the mapping, or `buffer` and `pwrite`).
 pub fn write<M: GuestMemory>(
     engine: &Engine,
     key: &ProgrammedKey,
@@ -73,11 +81,17 @@ pub fn write<M: GuestMemory>(
 ) -> Result<(), RequestError> {
     let dun = first_dun(key, offset, len)?;
     engine.charge(key, Direction::Encrypt, len)?;
-    let buffer = guest_io::reusable_prefix(buffer, len as usize);
-    guest_io::encrypt_from_guest(mem, reader, key, &dun, buffer)?;
-    image
-        .write_at(buffer, offset)
-        .map_err(|source| guest_io::io_error(RequestType::Out, source))?;
+    let span = (offset, len);
+    mapped_io::write_encrypted(
+        image,
+        mem,
+        RequestType::Out,
+        reader,
+        span,
+        key,
+        &dun,
+        buffer,
+    )?;
     engine.stats().default_key_writes.add(len);
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! Request data moved straight between the image and guest memory, without
-//! a copy through a bounce buffer.
+//! Request data moved straight between the image and guest memory with
+//! system calls, without a copy through a bounce buffer: the path when
+//! the image is not mapped ([`super::mapped_io`] prefers the mapping).
 //!
 //! - IN and OUT: `preadv`/`pwritev` on iovecs that point into guest memory.
 //! - CRYPTO_IN: `preadv` into guest memory, then decrypt there in place.
@@ -38,15 +39,15 @@ use vm_memory::{GuestAddress, GuestMemory, GuestMemoryError, Permissions};
 const IOVECS: usize = 64;
 
 /// A host-contiguous run of guest memory.
-struct HostRun {
-    ptr: *mut u8,
-    len: usize,
+pub(super) struct HostRun {
+    pub(super) ptr: *mut u8,
+    pub(super) len: usize,
 }
 
 /// The host-contiguous start of the `len` guest bytes at `addr` (all of
 /// them unless they cross a memory region boundary), marked dirty when the
 /// device is going to write it.
-fn host_run<M: GuestMemory>(
+pub(super) fn host_run<M: GuestMemory>(
     mem: &M,
     addr: GuestAddress,
     len: u64,
@@ -242,7 +243,7 @@ pub fn encrypt_from_guest<M: GuestMemory>(
 
 /// An error when a cursor ran out before `len` bytes (the caller checked
 /// the chain's length, so only a bug gets here).
-fn short_chain(len: u64, done: u64) -> Result<(), RequestError> {
+pub(super) fn short_chain(len: u64, done: u64) -> Result<(), RequestError> {
     if done == len {
         return Ok(());
     }
@@ -265,7 +266,7 @@ pub(super) fn io_error(request: RequestType, source: io::Error) -> RequestError 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::device::chain::Segments;
     use crate::engine::Engine;
@@ -275,13 +276,13 @@ mod tests {
     use virtio_queue::desc::split::Descriptor;
     use vm_memory::{Bytes, GuestMemoryMmap};
 
-    const REGION: u64 = 0x1_0000;
+    pub(crate) const REGION: u64 = 0x1_0000;
     const NEXT: u16 = 1;
     const WRITE: u16 = 2;
 
     /// Two adjacent 64 KiB regions: guest-contiguous across 0x10000, two
     /// separate host mappings.
-    fn memory() -> GuestMemoryMmap {
+    pub(crate) fn memory() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[
             (GuestAddress(0), REGION as usize),
             (GuestAddress(REGION), REGION as usize),
@@ -289,7 +290,7 @@ mod tests {
         .unwrap()
     }
 
-    fn chain(mem: &GuestMemoryMmap, pieces: &[(u64, u32)], write: bool) -> Segments {
+    pub(crate) fn chain(mem: &GuestMemoryMmap, pieces: &[(u64, u32)], write: bool) -> Segments {
         let flags = if write { WRITE } else { 0 };
         let descriptors: Vec<_> = pieces
             .iter()
@@ -304,7 +305,7 @@ mod tests {
         segments
     }
 
-    fn put(mem: &GuestMemoryMmap, pieces: &[(u64, u32)], data: &[u8]) {
+    pub(crate) fn put(mem: &GuestMemoryMmap, pieces: &[(u64, u32)], data: &[u8]) {
         let mut at = 0;
         for &(addr, len) in pieces {
             let len = len as usize;
@@ -314,7 +315,7 @@ mod tests {
         }
     }
 
-    fn get(mem: &GuestMemoryMmap, pieces: &[(u64, u32)]) -> Vec<u8> {
+    pub(crate) fn get(mem: &GuestMemoryMmap, pieces: &[(u64, u32)]) -> Vec<u8> {
         let mut data = Vec::new();
         for &(addr, len) in pieces {
             let mut piece = vec![0u8; len as usize];
@@ -324,13 +325,13 @@ mod tests {
         data
     }
 
-    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    pub(crate) fn pattern(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed) ^ (i >> 9) as u8)
             .collect()
     }
 
-    fn image() -> (tempfile::TempDir, Image) {
+    pub(crate) fn image() -> (tempfile::TempDir, Image) {
         let dir = tempfile::tempdir().unwrap();
         let image = Image::open(&dir.path().join("disk.img"), Some(1 << 20), false).unwrap();
         (dir, image)
@@ -339,13 +340,13 @@ mod tests {
     /// 16 KiB in three descriptors: the first crosses the region boundary
     /// 3000 bytes in, data units 0-2 straddle a run boundary, unit 3 lies
     /// inside one run.
-    const STRADDLING: [(u64, u32); 3] = [
+    pub(crate) const STRADDLING: [(u64, u32); 3] = [
         (REGION - 3000, 8000),
         (REGION + 0x2000, 1192),
         (REGION + 0x4000, 7192),
     ];
 
-    fn programmed(data_unit_size: u32) -> (Engine, Arc<ProgrammedKey>, CryptoMsg) {
+    pub(crate) fn programmed(data_unit_size: u32) -> (Engine, Arc<ProgrammedKey>, CryptoMsg) {
         let engine = Engine::new(Some(ProfileName::Ufs.capabilities()), None);
         let key: [u8; 64] = core::array::from_fn(|i| (i as u8).wrapping_mul(5) ^ 0x3c);
         engine

@@ -1,11 +1,15 @@
-//! The backing image file: positioned I/O that is safe from many threads.
+//! The backing image file: positioned I/O that is safe from many threads,
+//! and a shared mapping of it ([`Mapping`]) that the data path prefers.
 
+use super::mapping::Mapping;
 use crate::protocol::SECTOR_SIZE;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Why an image cannot be opened.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +40,47 @@ pub enum ImageError {
     /// The image is smaller than one sector.
     #[error("image {0} is smaller than one 512-byte sector; give a larger image or --size")]
     TooSmall(PathBuf),
+    /// `--preallocate` could not allocate the image's blocks.
+    #[error("cannot preallocate image {path} (--preallocate)")]
+    Preallocate {
+        /// The image path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Whether the image's blocks are allocated up front, which decides how
+/// CRYPTO_OUT writes: an allocated image is written through the mapping
+/// (one pass from guest memory into the page cache); writing through a
+/// mapping into holes costs a page fault and a block allocation per page
+/// (several times a `pwrite` into a hole), so a sparse image is written
+/// with `pwrite`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Preallocate {
+    /// Allocate an image this open creates (best effort: a filesystem
+    /// that cannot leaves it sparse); keep an existing one as it is.
+    #[default]
+    NewImage,
+    /// Allocate the whole image, new or existing (contents are kept); an
+    /// error if the filesystem cannot.
+    Always,
+    /// Leave the image sparse.
+    Never,
+}
+
+/// How to open an image.
+#[derive(Clone, Debug, Default)]
+pub struct ImageOptions {
+    /// Create the image with this size when it does not exist.
+    pub create_size: Option<u64>,
+    /// Refuse writes (and map the image read-only).
+    pub read_only: bool,
+    /// Block allocation.
+    pub preallocate: Preallocate,
+    /// Serve through `pread`/`pwrite` only, never through a mapping.
+    pub no_mmap: bool,
 }
 
 /// An open image. Its capacity is the file length rounded down to whole
@@ -45,16 +90,41 @@ pub struct Image {
     file: File,
     capacity: u64,
     read_only: bool,
+    /// The shared mapping; `None` when mapping failed or was not wanted.
+    mapping: Option<Mapping>,
+    /// Writes go through the mapping (the image was fully allocated at
+    /// open, the mapping is writable, MADV_POPULATE_WRITE works).
+    write_through: AtomicBool,
+    /// The mapping's fault has been logged.
+    fault_logged: AtomicBool,
 }
 
 impl Image {
-    /// Opens `path`, creating a sparse file of `create_size` bytes if it
-    /// does not exist.
+    /// Opens `path`, creating a file of `create_size` bytes (allocated,
+    /// see [`Preallocate::NewImage`]) if it does not exist.
     pub fn open(
         path: &Path,
         create_size: Option<u64>,
         read_only: bool,
     ) -> Result<Self, ImageError> {
+        Self::open_with(
+            path,
+            &ImageOptions {
+                create_size,
+                read_only,
+                ..ImageOptions::default()
+            },
+        )
+    }
+
+    /// Opens `path` as `options` say.
+    pub fn open_with(path: &Path, options: &ImageOptions) -> Result<Self, ImageError> {
+        let ImageOptions {
+            create_size,
+            read_only,
+            preallocate,
+            no_mmap,
+        } = *options;
         let exists = path.exists();
         if !exists && create_size.is_none() {
             return Err(ImageError::Missing(path.to_owned()));
@@ -76,22 +146,115 @@ impl Image {
                 source,
             })?;
         }
-        let len = file
-            .metadata()
-            .map_err(|source| ImageError::Open {
-                path: path.to_owned(),
-                source,
-            })?
-            .len();
+        let metadata = file.metadata().map_err(|source| ImageError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let len = metadata.len();
         let capacity = len - len % SECTOR_SIZE;
         if capacity == 0 {
             return Err(ImageError::TooSmall(path.to_owned()));
         }
+        let writable = !read_only;
+        let mut allocated = metadata.blocks().saturating_mul(512) >= len;
+        let wanted = match preallocate {
+            Preallocate::NewImage => !exists,
+            Preallocate::Always => true,
+            Preallocate::Never => false,
+        };
+        if writable && wanted && !allocated {
+            match allocate(&file, len) {
+                Ok(()) => allocated = true,
+                Err(source) if preallocate == Preallocate::Always => {
+                    return Err(ImageError::Preallocate {
+                        path: path.to_owned(),
+                        source,
+                    });
+                }
+                Err(error) => tracing::warn!(
+                    image = %path.display(),
+                    "cannot preallocate the new image ({error}); it stays sparse and \
+                     CRYPTO_OUT writes with pwrite"
+                ),
+            }
+        }
+        let mapping = if no_mmap {
+            None
+        } else {
+            Mapping::new(&file, capacity, writable)
+                .inspect_err(|error| {
+                    tracing::warn!(
+                        image = %path.display(),
+                        "cannot map the image ({}); serving through pread/pwrite",
+                        error_chain(error)
+                    );
+                })
+                .ok()
+        };
+        let write_through = allocated && mapping.as_ref().is_some_and(Mapping::writable);
         Ok(Self {
             file,
             capacity,
             read_only,
+            mapping,
+            write_through: AtomicBool::new(write_through),
+            fault_logged: AtomicBool::new(false),
         })
+    }
+
+    /// The shared mapping, while its pages are the file's: `None` without
+    /// one, or once a SIGBUS was repaired in it (the device then serves
+    /// through `pread`/`pwrite` until it is restarted).
+    pub fn mapping(&self) -> Option<&Mapping> {
+        let mapping = self.mapping.as_ref()?;
+        if mapping.faults() == 0 {
+            return Some(mapping);
+        }
+        if !self.fault_logged.swap(true, Relaxed) {
+            tracing::warn!(
+                "the image mapping took a SIGBUS (was the image truncated under the device, \
+                 or is its disk failing?): requests that used it got IOERR; serving through \
+                 pread/pwrite from now on"
+            );
+        }
+        None
+    }
+
+    /// The mapping to write `len` bytes at `offset` through, with their
+    /// pages faulted in writable (MADV_POPULATE_WRITE): `None` when
+    /// writes go through `pwrite`: a sparse image, no writable mapping,
+    /// pages not in the page cache (a first write there is cheaper with
+    /// `pwrite`, see [`Mapping::resident`]), or populating failed (past
+    /// the end of a truncated file, no space, an I/O error), in which case
+    /// `pwrite` reports the real error.
+    pub fn mapping_for_write(&self, offset: u64, len: usize) -> Option<&Mapping> {
+        if !self.write_through.load(Relaxed) {
+            return None;
+        }
+        let mapping = self.mapping()?;
+        if !mapping.resident(offset, len).unwrap_or(false) {
+            return None;
+        }
+        match mapping.populate_write(offset, len) {
+            Ok(()) => Some(mapping),
+            Err(error) => {
+                if error.raw_os_error() == Some(libc::EINVAL) {
+                    self.write_through.store(false, Relaxed);
+                    tracing::warn!(
+                        "MADV_POPULATE_WRITE is not available (Linux before 5.14?): \
+                         CRYPTO_OUT writes with pwrite"
+                    );
+                } else {
+                    tracing::debug!(offset, len, "cannot populate for a mapped write: {error}");
+                }
+                None
+            }
+        }
+    }
+
+    /// True when writes go through the mapping (see [`Preallocate`]).
+    pub fn writes_through_mapping(&self) -> bool {
+        self.write_through.load(Relaxed) && self.mapping.is_some()
     }
 
     /// Capacity in bytes (a multiple of 512).
@@ -255,6 +418,30 @@ impl Image {
         }
         Ok(())
     }
+}
+
+/// Allocates every block of the first `len` bytes, keeping contents.
+fn allocate(file: &File, len: u64) -> io::Result<()> {
+    let len =
+        libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: fallocate on a valid open descriptor, plain integers.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }
 
 #[cfg(test)]

@@ -6,11 +6,14 @@ pub mod default_key;
 pub mod error;
 pub mod guest_io;
 pub mod image;
+pub mod mapped_io;
+pub mod mapping;
 pub mod refusal_log;
 pub mod request;
+pub mod sigbus;
 #[cfg(test)]
 mod tests;
 
 pub use backend::{BlockDevice, DeviceConfig, GuestMemory};
 pub use error::RequestError;
-pub use image::{Image, ImageError};
+pub use image::{Image, ImageError, ImageOptions, Preallocate};

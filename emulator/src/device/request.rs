@@ -10,6 +10,7 @@ use super::default_key;
 use super::error::RequestError;
 use super::guest_io;
 use super::image::Image;
+use super::mapped_io;
 use super::refusal_log::{Admission, RefusalLog};
 use crate::engine::Engine;
 use crate::engine::trace::{GetIdEvent, RejectEvent, RejectStatus, TraceEvent};
@@ -37,9 +38,9 @@ pub struct Limits {
 
 /// Per-thread buffers, reused for every request so that the request path
 /// does not allocate once warm. `buffer` holds CRYPTO_OUT's ciphertext on
-/// its way to the image, or a CRYPTO_IN data unit that straddles two runs
-/// of guest memory; all other data moves straight between the image and
-/// guest memory ([`guest_io`]).
+/// its way to a sparse image, or a data unit that straddles two runs of
+/// guest memory; all other data moves straight between the image (its
+/// mapping, [`mapped_io`], or system calls, [`guest_io`]) and guest memory.
 #[derive(Debug, Default)]
 pub struct Scratch {
     segments: Segments,
@@ -220,7 +221,7 @@ fn execute<M: GuestMemory>(
                 return Ok(range.len as u32);
             }
             let mut writer = segments.writer();
-            guest_io::read_into_guest(
+            mapped_io::read_plain(
                 ctx.image,
                 mem,
                 request,
@@ -254,13 +255,19 @@ fn execute<M: GuestMemory>(
             let range = checked_range(ctx, request, header.sector, reader.remaining(), true)?;
             let key = ctx.engine.key_for(&msg, range.offset, range.len)?;
             ctx.engine.charge(&key, Direction::Encrypt, range.len)?;
-            // Out of place into the write buffer: the guest's plaintext is
-            // read once and stays as the guest left it.
-            let buffer = guest_io::reusable_prefix(buffer, range.len as usize);
-            guest_io::encrypt_from_guest(mem, &mut reader, &key, &msg.dun, buffer)?;
-            ctx.image
-                .write_at(buffer, range.offset)
-                .map_err(|source| guest_io::io_error(request, source))?;
+            // Out of place into the page cache or the write buffer: the
+            // guest's plaintext is read once and stays as the guest left it.
+            let span = (range.offset, range.len);
+            mapped_io::write_encrypted(
+                ctx.image,
+                mem,
+                request,
+                &mut reader,
+                span,
+                &key,
+                &msg.dun,
+                buffer,
+            )?;
             stats.crypto_writes.add(range.len);
             Ok(0)
         }
@@ -268,18 +275,18 @@ fn execute<M: GuestMemory>(
             let msg = read_crypto_msg(mem, &mut reader, request)?;
             let range = checked_range(ctx, request, header.sector, answer_room, false)?;
             let key = ctx.engine.key_for(&msg, range.offset, range.len)?;
-            let data = segments.writer();
-            let mut writer = data.clone();
-            guest_io::read_into_guest(
+            let mut writer = segments.writer();
+            let span = (range.offset, range.len);
+            mapped_io::read_decrypted(
                 ctx.image,
                 mem,
                 request,
                 &mut writer,
-                range.len,
-                range.offset,
+                span,
+                &key,
+                &msg.dun,
+                buffer,
             )?;
-            let mut writer = data;
-            guest_io::decrypt_in_guest(mem, &mut writer, range.len, &key, &msg.dun, buffer)?;
             ctx.engine.charge(&key, Direction::Decrypt, range.len)?;
             stats.crypto_reads.add(range.len);
             Ok(range.len as u32)
