@@ -9,8 +9,9 @@
 //!   Every engine entry point that touches a key runs its work in a
 //!   non-inlined callee and then calls `scrub_stack` from the same frame,
 //!   which zeroes the stack the callee used.
-//! - [`harden_process`]: makes the process non-dumpable and sets up the
-//!   arena, so a locking problem shows at start.
+//! - [`harden_process`]: makes the process non-dumpable, sets up the arena
+//!   (so a locking problem shows at start) and routes OpenSSL's key
+//!   schedules into it.
 
 use std::fmt;
 use std::io;
@@ -190,6 +191,25 @@ fn memlock_limit() -> Option<u64> {
     (ok && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
 }
 
+/// A raw arena slot of [`SLOT_BYTES`] bytes, aligned to a cache line, for
+/// key material that is not a Rust value: OpenSSL's key schedules (see
+/// `xts::openssl_memory`). Give it back with [`return_slot`].
+pub(crate) fn take_slot() -> Result<NonNull<u8>, SecureMemoryError> {
+    arena().take()
+}
+
+/// Zeroes a slot from [`take_slot`] and returns it to the arena.
+///
+/// # Safety
+/// `slot` came from [`take_slot`], was not returned since, and nothing
+/// uses it any more.
+pub(crate) unsafe fn return_slot(slot: NonNull<u8>) {
+    // SAFETY: the caller hands over a whole slot it owned.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(slot.as_ptr(), SLOT_BYTES) };
+    zeroize::Zeroize::zeroize(bytes);
+    arena().free.push(FreeSlot(slot));
+}
+
 /// A value in the key arena: locked, out of core dumps, zeroed on drop.
 pub struct SecureBox<T> {
     ptr: NonNull<T>,
@@ -252,17 +272,25 @@ pub struct HardeningReport {
     pub key_memory_locked: bool,
     /// RLIMIT_MEMLOCK in bytes, `None` when unlimited.
     pub memlock_limit: Option<u64>,
+    /// OpenSSL allocates key schedules in the key arena (it had not
+    /// allocated anything before; see `xts::openssl_memory`).
+    pub openssl_keys_in_arena: bool,
 }
 
 impl fmt::Display for HardeningReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "non-dumpable: {}, key memory locked: {} (RLIMIT_MEMLOCK {}), out of core dumps: yes",
+            "non-dumpable: {}, key memory locked: {} (RLIMIT_MEMLOCK {}), out of core dumps: yes, OpenSSL's key schedules in it: {}",
             if self.non_dumpable { "yes" } else { "no" },
             if self.key_memory_locked { "yes" } else { "no" },
             self.memlock_limit
                 .map_or("unlimited".to_owned(), |limit| limit.to_string()),
+            if self.openssl_keys_in_arena {
+                "yes"
+            } else {
+                "no"
+            },
         )
     }
 }
@@ -277,11 +305,14 @@ pub fn harden_process() -> Result<HardeningReport, SecureMemoryError> {
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
         return Err(SecureMemoryError::Dumpable(io::Error::last_os_error()));
     }
+    // Before anything calls OpenSSL: its key schedules go to the arena.
+    let openssl_keys_in_arena = super::xts::openssl_memory::install();
     let mut arena = arena();
     if arena.chunks == 0 {
         arena.grow()?;
     }
     Ok(HardeningReport {
+        openssl_keys_in_arena,
         non_dumpable: true,
         key_memory_locked: arena.locked_chunks == arena.chunks,
         memlock_limit: memlock_limit(),
