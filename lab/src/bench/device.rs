@@ -180,10 +180,7 @@ impl Target {
     /// Starts the backend with `queues` queues on `image` (from
     /// [`Target::prepare`]; nothing to start for an external one).
     pub fn start_on(&self, image: Option<&Image>, queues: u16) -> anyhow::Result<Backend> {
-        let (Some(image), false) = (image, matches!(self, Target::External { .. })) else {
-            let Target::External { socket, .. } = self else {
-                bail!("no image prepared for the {} backend", self.name());
-            };
+        if let Target::External { socket, .. } = self {
             return Ok(Backend {
                 process: None,
                 dir: None,
@@ -191,6 +188,9 @@ impl Target {
                 socket: socket.clone(),
                 note: String::new(),
             });
+        }
+        let Some(image) = image else {
+            bail!("no image prepared for the {} backend", self.name());
         };
         let dir = tempfile::Builder::new().prefix("icelab-bench-").tempdir()?;
         let socket = dir.path().join("backend.sock");
