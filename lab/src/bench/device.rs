@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::fair::{self, Pinning};
 use super::peers;
 use crate::serve_process::{DeviceOptions, Logs, START_TIMEOUT, ServeConfig, ServeProcess};
 
@@ -53,6 +54,14 @@ pub struct DeviceArgs {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
+    /// Seconds of untimed load before each measurement (the image is also
+    /// written in full before the first).
+    #[arg(long, default_value_t = 0.5)]
+    pub warmup: f64,
+    /// Leave the device and the load generator unpinned (by default, with
+    /// 2 or more CPUs, they run on different ones).
+    #[arg(long)]
+    pub no_pin: bool,
     /// Inline encryption: on (programmed keyslot, CRYPTO_IN/OUT) or off
     /// (plain IN/OUT). Default on, or off with --socket or a qsd target.
     #[arg(long)]
@@ -128,40 +137,81 @@ impl Target {
     /// Starts the backend with `queues` queues on a fresh image of `size`
     /// bytes (nothing to start for an external one).
     pub fn start(&self, size: u64, queues: u16) -> anyhow::Result<Backend> {
+        let prepared = self.prepare(size, false)?;
+        let mut backend = self.start_on(prepared.as_ref(), queues)?;
+        backend.image = prepared;
+        Ok(backend)
+    }
+
+    /// Makes the image this target's backends serve: `size` bytes of
+    /// payload (a LUKS image for qsd-luks), written in full first when
+    /// `fill` so that no measurement pays for allocating blocks and
+    /// page-cache pages of a sparse file (none for an external backend).
+    pub fn prepare(&self, size: u64, fill: bool) -> anyhow::Result<Option<Image>> {
+        if let Target::External { .. } = self {
+            return Ok(None);
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("icelab-bench-image-")
+            .tempdir()?;
+        let path = dir.path().join("disk.img");
+        let mut note = String::new();
+        match self {
+            Target::Icelab { .. } | Target::QsdRaw => {
+                let file = std::fs::File::create(&path)?;
+                file.set_len(size)?;
+                if fill {
+                    fill_file(&file, size)?;
+                }
+            }
+            Target::QsdLuks => {
+                let (format, why) = peers::make_luks_image(dir.path(), &path, size, fill)?;
+                note = format!("{format}: {why}");
+            }
+            Target::External { .. } => unreachable!("handled above"),
+        }
+        Ok(Some(Image {
+            _dir: dir,
+            path,
+            note,
+        }))
+    }
+
+    /// Starts the backend with `queues` queues on `image` (from
+    /// [`Target::prepare`]; nothing to start for an external one).
+    pub fn start_on(&self, image: Option<&Image>, queues: u16) -> anyhow::Result<Backend> {
         if let Target::External { socket, .. } = self {
             return Ok(Backend {
                 process: None,
                 dir: None,
+                image: None,
                 socket: socket.clone(),
                 note: String::new(),
             });
         }
+        let Some(image) = image else {
+            bail!("no image prepared for the {} backend", self.name());
+        };
         let dir = tempfile::Builder::new().prefix("icelab-bench-").tempdir()?;
         let socket = dir.path().join("backend.sock");
         let logs = Logs::combined(dir.path().join("backend.log"));
-        let image = dir.path().join("disk.img");
-        let mut note = String::new();
         let process = match self {
             Target::Icelab { .. } => {
                 let config = ServeConfig {
                     device: DeviceOptions {
-                        size: Some(size),
                         queues: Some(queues),
                         ..DeviceOptions::default()
                     },
-                    ..ServeConfig::new(&image, &socket)
+                    ..ServeConfig::new(&image.path, &socket)
                 };
                 ServeProcess::spawn_icelab(&crate::icelab_exe(), &config, logs, START_TIMEOUT)
             }
             Target::QsdRaw => {
-                std::fs::File::create(&image)?.set_len(size)?;
-                let command = qsd_command(&image, None, &socket, queues);
+                let command = qsd_command(&image.path, false, &socket, queues);
                 ServeProcess::spawn(self.name(), command, &socket, logs, START_TIMEOUT)
             }
             Target::QsdLuks => {
-                let (format, why) = peers::make_luks_image(dir.path(), &image, size)?;
-                note = format!("{format}: {why}");
-                let command = qsd_command(&image, Some(format), &socket, queues);
+                let command = qsd_command(&image.path, true, &socket, queues);
                 ServeProcess::spawn(self.name(), command, &socket, logs, START_TIMEOUT)
             }
             Target::External { .. } => unreachable!("handled above"),
@@ -170,27 +220,49 @@ impl Target {
         Ok(Backend {
             process: Some(process),
             dir: Some(dir),
+            image: None,
             socket,
-            note,
+            note: image.note.clone(),
         })
     }
+}
+
+/// An image prepared for a target's backends; removed when dropped.
+#[derive(Debug)]
+pub struct Image {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    /// What was made and why (e.g. which LUKS format), empty when nothing to say.
+    pub note: String,
+}
+
+/// Writes `len` bytes of a non-zero pattern over `file` from offset 0 and
+/// waits for them to reach the disk (so that no write-back runs during
+/// the measurements); the pages stay in the page cache.
+pub(crate) fn fill_file(file: &std::fs::File, len: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let chunk: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 1)
+        .collect();
+    let mut offset = 0;
+    while offset < len {
+        let n = (len - offset).min(chunk.len() as u64) as usize;
+        file.write_all_at(&chunk[..n], offset)?;
+        offset += n as u64;
+    }
+    file.sync_all()
 }
 
 /// qemu-storage-daemon exporting `image` (raw, or LUKS opened with the
 /// bench passphrase) over vhost-user-blk. The page cache is used, as by
 /// `icelab serve`.
-fn qsd_command(
-    image: &Path,
-    luks: Option<peers::LuksFormat>,
-    socket: &Path,
-    queues: u16,
-) -> Command {
+fn qsd_command(image: &Path, luks: bool, socket: &Path, queues: u16) -> Command {
     let mut command = Command::new("qemu-storage-daemon");
     command.arg("--blockdev").arg(format!(
         "driver=file,node-name=file0,filename={},cache.direct=off,aio=threads",
         image.display()
     ));
-    let node = if luks.is_some() {
+    let node = if luks {
         command
             .arg("--object")
             .arg(format!("secret,id=sec0,data={}", peers::PASSPHRASE))
@@ -213,6 +285,8 @@ fn qsd_command(
 pub struct Backend {
     process: Option<ServeProcess>,
     dir: Option<tempfile::TempDir>,
+    /// The image, when this backend owns it (`Target::start`).
+    image: Option<Image>,
     socket: PathBuf,
     /// What was used and why (e.g. which LUKS format), empty when nothing to say.
     pub note: String,
@@ -231,6 +305,7 @@ impl Drop for Backend {
     fn drop(&mut self) {
         let _ = self.process.take();
         let _ = self.dir.take();
+        let _ = self.image.take();
     }
 }
 
@@ -247,6 +322,8 @@ pub struct Load {
     pub queues: u16,
     /// Seconds of load.
     pub seconds: f64,
+    /// Seconds of untimed load before the timed run.
+    pub warmup_seconds: f64,
     /// Bytes of the image the load covers.
     pub size: u64,
 }
@@ -281,6 +358,7 @@ pub struct Measurement {
     elapsed: Duration,
     latency: Histogram<u64>,
     device_cpu: Option<Duration>,
+    generator_cpu: Option<Duration>,
 }
 
 impl Measurement {
@@ -297,6 +375,12 @@ impl Measurement {
     /// The backend's CPU seconds per GB moved, when it was started here.
     pub fn cpu_s_per_gb(&self) -> Option<f64> {
         self.device_cpu
+            .map(|cpu| cpu.as_secs_f64() / (self.bytes as f64 / 1e9))
+    }
+
+    /// The load generator's CPU seconds (its submitting threads) per GB moved.
+    pub fn generator_cpu_s_per_gb(&self) -> Option<f64> {
+        self.generator_cpu
             .map(|cpu| cpu.as_secs_f64() / (self.bytes as f64 / 1e9))
     }
 
@@ -320,6 +404,7 @@ impl Measurement {
                 p99_9: self.latency_us(0.999),
             },
             device_cpu_s_per_gb: self.cpu_s_per_gb(),
+            loadgen_cpu_s_per_gb: self.generator_cpu_s_per_gb(),
         }
     }
 }
@@ -335,6 +420,15 @@ impl Measurement {
             elapsed: Duration::from_secs(1),
             latency: Histogram::new(3).expect("a histogram"),
             device_cpu: None,
+            generator_cpu: None,
+        }
+    }
+
+    /// As [`Measurement::for_test`], with the device's CPU time.
+    pub(crate) fn for_test_cpu(bytes: u64, device_cpu: Duration) -> Self {
+        Self {
+            device_cpu: Some(device_cpu),
+            ..Self::for_test(bytes)
         }
     }
 }
@@ -359,6 +453,10 @@ pub struct Figures {
     pub latency_us: Percentiles,
     /// The backend's CPU seconds per GB moved (null: not started here).
     pub device_cpu_s_per_gb: Option<f64>,
+    /// The load generator's CPU seconds (its submitting threads) per GB
+    /// moved (null: not measured).
+    #[serde(default)]
+    pub loadgen_cpu_s_per_gb: Option<f64>,
 }
 
 /// The JSON document of `icelab bench device`.
@@ -376,6 +474,9 @@ pub struct DeviceDocument {
     pub depth: usize,
     /// Whether the load used CRYPTO_IN/OUT.
     pub ice: bool,
+    /// Which CPUs the device and the load generator ran on, in words.
+    #[serde(default)]
+    pub pinning: String,
     /// One per queue count.
     pub runs: Vec<Figures>,
 }
@@ -407,6 +508,20 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
     if args.queues.is_empty() {
         bail!("--queues needs at least one count");
     }
+    if !(0.0..=600.0).contains(&args.warmup) {
+        bail!("--warmup {}: use 0 to 600 seconds", args.warmup);
+    }
+    let pinning = if args.no_pin {
+        None
+    } else {
+        Pinning::for_this_machine()
+    };
+    let pinned = Pinning::describe(pinning.as_ref());
+    println!("pinning: {pinned}");
+    let image = target.prepare(size, true)?;
+    if let Some(note) = image.as_ref().map(|i| &i.note).filter(|n| !n.is_empty()) {
+        println!("{}: {note}", target.name());
+    }
     let mut measurements = Vec::new();
     for &queues in &args.queues {
         let load = Load {
@@ -415,14 +530,12 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             depth: args.depth,
             queues,
             seconds: args.seconds,
+            warmup_seconds: args.warmup,
             size,
         };
         load.check()?;
-        let backend = target.start(size, queues)?;
-        if !backend.note.is_empty() && queues == args.queues[0] {
-            println!("{}: {}", target.name(), backend.note);
-        }
-        measurements.push(measure(&target, &backend, &load)?);
+        let backend = target.start_on(image.as_ref(), queues)?;
+        measurements.push(measure(&target, &backend, &load, pinning.as_ref())?);
     }
     print_table(&args, block_size, &target, &measurements);
     if let Some(path) = &args.json {
@@ -433,6 +546,7 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             block_size,
             depth: args.depth,
             ice,
+            pinning: pinned,
             runs: measurements.iter().map(Measurement::figures).collect(),
         };
         std::fs::write(path, super::baseline::encode(&document)?)
@@ -452,8 +566,16 @@ pub fn pattern_name(pattern: Pattern) -> &'static str {
     }
 }
 
-/// Drives `backend` with `load` and returns the figures.
-pub fn measure(target: &Target, backend: &Backend, load: &Load) -> anyhow::Result<Measurement> {
+/// Drives `backend` with `load` and returns the figures: an untimed
+/// warm-up of `load.warmup_seconds`, then the timed run. With `pinning`,
+/// every thread of the backend runs on its device CPUs and the load
+/// threads on its generator CPUs.
+pub fn measure(
+    target: &Target,
+    backend: &Backend,
+    load: &Load,
+    pinning: Option<&Pinning>,
+) -> anyhow::Result<Measurement> {
     let queues = load.queues;
     let block_size = load.block_size;
     let ice = target.ice();
@@ -504,36 +626,42 @@ pub fn measure(target: &Target, backend: &Backend, load: &Load) -> anyhow::Resul
         }
     }
     let pid = backend.process.as_ref().map(ServeProcess::id);
+    let pin_device = || -> anyhow::Result<()> {
+        if let (Some(pinning), Some(pid)) = (pinning, pid) {
+            fair::pin_process(pid, &pinning.device_cpus)
+                .with_context(|| format!("cannot pin the {} backend", target.name()))?;
+        }
+        Ok(())
+    };
+    pin_device()?;
+    let generator_cpus = pinning.map(|p| p.generator_cpus.as_slice());
+    let region = load.size / u64::from(queues);
+    // The untimed warm-up: the same load, so that caches, the device's
+    // threads and the CPU clocks are in their steady state when timing
+    // starts.
+    if load.warmup_seconds > 0.0 {
+        let deadline = Instant::now() + Duration::from_secs_f64(load.warmup_seconds);
+        for result in run_queues(&mut handles, load, region, ice, deadline, generator_cpus) {
+            result.with_context(|| format!("warm-up load on {}", target.name()))?;
+        }
+        // Threads the backend started during the warm-up.
+        pin_device()?;
+    }
     let cpu_before = pid.and_then(process_cpu);
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(load.seconds);
-    let region = load.size / u64::from(queues);
-    let results: Vec<anyhow::Result<(u64, u64, Histogram<u64>)>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = handles
-            .iter_mut()
-            .enumerate()
-            .map(|(index, queue)| {
-                let start = index as u64 * region;
-                scope.spawn(move || drive(queue, load, start, region, ice, deadline))
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a load thread panicked")))
-            })
-            .collect()
-    });
+    let results = run_queues(&mut handles, load, region, ice, deadline, generator_cpus);
     let elapsed = started.elapsed();
     let cpu_after = pid.and_then(process_cpu);
     let mut latency = Histogram::<u64>::new(3)?;
     let (mut requests, mut bytes) = (0, 0);
+    let mut generator_cpu = Duration::ZERO;
     for result in results {
-        let (r, b, h) = result.with_context(|| format!("load on {}", target.name()))?;
-        requests += r;
-        bytes += b;
-        latency.add(h)?;
+        let done = result.with_context(|| format!("load on {}", target.name()))?;
+        requests += done.requests;
+        bytes += done.bytes;
+        generator_cpu += done.cpu;
+        latency.add(done.latency)?;
     }
     let device_cpu = cpu_before
         .zip(cpu_after)
@@ -545,6 +673,58 @@ pub fn measure(target: &Target, backend: &Backend, load: &Load) -> anyhow::Resul
         elapsed,
         latency,
         device_cpu,
+        generator_cpu: Some(generator_cpu),
+    })
+}
+
+/// What one queue's load loop did.
+struct Driven {
+    requests: u64,
+    bytes: u64,
+    latency: Histogram<u64>,
+    /// CPU time of the submitting thread over the loop.
+    cpu: Duration,
+}
+
+/// Drives every queue from its own thread (pinned to `cpus` when given)
+/// until `deadline`.
+fn run_queues(
+    handles: &mut [BlkQueue],
+    load: &Load,
+    region: u64,
+    ice: bool,
+    deadline: Instant,
+    cpus: Option<&[usize]>,
+) -> Vec<anyhow::Result<Driven>> {
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = handles
+            .iter_mut()
+            .enumerate()
+            .map(|(index, queue)| {
+                let start = index as u64 * region;
+                scope.spawn(move || {
+                    if let Some(cpus) = cpus {
+                        fair::pin_thread(0, cpus).context("cannot pin a load thread")?;
+                    }
+                    let cpu = fair::thread_cpu();
+                    let (requests, bytes, latency) =
+                        drive(queue, load, start, region, ice, deadline)?;
+                    Ok(Driven {
+                        requests,
+                        bytes,
+                        latency,
+                        cpu: fair::thread_cpu().saturating_sub(cpu),
+                    })
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a load thread panicked")))
+            })
+            .collect()
     })
 }
 
@@ -642,14 +822,22 @@ fn print_table(args: &DeviceArgs, block_size: u64, target: &Target, runs: &[Meas
         args.seconds
     );
     println!(
-        "{:>6} {:>10} {:>10} {:>9} {:>9} {:>9} {:>12} {:>8}",
-        "queues", "IOPS", "MB/s", "p50 us", "p99 us", "p99.9 us", "dev CPU s/GB", "ratio"
+        "{:>6} {:>10} {:>10} {:>9} {:>9} {:>9} {:>12} {:>12} {:>8}",
+        "queues",
+        "IOPS",
+        "MB/s",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "dev CPU s/GB",
+        "gen CPU s/GB",
+        "ratio"
     );
     let base = runs.first().map(Measurement::mb_per_s).unwrap_or(1.0);
     for run in runs {
         let us = |q: f64| run.latency_us(q);
         println!(
-            "{:>6} {:>10.0} {:>10.1} {:>9.0} {:>9.0} {:>9.0} {:>12} {:>7.2}x",
+            "{:>6} {:>10.0} {:>10.1} {:>9.0} {:>9.0} {:>9.0} {:>12} {:>12} {:>7.2}x",
             run.queues,
             run.iops(),
             run.mb_per_s(),
@@ -657,6 +845,8 @@ fn print_table(args: &DeviceArgs, block_size: u64, target: &Target, runs: &[Meas
             us(0.99),
             us(0.999),
             run.cpu_s_per_gb()
+                .map_or("-".to_owned(), |v| format!("{v:.3}")),
+            run.generator_cpu_s_per_gb()
                 .map_or("-".to_owned(), |v| format!("{v:.3}")),
             run.mb_per_s() / base
         );

@@ -520,8 +520,7 @@ pub fn ratios(points: &[Point]) -> (Vec<Ratio>, Vec<Drift>) {
                     load: load.to_owned(),
                     ratio: ratio.to_owned(),
                     value: n / d,
-                    goal: None,
-                    met: None,
+                    ..Ratio::default()
                 });
             }
         }

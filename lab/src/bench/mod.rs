@@ -4,6 +4,7 @@ pub mod all;
 pub mod baseline;
 pub mod crypto;
 pub mod device;
+pub mod fair;
 pub mod guest;
 pub mod peers;
 mod plot;

@@ -41,14 +41,23 @@ impl std::fmt::Display for LuksFormat {
 
 /// Makes a LUKS image at `image` whose payload holds `size` bytes, in the
 /// best format QEMU can open; returns the format and why it was chosen.
+/// With `fill`, the whole file is written before it is formatted, so the
+/// payload is allocated and in the page cache (its plaintext is whatever
+/// the written bytes decrypt to; the bench does not care).
 pub fn make_luks_image(
     dir: &Path,
     image: &Path,
     size: u64,
+    fill: bool,
 ) -> anyhow::Result<(LuksFormat, String)> {
     let key = dir.join("passphrase");
     std::fs::write(&key, PASSPHRASE)?;
-    std::fs::File::create(image)?.set_len(size + HEADER_ROOM)?;
+    let file = std::fs::File::create(image)?;
+    file.set_len(size + HEADER_ROOM)?;
+    if fill {
+        super::device::fill_file(&file, size + HEADER_ROOM)?;
+    }
+    drop(file);
     let have_cryptsetup = Command::new("cryptsetup")
         .arg("--version")
         .stdout(Stdio::null())
@@ -56,7 +65,7 @@ pub fn make_luks_image(
         .status()
         .is_ok_and(|s| s.success());
     if !have_cryptsetup {
-        create_luks1_qemu_img(image, size + HEADER_ROOM)?;
+        create_luks1_qemu_img(image, size + HEADER_ROOM, fill)?;
         return Ok((
             LuksFormat::Luks1,
             "made by qemu-img create -f luks (no cryptsetup for LUKS2; scripts/install-deps installs it)"
@@ -73,7 +82,10 @@ pub fn make_luks_image(
         }
         Err(message) => message,
     };
-    std::fs::File::create(image)?.set_len(size + HEADER_ROOM)?;
+    // luksFormat rewrites the header area; a filled payload is kept.
+    if !fill {
+        std::fs::File::create(image)?.set_len(size + HEADER_ROOM)?;
+    }
     cryptsetup_format(image, &key, LuksFormat::Luks1)?;
     if let Err(message) = qemu_opens(image) {
         bail!("QEMU cannot open a LUKS1 image either: {message}");
@@ -127,14 +139,18 @@ fn cryptsetup_format(image: &Path, key: &Path, format: LuksFormat) -> anyhow::Re
     Ok(())
 }
 
-fn create_luks1_qemu_img(image: &Path, size: u64) -> anyhow::Result<()> {
+fn create_luks1_qemu_img(image: &Path, size: u64, fill: bool) -> anyhow::Result<()> {
     let output = Command::new("qemu-img")
         .arg("create")
         .args(["-q", "-f", "luks", "--object"])
         .arg(format!("secret,id=sec0,data={PASSPHRASE}"))
         .args([
             "-o",
-            "key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,hash-alg=sha256,iter-time=10",
+            if fill {
+                "key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,hash-alg=sha256,iter-time=10,preallocation=full"
+            } else {
+                "key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,hash-alg=sha256,iter-time=10"
+            },
         ])
         .arg(image)
         .arg(size.to_string())
