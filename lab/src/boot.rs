@@ -229,7 +229,7 @@ pub fn run_boot(
                 restart = Some(done);
             }
             if signal == SIGNAL_SCAN_GUEST_MEMORY && spec.scan_memory && memory_scan.is_none() {
-                let scan = memory_scan::scan_guest(qemu_pid, &paths.results, facts, Instant::now());
+                let scan = memory_scan::scan_guest(qemu_pid, &paths.results, facts);
                 println!("{}", scan.line());
                 memory_scan = Some(scan);
             }

@@ -83,13 +83,22 @@ pub struct Snapshot {
     pub counts: Vec<KeyCount>,
 }
 
-/// The scan of one boot: what was asked, what was seen (or why not).
+/// The scan of one boot: what was seen, or why nothing was.
 #[derive(Debug)]
 pub struct MemoryScan {
-    /// The guest's request (`None` when it could not be read).
-    pub request: Option<ScanRequest>,
     /// The snapshot, or why there is none.
     pub snapshot: Result<Snapshot, String>,
+}
+
+impl Snapshot {
+    /// All hits of the patterns that expect `expect`.
+    fn hits(&self, expect: Expect) -> u64 {
+        self.counts
+            .iter()
+            .filter(|c| c.expect == expect)
+            .map(|c| c.hits)
+            .sum()
+    }
 }
 
 impl MemoryScan {
@@ -98,18 +107,7 @@ impl MemoryScan {
         match &self.snapshot {
             Err(problem) => format!("guest memory scan failed: {problem}"),
             Ok(s) => {
-                let absent: u64 = s
-                    .counts
-                    .iter()
-                    .filter(|c| c.expect == Expect::Absent)
-                    .map(|c| c.hits)
-                    .sum();
-                let present: u64 = s
-                    .counts
-                    .iter()
-                    .filter(|c| c.expect == Expect::Present)
-                    .map(|c| c.hits)
-                    .sum();
+                let (absent, present) = (s.hits(Expect::Absent), s.hits(Expect::Present));
                 format!(
                     "guest memory scanned: {} MiB in {:.1} s; hardware-wrapped keys: {absent} \
                      hits; raw-key control: {present} hits",
@@ -131,8 +129,11 @@ struct Pattern {
 
 /// Stops QEMU (`qemu_pid`), scans its guest memory for the keys the
 /// signal's `facts` name, and lets it go on. `results` is the guest's
-/// results file, whose last line must still be the signal.
-pub fn scan_guest(qemu_pid: u32, results: &Path, facts: &Facts, signalled: Instant) -> MemoryScan {
+/// results file, whose last line must still be the signal. Call it as
+/// soon as the signal line is read: the snapshot's `stopped_after` counts
+/// from the call.
+pub fn scan_guest(qemu_pid: u32, results: &Path, facts: &Facts) -> MemoryScan {
+    let signalled = Instant::now();
     let request = match facts.get(FACT_MEMORY_SCAN) {
         Some(value) => serde_json::from_value::<ScanRequest>(value.clone())
             .map_err(|e| format!("the guest's {FACT_MEMORY_SCAN} fact is malformed: {e}")),
@@ -144,7 +145,6 @@ pub fn scan_guest(qemu_pid: u32, results: &Path, facts: &Facts, signalled: Insta
         Ok(request) => request,
         Err(problem) => {
             return MemoryScan {
-                request: None,
                 snapshot: Err(problem),
             };
         }
@@ -176,10 +176,7 @@ pub fn scan_guest(qemu_pid: u32, results: &Path, facts: &Facts, signalled: Insta
                 .collect(),
         })
     });
-    MemoryScan {
-        request: Some(request),
-        snapshot,
-    }
+    MemoryScan { snapshot }
 }
 
 /// The byte patterns of `request`'s keys.
@@ -609,7 +606,6 @@ mod tests {
 
     fn scan(counts: Vec<(Expect, u64)>, guest_held: bool) -> MemoryScan {
         MemoryScan {
-            request: None,
             snapshot: Ok(Snapshot {
                 bytes: 1 << 30,
                 stopped_after: Duration::from_millis(120),
