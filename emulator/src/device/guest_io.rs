@@ -28,7 +28,6 @@ use super::chain::Cursor;
 use super::error::RequestError;
 use super::image::Image;
 use crate::engine::ProgrammedKey;
-use crate::engine::secure::ScrubStackOnDrop;
 use crate::engine::xts::Direction;
 use crate::protocol::{Dun, RequestType};
 use std::io;
@@ -175,7 +174,7 @@ pub fn decrypt_in_guest<M: GuestMemory>(
     dun: &Dun,
     unit_buffer: &mut Vec<u8>,
 ) -> Result<(), RequestError> {
-    let _scrub = ScrubStackOnDrop;
+    let _scrub = key.scrub_guard();
     let unit = u64::from(key.data_unit_size);
     let mut done = 0u64;
     while let Some((addr, piece)) = cursor.piece(len - done) {
@@ -216,7 +215,7 @@ pub fn encrypt_from_guest<M: GuestMemory>(
     dun: &Dun,
     out: &mut [u8],
 ) -> Result<(), RequestError> {
-    let _scrub = ScrubStackOnDrop;
+    let _scrub = key.scrub_guard();
     let unit = key.data_unit_size as usize;
     let len = out.len();
     let mut done = 0usize;

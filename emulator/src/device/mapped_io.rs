@@ -22,7 +22,6 @@ use super::guest_io::{self, host_run, io_error, reusable_prefix, short_chain};
 use super::image::Image;
 use super::mapping::{Mapping, Watch};
 use crate::engine::ProgrammedKey;
-use crate::engine::secure::ScrubStackOnDrop;
 use crate::engine::xts::Direction;
 use crate::protocol::{Dun, RequestType};
 use std::io;
@@ -88,7 +87,7 @@ pub fn read_decrypted<M: GuestMemory>(
         return guest_io::decrypt_in_guest(mem, cursor, len, key, dun, unit_buffer);
     };
     let (source, watch) = start(mapping, request, offset, len)?;
-    let _scrub = ScrubStackOnDrop;
+    let _scrub = key.scrub_guard();
     let unit = u64::from(key.data_unit_size);
     let mut done = 0u64;
     while let Some((addr, piece)) = cursor.piece(len - done) {
@@ -144,7 +143,7 @@ pub fn write_encrypted<M: GuestMemory>(
             .map_err(|source| io_error(request, source));
     };
     let (dest, watch) = start(mapping, request, offset, len)?;
-    let _scrub = ScrubStackOnDrop;
+    let _scrub = key.scrub_guard();
     let unit = u64::from(key.data_unit_size);
     let mut done = 0u64;
     while let Some((addr, piece)) = cursor.piece(len - done) {

@@ -26,13 +26,18 @@ pub(super) struct Prefetcher {
 
 impl Prefetcher {
     /// For the `len` bytes at `start`; `ahead` 0 turns prefetching off.
+    /// Prefetches the first `ahead` bytes at once: a request's first data
+    /// unit is usually a cold page (a random read), and asking for all its
+    /// lines together lets them arrive in parallel while the cipher starts.
     pub(super) fn new(start: *const u8, len: usize, ahead: usize) -> Self {
-        Self {
+        let mut prefetcher = Self {
             start,
             len,
             ahead,
             done: 0,
-        }
+        };
+        prefetcher.ahead_of(0);
+        prefetcher
     }
 
     /// Called before working on the bytes below `position`: prefetches up
@@ -74,6 +79,7 @@ mod tests {
     fn prefetches_within_the_slice_and_off_means_nothing() {
         let bytes = vec![0u8; 10_000];
         let mut on = Prefetcher::new(bytes.as_ptr(), bytes.len(), 4096);
+        assert_eq!(on.done, 4096);
         on.ahead_of(512);
         assert_eq!(on.done, 512 + 4096);
         on.ahead_of(1024);
