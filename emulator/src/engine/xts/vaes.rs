@@ -48,12 +48,12 @@
 use core::arch::x86_64::{
     __m128i, __m256i, _mm_aesdec_si128, _mm_aesdeclast_si128, _mm_aesenc_si128,
     _mm_aesenclast_si128, _mm_aesimc_si128, _mm_aeskeygenassist_si128, _mm_load_si128,
-    _mm_loadu_si128, _mm_shuffle_epi32, _mm_slli_si128, _mm_store_si128, _mm_storeu_si128,
-    _mm_xor_si128, _mm256_aesdec_epi128, _mm256_aesdeclast_epi128, _mm256_aesenc_epi128,
-    _mm256_aesenclast_epi128, _mm256_broadcastsi128_si256, _mm256_castsi256_si128,
-    _mm256_clmulepi64_epi128, _mm256_extracti128_si256, _mm256_loadu_si256, _mm256_set_epi64x,
-    _mm256_set1_epi64x, _mm256_slli_si256, _mm256_sllv_epi64, _mm256_srli_si256, _mm256_srlv_epi64,
-    _mm256_storeu_si256, _mm256_xor_si256,
+    _mm_loadu_si128, _mm_set_epi64x, _mm_shuffle_epi32, _mm_slli_si128, _mm_store_si128,
+    _mm_storeu_si128, _mm_xor_si128, _mm256_aesdec_epi128, _mm256_aesdeclast_epi128,
+    _mm256_aesenc_epi128, _mm256_aesenclast_epi128, _mm256_broadcastsi128_si256,
+    _mm256_castsi256_si128, _mm256_clmulepi64_epi128, _mm256_extracti128_si256, _mm256_loadu_si256,
+    _mm256_set_epi64x, _mm256_set1_epi64x, _mm256_slli_si256, _mm256_sllv_epi64, _mm256_srli_si256,
+    _mm256_srlv_epi64, _mm256_storeu_si256, _mm256_xor_si256,
 };
 use std::arch::asm;
 use std::hint::black_box;
@@ -191,6 +191,16 @@ impl VaesXts {
         } else {
             &self.encrypt
         };
+        if units == 1 {
+            // One unit (the common small request): `T0` stays in a
+            // register, and there is nothing ahead to prefetch.
+            let tweak = self.initial_tweak(job.first_dun);
+            // SAFETY: the job is this one unit (caller).
+            unsafe {
+                crypt_unit::<DECRYPT>(schedule, tweak, job.input, job.output, job.unit_blocks)
+            };
+            return;
+        }
         let mut dun = job.first_dun;
         let mut unit = 0;
         let mut initial = [[0u8; BLOCK]; TWEAK_BATCH];
@@ -217,6 +227,14 @@ impl VaesXts {
             }
             dun = dun.wrapping_add(batch as u128);
         }
+    }
+
+    /// `T0 = AES-ENC(K2, dun)` of one data unit.
+    #[target_feature(enable = "aes,avx2,vaes,vpclmulqdq")]
+    fn initial_tweak(&self, dun: u128) -> __m128i {
+        let schedule = opaque(&self.tweak);
+        let first = _mm_xor_si128(dun_block(dun), round_key_128(schedule, 0));
+        block_rounds::<false>(schedule, first, round_key_128(schedule, ROUNDS))
     }
 
     /// `out[i] = AES-ENC(K2, first_dun + i)` (wrapping at 2^128), two DUNs
@@ -260,6 +278,12 @@ struct Job {
     unit_blocks: usize,
     first_dun: u128,
     prefetcher: Prefetcher,
+}
+
+/// A DUN as a little-endian 128-bit number.
+#[target_feature(enable = "aes")]
+fn dun_block(dun: u128) -> __m128i {
+    _mm_set_epi64x((dun >> 64) as i64, dun as i64)
 }
 
 /// Two DUNs as little-endian 128-bit numbers in the two lanes.
@@ -513,7 +537,22 @@ unsafe fn crypt_block<const DECRYPT: bool>(
 ) {
     // SAFETY: the caller's 16 bytes.
     let block = unsafe { _mm_loadu_si128(input.cast()) };
-    let mut x = _mm_xor_si128(block, _mm_xor_si128(tweak, round_key_128(schedule, 0)));
+    let first = _mm_xor_si128(block, _mm_xor_si128(tweak, round_key_128(schedule, 0)));
+    let last = _mm_xor_si128(tweak, round_key_128(schedule, ROUNDS));
+    let out = block_rounds::<DECRYPT>(schedule, first, last);
+    // SAFETY: the caller's 16 bytes.
+    unsafe { _mm_storeu_si128(output.cast(), out) };
+}
+
+/// AES of one block `x` already XORed with round key 0: rounds 1 to 13
+/// and the last round with `last` (round key 14, maybe XOR a tweak).
+#[target_feature(enable = "aes,avx2")]
+#[inline]
+fn block_rounds<const DECRYPT: bool>(
+    schedule: &Schedule,
+    mut x: __m128i,
+    last: __m128i,
+) -> __m128i {
     block_round_done(&mut x);
     for round in 1..ROUNDS {
         let key = round_key_128(schedule, round);
@@ -524,14 +563,11 @@ unsafe fn crypt_block<const DECRYPT: bool>(
         };
         block_round_done(&mut x);
     }
-    let key = _mm_xor_si128(tweak, round_key_128(schedule, ROUNDS));
-    let out = if DECRYPT {
-        _mm_aesdeclast_si128(x, key)
+    if DECRYPT {
+        _mm_aesdeclast_si128(x, last)
     } else {
-        _mm_aesenclast_si128(x, key)
-    };
-    // SAFETY: the caller's 16 bytes.
-    unsafe { _mm_storeu_si128(output.cast(), out) };
+        _mm_aesenclast_si128(x, last)
+    }
 }
 
 /// The tweaks of the first [`STRIDE_BLOCKS`] blocks of a unit: vector `i`
@@ -541,7 +577,17 @@ unsafe fn crypt_block<const DECRYPT: bool>(
 #[inline]
 fn first_tweaks(t0: __m128i) -> [__m256i; LANES] {
     let both = _mm256_broadcastsi128_si256(t0);
-    core::array::from_fn(|i| mul_alpha_pow(both, 2 * i as i64, 2 * i as i64 + 1))
+    // Written out, so that every shift count is a constant.
+    [
+        mul_alpha_pow(both, 0, 1),
+        mul_alpha_pow(both, 2, 3),
+        mul_alpha_pow(both, 4, 5),
+        mul_alpha_pow(both, 6, 7),
+        mul_alpha_pow(both, 8, 9),
+        mul_alpha_pow(both, 10, 11),
+        mul_alpha_pow(both, 12, 13),
+        mul_alpha_pow(both, 14, 15),
+    ]
 }
 
 /// Multiplies the low lane by `alpha^low` and the high lane by
@@ -666,13 +712,6 @@ unsafe fn invert(encrypt: &Schedule, decrypt: &mut Schedule) {
         };
         store(decrypt, round, key);
     }
-}
-
-/// The 16 bytes of a DUN as one block, for the tests.
-#[cfg(test)]
-#[target_feature(enable = "aes")]
-fn dun_block(dun: u128) -> __m128i {
-    core::arch::x86_64::_mm_set_epi64x((dun >> 64) as i64, dun as i64)
 }
 
 #[cfg(test)]
