@@ -57,8 +57,13 @@ fn dun() -> impl Strategy<Value = u128> {
     ]
 }
 
+/// The sizes devices use, and any multiple of 16 up to 4800 bytes (whole
+/// and partial main-loop strides, every tail length of the backends).
 fn data_unit_size() -> impl Strategy<Value = usize> {
-    prop::sample::select(vec![512usize, 1024, 2048, 4096])
+    prop_oneof![
+        3 => prop::sample::select(vec![512usize, 1024, 2048, 4096]),
+        1 => (1usize..=300).prop_map(|blocks| blocks * 16),
+    ]
 }
 
 /// A key, a data unit size, a first DUN and 1 to 64 units of data.
@@ -101,7 +106,7 @@ fn filler(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn backend() -> impl Strategy<Value = Backend> {
-    prop::sample::select(vec![Backend::OpenSsl, Backend::AesCrate])
+    prop::sample::select(Backend::ALL.to_vec())
 }
 
 /// `crypt_serial`, `crypt` (split when large) and `crypt_from` of `input`

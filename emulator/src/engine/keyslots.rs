@@ -893,17 +893,31 @@ mod tests {
     /// a split request) must stay within half of it. And what the cipher
     /// leaves on the stack is gone after the entry points: the `aes`
     /// crate's VAES backends leave broadcast round keys (beginning with the
-    /// raw key halves), which the entry points scrub; OpenSSL's XTS leaves
-    /// none, so the entry points skip the scrub for its keys. A key with
-    /// equal halves takes the `aes` crate backend (OpenSSL refuses it).
+    /// raw key halves), which the entry points scrub; OpenSSL's XTS and
+    /// the engine's VAES code leave none, so the entry points skip the
+    /// scrub for their keys. Each backend in turn (where the CPU has it);
+    /// a key with equal halves asked of OpenSSL takes the `aes` crate
+    /// backend (OpenSSL refuses it), the VAES backend takes it.
     #[test]
     fn key_paths_fit_the_scrubbed_stack_and_leave_no_key_on_it() {
+        use crate::engine::xts::tests::NEW_BACKEND;
         let distinct: [u8; 64] = core::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0xc3);
         let mut equal = distinct;
         equal.copy_within(..32, 32);
-        for (raw, backend) in [(distinct, Backend::OpenSsl), (equal, Backend::AesCrate)] {
+        let cases = [
+            (distinct, Backend::OpenSsl, Backend::OpenSsl),
+            (equal, Backend::OpenSsl, Backend::AesCrate),
+            (distinct, Backend::Vaes, Backend::Vaes),
+            (equal, Backend::Vaes, Backend::Vaes),
+        ];
+        for (raw, asked, backend) in cases {
+            if !backend.is_available() {
+                continue;
+            }
+            NEW_BACKEND.set(asked);
             key_paths_leave_no_key(&raw, backend);
         }
+        NEW_BACKEND.set(Backend::Vaes);
     }
 
     fn key_paths_leave_no_key(raw: &[u8; 64], backend: Backend) {
@@ -987,7 +1001,9 @@ mod tests {
                 left_unscrubbed > 0,
                 "the aes crate leaves nothing: the check proves nothing"
             ),
-            Backend::OpenSsl => assert_eq!(left_unscrubbed, 0, "OpenSSL left key bytes"),
+            Backend::OpenSsl | Backend::Vaes => {
+                assert_eq!(left_unscrubbed, 0, "{backend:?} left key bytes")
+            }
         }
         for (path, depth) in depths {
             assert!(

@@ -5,23 +5,31 @@
 //! block `j` uses `Tj = T0 * alpha^j` in GF(2^128). Data units are whole
 //! multiples of 16 bytes, so ciphertext stealing never applies.
 //!
-//! Two backends, chosen per key:
+//! Three backends, chosen per key:
 //!
-//! - [`Backend::OpenSsl`] (`evp`, the default): OpenSSL's EVP built into
-//!   the binary, one data unit per `EVP_CipherUpdate` with the DUN as IV.
-//!   OpenSSL 3.6's VAES/AVX-512 XTS is the fastest implementation on the
-//!   machines icelab runs on (benches/README.md: about 1.4x the `aes`
-//!   crate's at 4 KiB units, 2x at 512 B). The input is prefetched
-//!   [`PREFETCH_AHEAD`] bytes ahead (`prefetch`).
+//! - [`Backend::Vaes`] (`vaes`, the default where the CPU has VAES, AVX2
+//!   and VPCLMULQDQ): the engine's own XTS with 256-bit VAES instructions,
+//!   two blocks per instruction, 16 blocks in flight, and the initial
+//!   tweaks of consecutive data units encrypted together. It is written
+//!   for CPUs that have VAES but not AVX-512 (AMD Zen 3, the machines the
+//!   benchmarks run on), where OpenSSL 3.5/3.6 use their 128-bit AES-NI
+//!   XTS (`aesni_xts_encrypt`, six blocks in flight): OpenSSL's VAES XTS
+//!   needs AVX-512. `icelab bench crypto` compares them.
+//! - [`Backend::OpenSsl`] (`evp`, the default elsewhere): OpenSSL's EVP
+//!   built into the binary, one data unit per `EVP_CipherUpdate` with the
+//!   DUN as IV (its AVX-512 VAES code where the CPU has AVX-512, AES-NI
+//!   otherwise). The input is prefetched [`PREFETCH_AHEAD`] bytes ahead
+//!   (`prefetch`).
 //! - [`Backend::AesCrate`] (`aes_crate`): the engine's own XTS loop around
 //!   the `aes` crate, for keys OpenSSL refuses (it will not encrypt under a
-//!   key whose halves are equal, IEEE 1619 allows it) and as a reference.
+//!   key whose halves are equal, IEEE 1619 allows it, and so does the VAES
+//!   backend) and as a reference.
 //!
 //! Requests of at least [`PARALLEL_MIN_BYTES`] are split across the rayon
 //! thread pool. [`XtsKey::crypt_from`] works out of place, so the device
 //! encrypts guest memory without copying it first.
 //!
-//! `xts-mode` is the test oracle for both backends (the tests below,
+//! `xts-mode` is the test oracle for every backend (the tests below,
 //! `tests/xts_vectors.rs` with the IEEE 1619 vectors and
 //! `tests/xts_props.rs`); it is not used here because it encrypts one block
 //! per call.
@@ -30,6 +38,7 @@ mod aes_crate;
 mod evp;
 pub(crate) mod openssl_memory;
 mod prefetch;
+mod vaes;
 
 use rayon::prelude::*;
 
@@ -60,60 +69,93 @@ pub enum Direction {
 /// Which implementation does the AES-256-XTS of a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
+    /// The engine's own VAES/AVX2 code (x86-64 CPUs with VAES, AVX2 and
+    /// VPCLMULQDQ).
+    Vaes,
     /// OpenSSL's EVP (the vendored library, see [`openssl_version`]).
     OpenSsl,
     /// The engine's own loop around the `aes` crate.
     AesCrate,
 }
 
+impl Backend {
+    /// Every backend.
+    pub const ALL: [Backend; 3] = [Backend::Vaes, Backend::OpenSsl, Backend::AesCrate];
+
+    /// Whether this CPU can run the backend ([`Backend::Vaes`] needs
+    /// VAES, AVX2 and VPCLMULQDQ; the others run anywhere).
+    pub fn is_available(self) -> bool {
+        match self {
+            Backend::Vaes => vaes::supported(),
+            Backend::OpenSsl | Backend::AesCrate => true,
+        }
+    }
+}
+
 /// An expanded AES-256-XTS key: K1 encrypts data, K2 encrypts tweaks.
 ///
 /// Not `Clone`: every copy of a key schedule is one more to wipe. Dropping
-/// it wipes every schedule it made (the `aes` crate's `zeroize`, OpenSSL's
-/// cleansing free). The engine keeps it in the key arena (`SecureBox`);
-/// the OpenSSL backend's schedules are on the C heap (see `evp`).
+/// it wipes every schedule it made (`zeroize` for the VAES and `aes` crate
+/// schedules, OpenSSL's cleansing free). The engine keeps it in the key
+/// arena (`SecureBox`); the VAES and `aes` crate schedules are inline, so
+/// they are there too, and OpenSSL's go to the arena through its
+/// allocator hooks (see `evp`).
 pub struct XtsKey {
     inner: Inner,
 }
 
-// Not boxed: the `aes` crate's schedules are inline so that they live in
-// the key arena slot that holds the `XtsKey` (a box would be on the heap).
-#[expect(
-    clippy::large_enum_variant,
-    reason = "the aes schedules must stay inline, in the key arena"
-)]
+// Not boxed: the VAES and `aes` crate schedules are inline so that they
+// live in the key arena slot that holds the `XtsKey` (a box would be on the
+// heap). `SecureBox::new` asserts at compile time that it fits a slot.
 enum Inner {
+    Vaes(vaes::VaesXts),
     Evp(evp::EvpXts),
     Aes(aes_crate::AesXts),
 }
 
 impl XtsKey {
-    /// Expands a 64-byte XTS key (K1 || K2) for OpenSSL, or for the `aes`
-    /// crate when OpenSSL refuses it (equal halves).
+    /// Expands a 64-byte XTS key (K1 || K2) for the fastest backend the
+    /// CPU runs: [`Backend::Vaes`] if it can, else [`Backend::OpenSsl`]
+    /// (with its fallback).
     pub fn new(key: &[u8; 64]) -> Self {
-        Self::with_backend(key, Backend::OpenSsl)
+        #[cfg(test)]
+        let backend = tests::NEW_BACKEND.get();
+        #[cfg(not(test))]
+        let backend = Backend::Vaes;
+        Self::with_backend(key, backend)
     }
 
-    /// Like [`XtsKey::new`] with a chosen backend ([`Backend::OpenSsl`]
-    /// still falls back to the `aes` crate for a key OpenSSL refuses).
+    /// Like [`XtsKey::new`] with a chosen backend. [`Backend::Vaes`] falls
+    /// back to OpenSSL on a CPU without VAES; [`Backend::OpenSsl`] falls
+    /// back to the `aes` crate for a key OpenSSL refuses (equal halves).
     pub fn with_backend(key: &[u8; 64], backend: Backend) -> Self {
         let inner = match backend {
-            Backend::OpenSsl => match evp::EvpXts::new(key) {
-                Ok(evp) => Inner::Evp(evp),
-                Err(error) => {
-                    // The error names no key material.
-                    tracing::debug!("{error}; using the aes crate for this key");
-                    Inner::Aes(aes_crate::AesXts::new(key))
-                }
+            Backend::Vaes => match vaes::VaesXts::new(key) {
+                Some(vaes) => Inner::Vaes(vaes),
+                None => Self::openssl(key),
             },
+            Backend::OpenSsl => Self::openssl(key),
             Backend::AesCrate => Inner::Aes(aes_crate::AesXts::new(key)),
         };
         Self { inner }
     }
 
+    /// OpenSSL, or the `aes` crate for a key OpenSSL refuses.
+    fn openssl(key: &[u8; 64]) -> Inner {
+        match evp::EvpXts::new(key) {
+            Ok(evp) => Inner::Evp(evp),
+            Err(error) => {
+                // The error names no key material.
+                tracing::debug!("{error}; using the aes crate for this key");
+                Inner::Aes(aes_crate::AesXts::new(key))
+            }
+        }
+    }
+
     /// The backend this key uses.
     pub fn backend(&self) -> Backend {
         match self.inner {
+            Inner::Vaes(_) => Backend::Vaes,
             Inner::Evp(_) => Backend::OpenSsl,
             Inner::Aes(_) => Backend::AesCrate,
         }
@@ -121,8 +163,9 @@ impl XtsKey {
 
     /// Whether crypting leaves key material on the calling thread's stack,
     /// so that the caller must [`scrub_stack`] after it: the `aes` crate's
-    /// backends copy the round keys there; OpenSSL's XTS assembly keeps
-    /// them in registers (checked by a test in keyslots.rs).
+    /// backends copy the round keys there; OpenSSL's XTS assembly and the
+    /// VAES backend keep them in registers, loaded from the schedule where
+    /// they are used (checked by tests in keyslots.rs and `vaes`).
     pub fn leaves_key_on_stack(&self) -> bool {
         matches!(self.inner, Inner::Aes(_))
     }
@@ -178,7 +221,7 @@ impl XtsKey {
     /// Like [`XtsKey::crypt`], but out of place: `dest` gets the result for
     /// `source`, each block of which is read once (the `aes` crate backend
     /// reads it byte by byte, in order, in its first XOR with the tweak;
-    /// OpenSSL loads each block into a register once). The device encrypts
+    /// OpenSSL and the VAES backend load each block into a register once). The device encrypts
     /// guest memory this way: a guest that changes its buffer meanwhile
     /// changes only what it gets, never what the engine computed from a
     /// byte it saw twice.
@@ -260,6 +303,14 @@ impl XtsKey {
     ) {
         debug_assert!(source.is_none_or(|source| source.len() == data.len()));
         match &self.inner {
+            Inner::Vaes(vaes) => vaes.crypt_pieces(
+                direction,
+                source,
+                data,
+                data_unit_size,
+                first_dun,
+                prefetch_ahead,
+            ),
             Inner::Evp(evp) => evp.crypt_pieces(
                 direction,
                 source,
@@ -300,18 +351,26 @@ pub fn mul_alpha(tweak: u128) -> u128 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use aes::Aes256;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// What [`XtsKey::new`] asks for on this thread (tests of the
+        /// engine's key paths set it to run them with each backend).
+        pub(crate) static NEW_BACKEND: Cell<Backend> = const { Cell::new(Backend::Vaes) };
+    }
     use aes::cipher::KeyInit;
     use aes::cipher::array::Array;
     use xts_mode::Xts128;
 
-    /// Every test runs against both backends.
-    const BACKENDS: [Backend; 2] = [Backend::OpenSsl, Backend::AesCrate];
-
+    /// Every test runs against every backend the CPU has.
     fn keys(key: &[u8; 64]) -> impl Iterator<Item = XtsKey> + '_ {
-        BACKENDS.iter().map(|&backend| {
+        let available = Backend::ALL
+            .into_iter()
+            .filter(|backend| backend.is_available());
+        available.map(|backend| {
             let xts = XtsKey::with_backend(key, backend);
             assert_eq!(xts.backend(), backend);
             xts
@@ -367,7 +426,9 @@ mod tests {
     fn equals_oracle_for_odd_data_unit_sizes() {
         let key: [u8; 64] = core::array::from_fn(|i| (i as u8).wrapping_mul(7) ^ 0x5a);
         for xts in keys(&key) {
-            for blocks in [1usize, 2, 3, 7, 9, 15, 17, 31, 33, 63, 65, 100] {
+            for blocks in [
+                1usize, 2, 3, 4, 5, 6, 7, 8, 9, 13, 15, 16, 17, 31, 33, 63, 65, 100,
+            ] {
                 let dus = blocks * BLOCK;
                 for units in [1usize, 2, 5, 70] {
                     let dun = u64::MAX as u128 - 2;
@@ -380,6 +441,31 @@ mod tests {
                     xts.crypt_serial(Direction::Decrypt, &mut fast, dus, dun);
                     assert_eq!(fast, plain, "dus {dus} units {units}");
                 }
+            }
+        }
+    }
+
+    /// A request whose DUNs wrap at 2^128 (inside a batch of initial
+    /// tweaks) equals its units done one by one, each checked against the
+    /// oracle with its own DUN.
+    #[test]
+    fn dun_wraps_at_2_pow_128() {
+        let key: [u8; 64] = core::array::from_fn(|i| (i as u8).wrapping_mul(11) ^ 0x3c);
+        for xts in keys(&key) {
+            for (dus, units, first) in [(512usize, 3usize, u128::MAX - 1), (64, 20, u128::MAX - 5)]
+            {
+                let plain = pattern(dus * units, 4);
+                let mut whole = plain.clone();
+                xts.crypt(Direction::Encrypt, &mut whole, dus, first);
+                for (index, unit) in plain.chunks_exact(dus).enumerate() {
+                    let dun = first.wrapping_add(index as u128);
+                    let mut slow = unit.to_vec();
+                    oracle(&key, &mut slow, dus, dun, Direction::Encrypt);
+                    let got = &whole[index * dus..(index + 1) * dus];
+                    assert_eq!(got, slow.as_slice(), "{:?} dun {dun:#x}", xts.backend());
+                }
+                xts.crypt(Direction::Decrypt, &mut whole, dus, first);
+                assert_eq!(whole, plain);
             }
         }
     }
@@ -442,24 +528,46 @@ mod tests {
     }
 
     /// OpenSSL refuses to encrypt under a key whose halves are equal; such
-    /// a key still works, through the `aes` crate.
+    /// a key still works, through the `aes` crate when OpenSSL is asked
+    /// for, and through the VAES backend, which takes any key.
     #[test]
     fn equal_halves_fall_back_to_the_aes_crate() {
         let mut key = [0x42u8; 64];
         key[0] = 1;
         key[32] = 1;
-        let xts = XtsKey::new(&key);
+        let xts = XtsKey::with_backend(&key, Backend::OpenSsl);
         assert_eq!(xts.backend(), Backend::AesCrate);
         assert!(xts.leaves_key_on_stack());
         let plain = pattern(4096, 1);
-        let mut fast = plain.clone();
-        xts.crypt(Direction::Encrypt, &mut fast, 512, 3);
         let mut slow = plain.clone();
         oracle(&key, &mut slow, 512, 3, Direction::Encrypt);
-        assert_eq!(fast, slow);
-        assert_eq!(XtsKey::new(&[7u8; 64]).backend(), Backend::AesCrate);
+        for xts in [xts, XtsKey::new(&key)] {
+            let mut fast = plain.clone();
+            xts.crypt(Direction::Encrypt, &mut fast, 512, 3);
+            assert_eq!(fast, slow, "{:?}", xts.backend());
+        }
+        let fallback = XtsKey::with_backend(&[7u8; 64], Backend::OpenSsl);
+        assert_eq!(fallback.backend(), Backend::AesCrate);
         let distinct: [u8; 64] = core::array::from_fn(|i| i as u8);
-        assert_eq!(XtsKey::new(&distinct).backend(), Backend::OpenSsl);
+        let openssl = XtsKey::with_backend(&distinct, Backend::OpenSsl);
+        assert_eq!(openssl.backend(), Backend::OpenSsl);
+    }
+
+    /// `XtsKey::new` takes the VAES backend wherever the CPU has it, for
+    /// any key, and OpenSSL elsewhere.
+    #[test]
+    fn new_prefers_vaes_where_the_cpu_has_it() {
+        let distinct: [u8; 64] = core::array::from_fn(|i| i as u8);
+        let expected = match Backend::Vaes.is_available() {
+            true => Backend::Vaes,
+            false => Backend::OpenSsl,
+        };
+        assert_eq!(XtsKey::new(&distinct).backend(), expected);
+        if Backend::Vaes.is_available() {
+            let xts = XtsKey::new(&[7u8; 64]);
+            assert_eq!(xts.backend(), Backend::Vaes);
+            assert!(!xts.leaves_key_on_stack());
+        }
     }
 
     #[test]

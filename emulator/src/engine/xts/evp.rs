@@ -1,8 +1,11 @@
 //! The OpenSSL backend of [`super::XtsKey`]: AES-256-XTS through the EVP
 //! interface of the OpenSSL built into the binary (crate `openssl-src`,
-//! OpenSSL 3.6), whose VAES/AVX-512 XTS code (OpenSSL 3.4 and later) is
-//! the fastest on the machines icelab runs on (benches/README.md has the
-//! comparison).
+//! OpenSSL 3.6). OpenSSL runs its VAES/AVX-512 XTS code (OpenSSL 3.4 and
+//! later) only on CPUs with AVX-512; on others, such as the AMD Zen 3
+//! machines the benchmarks run on, its 128-bit AES-NI code, which the
+//! engine's own VAES backend (`vaes`) beats where the CPU has VAES
+//! (`icelab bench crypto` compares them). It is the default where the VAES
+//! backend cannot run.
 //!
 //! One EVP context per direction holds the key schedule (a decryption
 //! context needs the inverse schedule of K1, so a context cannot switch
