@@ -102,14 +102,12 @@ impl ProgrammedKey {
     }
 
     /// Scrubs the stack after a crypt when the key's backend leaves key
-    /// material there (the `aes` crate's does, OpenSSL's does not: a 24 KiB
-    /// scrub costs more than encrypting a 512-byte unit, so it is skipped
-    /// when there is nothing to wipe).
+    /// material there (the `aes` crate's does, OpenSSL's and the VAES
+    /// backend's do not: a 24 KiB scrub costs more than encrypting a
+    /// 512-byte unit, so it is skipped when there is nothing to wipe).
     #[inline(always)]
     fn scrub_if_needed(&self) {
-        if self.key.leaves_key_on_stack() {
-            scrub_stack();
-        }
+        drop(self.scrub_guard());
     }
 
     /// A guard that scrubs the stack when dropped if this key's backend

@@ -193,7 +193,8 @@ impl VaesXts {
         };
         if units == 1 {
             // One unit (the common small request): `T0` stays in a
-            // register, and there is nothing ahead to prefetch.
+            // register; `Prefetcher::new` already asked for the unit, and
+            // there is nothing beyond it to prefetch.
             let tweak = self.initial_tweak(job.first_dun);
             // SAFETY: the job is this one unit (caller).
             unsafe {
