@@ -377,6 +377,7 @@ impl Image {
     pub fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         if self.fallocate(mode, offset, len).is_ok() {
+            self.forget_populated(offset, len);
             return Ok(());
         }
         self.write_zeroes_slowly(offset, len)
@@ -386,9 +387,18 @@ impl Image {
     pub fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
         let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
         if self.fallocate(mode, offset, len).is_ok() {
+            self.forget_populated(offset, len);
             return Ok(());
         }
         self.punch_hole(offset, len)
+    }
+
+    /// After `fallocate` changed the blocks of a range: writes through
+    /// the mapping must populate its pages again.
+    fn forget_populated(&self, offset: u64, len: u64) {
+        if let Some(mapping) = &self.mapping {
+            mapping.forget_populated(offset, len);
+        }
     }
 
     fn fallocate(&self, mode: i32, offset: u64, len: u64) -> io::Result<()> {

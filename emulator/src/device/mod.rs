@@ -8,6 +8,7 @@ pub mod guest_io;
 pub mod image;
 pub mod mapped_io;
 pub mod mapping;
+pub mod page_set;
 pub mod refusal_log;
 pub mod request;
 pub mod sigbus;

@@ -1,0 +1,110 @@
+//! A set of page numbers, one bit each, safe to share between queues:
+//! which pages of the image mapping have been made writable once
+//! ([`super::mapping::Mapping::populate_write`]), so that later writes to
+//! them skip the `madvise` call and its page-table walk.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+
+const BITS: usize = u64::BITS as usize;
+
+/// Page numbers `0..pages`, all absent at first.
+#[derive(Debug)]
+pub struct PageSet {
+    words: Box<[AtomicU64]>,
+    pages: usize,
+}
+
+impl PageSet {
+    /// An empty set of `pages` pages (one bit each: 32 KiB per GiB of
+    /// 4 KiB pages).
+    pub fn new(pages: usize) -> Self {
+        let words = (0..pages.div_ceil(BITS))
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        Self { words, pages }
+    }
+
+    /// True when every page of `first..first + count` is in the set (an
+    /// empty range is; pages past the end never are).
+    pub fn contains_all(&self, first: usize, count: usize) -> bool {
+        let Some(end) = self.end(first, count) else {
+            return false;
+        };
+        let mut all = true;
+        self.for_each_word(first, end, |word, mask| {
+            all &= word.load(Relaxed) & mask == mask;
+        });
+        all
+    }
+
+    /// Adds `first..first + count` (clipped to the set).
+    pub fn insert(&self, first: usize, count: usize) {
+        let end = first.saturating_add(count).min(self.pages);
+        self.for_each_word(first, end, |word, mask| {
+            word.fetch_or(mask, Relaxed);
+        });
+    }
+
+    /// Removes `first..first + count` (clipped to the set).
+    pub fn remove(&self, first: usize, count: usize) {
+        let end = first.saturating_add(count).min(self.pages);
+        self.for_each_word(first, end, |word, mask| {
+            word.fetch_and(!mask, Relaxed);
+        });
+    }
+
+    /// `first + count`, when inside the set.
+    fn end(&self, first: usize, count: usize) -> Option<usize> {
+        first.checked_add(count).filter(|&end| end <= self.pages)
+    }
+
+    /// Calls `visit` with each word that holds pages of `first..end` and
+    /// the mask of those pages in it.
+    fn for_each_word(&self, first: usize, end: usize, mut visit: impl FnMut(&AtomicU64, u64)) {
+        let mut page = first;
+        while page < end {
+            let bit = page % BITS;
+            let span = (BITS - bit).min(end - page);
+            let mask = if span == BITS {
+                u64::MAX
+            } else {
+                ((1u64 << span) - 1) << bit
+            };
+            visit(&self.words[page / BITS], mask);
+            page += span;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_across_words_are_added_and_removed_exactly() {
+        let set = PageSet::new(200);
+        assert!(set.contains_all(0, 0));
+        assert!(!set.contains_all(60, 10));
+        set.insert(60, 80);
+        assert!(set.contains_all(60, 80));
+        assert!(set.contains_all(64, 64), "a whole word");
+        assert!(!set.contains_all(59, 2), "one page before the range");
+        assert!(!set.contains_all(139, 2), "one page after the range");
+        set.remove(100, 1);
+        assert!(!set.contains_all(60, 80));
+        assert!(set.contains_all(60, 40));
+        assert!(set.contains_all(101, 39));
+    }
+
+    #[test]
+    fn pages_past_the_end_are_never_contained_and_are_clipped() {
+        let set = PageSet::new(70);
+        set.insert(65, 100);
+        assert!(set.contains_all(65, 5));
+        assert!(!set.contains_all(65, 6));
+        assert!(!set.contains_all(usize::MAX, 2));
+        set.remove(0, usize::MAX);
+        assert!(!set.contains_all(65, 1));
+    }
+}
