@@ -425,17 +425,32 @@ pub(crate) mod tests {
 
     #[test]
     fn boxes_reuse_zeroed_slots() {
-        let first = SecureBox::new([0x77u8; 512]).unwrap();
-        let address = &*first as *const [u8; 512] as usize;
-        assert_eq!(address % SLOT_ALIGN, 0);
-        drop(first);
-        // Read the freed slot through /proc/self/mem: zero.
         let mut memory = OwnMemory::new();
-        assert!(
-            memory
-                .read((address, address + SLOT_BYTES))
+        // Other tests allocate from the same arena meanwhile: the freed
+        // slot is read while holding the arena, and only while it is
+        // still free (a few tries, in case another test took it first).
+        let checked = (0..100).any(|_| {
+            let first = SecureBox::new([0x77u8; 512]).unwrap();
+            let address = &*first as *const [u8; 512] as usize;
+            assert_eq!(address % SLOT_ALIGN, 0);
+            drop(first);
+            let arena = arena();
+            if !arena
+                .free
                 .iter()
-                .all(|&b| b == 0)
+                .any(|slot| slot.0.as_ptr() as usize == address)
+            {
+                return false;
+            }
+            // Read the freed slot through /proc/self/mem: zero.
+            let bytes = memory.read((address, address + SLOT_BYTES));
+            drop(arena);
+            assert!(bytes.iter().all(|&b| b == 0), "freed slot not zeroed");
+            true
+        });
+        assert!(
+            checked,
+            "the freed slot was taken by another test 100 times"
         );
         let boxes: Vec<_> = (0..100)
             .map(|i| SecureBox::new([i as u8; 900]).unwrap())

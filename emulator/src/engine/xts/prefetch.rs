@@ -6,11 +6,16 @@
 //! starts with a miss; asking for the next page(s) while the cipher works
 //! on the current one hides that (benches/README.md has the measurement).
 
-/// Bytes the input is prefetched ahead of the data unit being worked on.
-pub const PREFETCH_AHEAD: usize = 4096;
+/// Bytes the input is prefetched ahead of the cipher. The VAES backend
+/// streams: the first 2 KiB at the start, then each 256-byte stride's
+/// lines 2 KiB ahead. Measured against the earlier scheme (a whole 4 KiB
+/// unit asked for at the start of the unit before it), interleaved in one
+/// process, from a cold 1 GiB source: 12% faster at 128 KiB sequential,
+/// 4% at 4 KiB random; 1 and 4 KiB ahead were no better than 2.
+pub const PREFETCH_AHEAD: usize = 2048;
 
 /// Cache line size assumed for stepping through the prefetched range.
-const LINE: usize = 64;
+pub(super) const LINE: usize = 64;
 
 /// Prefetches a buffer front to back, each cache line once. It holds the
 /// buffer's address, not a borrow: an in-place request writes the buffer
@@ -60,7 +65,7 @@ impl Prefetcher {
 /// Asks for the cache line holding `address` (a hint: it never faults,
 /// whatever the address, and changes nothing the program computes).
 #[inline(always)]
-fn prefetch_line(address: *const u8) {
+pub(super) fn prefetch_line(address: *const u8) {
     #[cfg(target_arch = "x86_64")]
     {
         use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};

@@ -59,7 +59,7 @@ use std::arch::asm;
 use std::hint::black_box;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use super::prefetch::Prefetcher;
+use super::prefetch::{LINE, prefetch_line};
 use super::{BLOCK, Direction};
 
 /// AES-256 rounds; a schedule has one more round key.
@@ -131,7 +131,7 @@ impl VaesXts {
     /// bytes, the first with DUN `first_dun`: in place when `source` is
     /// `None`, else from `source` (same length) into `data`, reading each
     /// source block once. The input is prefetched `prefetch_ahead` bytes
-    /// ahead of the unit being worked on (0: no prefetch).
+    /// ahead of the stride being worked on (0: no prefetch; see [`Stream`]).
     ///
     /// # Panics
     /// If `source` and `data` differ in length, or the unit size is not a
@@ -163,7 +163,7 @@ impl VaesXts {
             len,
             unit_blocks: data_unit_size / BLOCK,
             first_dun,
-            prefetcher: Prefetcher::new(input, len, prefetch_ahead),
+            stream: Stream::start(input, len, prefetch_ahead),
         };
         // SAFETY: a `VaesXts` exists only on a CPU with the features these
         // functions enable (`new`). `job` covers `len` readable bytes at
@@ -183,7 +183,7 @@ impl VaesXts {
     /// # Safety
     /// The CPU has the features [`supported`] checks; `job` is valid (see [`Job`]).
     #[target_feature(enable = "aes,avx2,vaes,vpclmulqdq")]
-    unsafe fn run<const DECRYPT: bool>(&self, mut job: Job) {
+    unsafe fn run<const DECRYPT: bool>(&self, job: Job) {
         let unit_bytes = job.unit_blocks * BLOCK;
         let units = job.len / unit_bytes;
         let schedule = if DECRYPT {
@@ -193,12 +193,18 @@ impl VaesXts {
         };
         if units == 1 {
             // One unit (the common small request): `T0` stays in a
-            // register; `Prefetcher::new` already asked for the unit, and
-            // there is nothing beyond it to prefetch.
+            // register.
             let tweak = self.initial_tweak(job.first_dun);
             // SAFETY: the job is this one unit (caller).
             unsafe {
-                crypt_unit::<DECRYPT>(schedule, tweak, job.input, job.output, job.unit_blocks)
+                crypt_unit::<DECRYPT>(
+                    schedule,
+                    tweak,
+                    job.input,
+                    job.output,
+                    job.unit_blocks,
+                    job.stream,
+                )
             };
             return;
         }
@@ -210,7 +216,6 @@ impl VaesXts {
             self.initial_tweaks(dun, &mut initial[..batch]);
             for tweak in &initial[..batch] {
                 let offset = unit * unit_bytes;
-                job.prefetcher.ahead_of(offset + unit_bytes);
                 // SAFETY: a 16-byte load from the array.
                 let tweak = unsafe { _mm_loadu_si128(tweak.as_ptr().cast()) };
                 // SAFETY: unit `unit` is inside the job (unit < units), and
@@ -222,6 +227,7 @@ impl VaesXts {
                         job.input.add(offset),
                         job.output.add(offset),
                         job.unit_blocks,
+                        job.stream,
                     )
                 };
                 unit += 1;
@@ -278,7 +284,45 @@ struct Job {
     len: usize,
     unit_blocks: usize,
     first_dun: u128,
-    prefetcher: Prefetcher,
+    stream: Stream,
+}
+
+/// The input prefetched `ahead` bytes before the cipher gets there: the
+/// first `ahead` bytes at the start, then each stride's worth `ahead`
+/// bytes past the stride being worked on, up to the end of the job.
+#[derive(Clone, Copy)]
+struct Stream {
+    ahead: usize,
+    end: *const u8,
+}
+
+impl Stream {
+    /// For the `len` bytes at `input` (`ahead` 0: no prefetch): asks for
+    /// the first `ahead` of them now.
+    fn start(input: *const u8, len: usize, ahead: usize) -> Self {
+        for offset in (0..ahead.min(len)).step_by(LINE) {
+            prefetch_line(input.wrapping_add(offset));
+        }
+        Self {
+            ahead,
+            end: input.wrapping_add(len),
+        }
+    }
+
+    /// Before the stride at `input`: prefetches the stride `ahead` bytes
+    /// further on, if inside the job.
+    #[inline(always)]
+    fn ahead_of(self, input: *const u8) {
+        if self.ahead == 0 {
+            return;
+        }
+        let at = input.wrapping_add(self.ahead);
+        if at < self.end {
+            for line in 0..STRIDE_BLOCKS * BLOCK / LINE {
+                prefetch_line(at.wrapping_add(LINE * line));
+            }
+        }
+    }
 }
 
 /// A DUN as a little-endian 128-bit number.
@@ -404,8 +448,8 @@ fn block_round_done(x: &mut __m128i) {
 }
 
 /// One data unit of `blocks` blocks from `input` to `output` with initial
-/// tweak `t0`: [`STRIDE_BLOCKS`] at a time, then the rest in 8, 4, 2 and 1
-/// block steps.
+/// tweak `t0`: [`STRIDE_BLOCKS`] at a time, each stride asking `stream`
+/// for the input further on, then the rest in 8, 4, 2 and 1 block steps.
 ///
 /// # Safety
 /// `blocks * 16` bytes are readable at `input` and writable at `output`
@@ -418,12 +462,14 @@ unsafe fn crypt_unit<const DECRYPT: bool>(
     mut input: *const u8,
     mut output: *mut u8,
     blocks: usize,
+    stream: Stream,
 ) {
     let schedule = opaque(schedule);
     let mut tweaks = first_tweaks(t0);
     let mut left = blocks;
     while left >= STRIDE_BLOCKS {
         let schedule = opaque(schedule);
+        stream.ahead_of(input);
         // SAFETY: `STRIDE_BLOCKS` blocks are left at both pointers.
         unsafe { crypt_vectors::<LANES, DECRYPT>(schedule, &tweaks, input, output) };
         for tweak in &mut tweaks {
