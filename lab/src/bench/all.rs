@@ -430,6 +430,11 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
                 let measurement =
                     device::measure(target, &backend, &load, config.pinning.as_ref())?;
                 drop(backend);
+                if spec.pattern.writes()
+                    && let Some(image) = image
+                {
+                    image.write_back()?;
+                }
                 eprintln!(
                     "round {} {:>14} {}q {:>15}: {:>9.1} MB/s {:>9.0} IOPS, device {} CPU s/GB, load generator {} CPU s/GB",
                     round + 1,
@@ -480,7 +485,8 @@ pub fn run(args: AllArgs) -> anyhow::Result<()> {
         warmup_seconds: config.warmup,
         repeats: config.repeats,
         method: format!(
-            "every target's image written in full before the first round; a fresh backend per \
+            "every target's image written in full before the first round, and written back \
+             (fdatasync) after every measurement that writes; a fresh backend per \
              measurement with {} s of untimed load before the timed {} s; the order of the \
              targets rotated by one every round (and by one more per load), so each goes first \
              equally often over {} rounds; medians of the rounds with their spread ((max − \
