@@ -17,11 +17,17 @@ pub struct PageSet {
 
 impl PageSet {
     /// An empty set of `pages` pages (one bit each: 32 KiB per GiB of
-    /// 4 KiB pages).
+    /// 4 KiB pages). The bits are zeroed memory from the allocator
+    /// (`calloc`), so a large image's set costs address space, not
+    /// memory, until its pages are written.
     pub fn new(pages: usize) -> Self {
-        let words = (0..pages.div_ceil(BITS))
-            .map(|_| AtomicU64::new(0))
-            .collect();
+        let zeroed: Box<[u64]> = vec![0u64; pages.div_ceil(BITS)].into_boxed_slice();
+        let len = zeroed.len();
+        let raw = Box::into_raw(zeroed).cast::<AtomicU64>();
+        // SAFETY: `AtomicU64` has the size and alignment of `u64` (its
+        // documented guarantee), so the allocation holds `len` of them,
+        // each a valid zero; the box is rebuilt with the same layout.
+        let words = unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(raw, len)) };
         Self { words, pages }
     }
 
@@ -95,6 +101,25 @@ mod tests {
         assert!(!set.contains_all(60, 80));
         assert!(set.contains_all(60, 40));
         assert!(set.contains_all(101, 39));
+    }
+
+    /// A set for a 16 TiB image of 4 KiB pages (512 MiB of bits) is
+    /// address space only until used.
+    #[test]
+    fn a_huge_set_is_not_touched_until_used() {
+        let rss = || {
+            std::fs::read_to_string("/proc/self/statm")
+                .ok()
+                .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .expect("statm")
+                * 4096
+        };
+        let before = rss();
+        let set = PageSet::new(1 << 32);
+        set.insert((1 << 32) - 2, 2);
+        assert!(set.contains_all((1 << 32) - 2, 2));
+        assert!(!set.contains_all(0, 1));
+        assert!(rss() < before + (64 << 20), "the set was touched whole");
     }
 
     #[test]
