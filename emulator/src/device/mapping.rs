@@ -339,9 +339,10 @@ mod tests {
         assert!(mapping.populate_write(0, 512).is_err(), "read-only mapping");
     }
 
-    /// Populating records the pages; forgetting a range removes every page
-    /// it overlaps and no other; a populated page past a truncated end is
-    /// not resident, so no write goes through the mapping there.
+    /// Populating records the pages and skips recorded ones; forgetting a
+    /// range removes every page it overlaps and no other; a populated page
+    /// past a truncated end is not resident, so no write goes through the
+    /// mapping there (`Image::mapping_for_write` asks `resident` first).
     #[test]
     fn populated_pages_are_recorded_and_forgotten_by_range() {
         let (_dir, file) = file(1 << 20);
@@ -359,6 +360,12 @@ mod tests {
         assert!(mapping.populated.contains_all(0, (1 << 20) / page));
         file.set_len(64 * 1024).unwrap();
         assert!(!mapping.resident(512 * 1024, 4096).unwrap());
+        // Recorded pages skip the madvise (which would fail past the new
+        // end); forgotten ones do it again.
+        mapping.populate_write(512 * 1024, 4096).unwrap();
+        mapping.forget_populated(512 * 1024, 4096);
+        let error = mapping.populate_write(512 * 1024, 4096).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::EFAULT), "{error}");
     }
 
     /// A page past the end of a truncated file: SIGBUS, repaired into a

@@ -15,7 +15,7 @@
 pub const PREFETCH_AHEAD: usize = 2048;
 
 /// Cache line size assumed for stepping through the prefetched range.
-pub(super) const LINE: usize = 64;
+const LINE: usize = 64;
 
 /// Prefetches a buffer front to back, each cache line once. It holds the
 /// buffer's address, not a borrow: an in-place request writes the buffer
@@ -55,17 +55,60 @@ impl Prefetcher {
         }
         let end = self.len.min(position.saturating_add(self.ahead));
         let start = self.done.max(position);
-        for offset in (start..end).step_by(LINE) {
-            prefetch_line(self.start.wrapping_add(offset));
+        if start < end {
+            prefetch_range(self.start.wrapping_add(start), end - start);
         }
         self.done = self.done.max(end);
+    }
+}
+
+/// The input of one request prefetched `ahead` bytes before the cipher
+/// gets there, for a loop that works in fixed strides (the VAES backend):
+/// the first `ahead` bytes at the start, then before each stride the
+/// stride `ahead` bytes further on, up to the end of the request.
+#[derive(Clone, Copy)]
+pub(super) struct Stream {
+    ahead: usize,
+    end: *const u8,
+}
+
+impl Stream {
+    /// For the `len` bytes at `input` (`ahead` 0: no prefetch): asks for
+    /// the first `ahead` of them now.
+    pub(super) fn start(input: *const u8, len: usize, ahead: usize) -> Self {
+        prefetch_range(input, ahead.min(len));
+        Self {
+            ahead,
+            end: input.wrapping_add(len),
+        }
+    }
+
+    /// Before the `stride` bytes at `input`: prefetches the `stride` bytes
+    /// `ahead` further on, if they start inside the request.
+    #[inline(always)]
+    pub(super) fn ahead_of(self, input: *const u8, stride: usize) {
+        if self.ahead == 0 {
+            return;
+        }
+        let at = input.wrapping_add(self.ahead);
+        if at < self.end {
+            prefetch_range(at, stride);
+        }
+    }
+}
+
+/// Asks for every cache line of the `len` bytes at `start`.
+#[inline(always)]
+fn prefetch_range(start: *const u8, len: usize) {
+    for offset in (0..len).step_by(LINE) {
+        prefetch_line(start.wrapping_add(offset));
     }
 }
 
 /// Asks for the cache line holding `address` (a hint: it never faults,
 /// whatever the address, and changes nothing the program computes).
 #[inline(always)]
-pub(super) fn prefetch_line(address: *const u8) {
+fn prefetch_line(address: *const u8) {
     #[cfg(target_arch = "x86_64")]
     {
         use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};

@@ -59,7 +59,7 @@ use std::arch::asm;
 use std::hint::black_box;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use super::prefetch::{LINE, prefetch_line};
+use super::prefetch::Stream;
 use super::{BLOCK, Direction};
 
 /// AES-256 rounds; a schedule has one more round key.
@@ -287,44 +287,6 @@ struct Job {
     stream: Stream,
 }
 
-/// The input prefetched `ahead` bytes before the cipher gets there: the
-/// first `ahead` bytes at the start, then each stride's worth `ahead`
-/// bytes past the stride being worked on, up to the end of the job.
-#[derive(Clone, Copy)]
-struct Stream {
-    ahead: usize,
-    end: *const u8,
-}
-
-impl Stream {
-    /// For the `len` bytes at `input` (`ahead` 0: no prefetch): asks for
-    /// the first `ahead` of them now.
-    fn start(input: *const u8, len: usize, ahead: usize) -> Self {
-        for offset in (0..ahead.min(len)).step_by(LINE) {
-            prefetch_line(input.wrapping_add(offset));
-        }
-        Self {
-            ahead,
-            end: input.wrapping_add(len),
-        }
-    }
-
-    /// Before the stride at `input`: prefetches the stride `ahead` bytes
-    /// further on, if inside the job.
-    #[inline(always)]
-    fn ahead_of(self, input: *const u8) {
-        if self.ahead == 0 {
-            return;
-        }
-        let at = input.wrapping_add(self.ahead);
-        if at < self.end {
-            for line in 0..STRIDE_BLOCKS * BLOCK / LINE {
-                prefetch_line(at.wrapping_add(LINE * line));
-            }
-        }
-    }
-}
-
 /// A DUN as a little-endian 128-bit number.
 #[target_feature(enable = "aes")]
 fn dun_block(dun: u128) -> __m128i {
@@ -469,7 +431,7 @@ unsafe fn crypt_unit<const DECRYPT: bool>(
     let mut left = blocks;
     while left >= STRIDE_BLOCKS {
         let schedule = opaque(schedule);
-        stream.ahead_of(input);
+        stream.ahead_of(input, STRIDE_BLOCKS * BLOCK);
         // SAFETY: `STRIDE_BLOCKS` blocks are left at both pointers.
         unsafe { crypt_vectors::<LANES, DECRYPT>(schedule, &tweaks, input, output) };
         for tweak in &mut tweaks {
