@@ -183,7 +183,7 @@ impl VaesXts {
         unsafe {
             match (
                 direction,
-                wide::supported() && data_unit_size >= WIDE_MIN_UNIT,
+                data_unit_size >= WIDE_MIN_UNIT && wide::has_avx512(),
             ) {
                 (Direction::Encrypt, false) => self.run::<false, false>(job),
                 (Direction::Decrypt, false) => self.run::<true, false>(job),
@@ -439,11 +439,11 @@ fn block_round_done(x: &mut __m128i) {
     };
 }
 
-/// One data unit by the 512-bit loop (`WIDE`, only where [`wide::supported`])
+/// One data unit by the 512-bit loop (`WIDE`, only where [`wide::has_avx512`])
 /// or the 256-bit one ([`crypt_unit`]).
 ///
 /// # Safety
-/// As [`crypt_unit`], and `WIDE` only where [`wide::supported`].
+/// As [`crypt_unit`], and `WIDE` only where [`wide::has_avx512`].
 #[target_feature(enable = "aes,avx2,vaes,vpclmulqdq")]
 #[inline]
 unsafe fn crypt_one_unit<const DECRYPT: bool, const WIDE: bool>(
@@ -490,12 +490,7 @@ unsafe fn crypt_unit<const DECRYPT: bool>(
     while left >= STRIDE_BLOCKS {
         let schedule = opaque(schedule);
         stream.ahead_of(input, STRIDE_BLOCKS * BLOCK);
-        let [first, second] = &mut tweaks;
-        let (now, next) = if current == 0 {
-            (first, second)
-        } else {
-            (second, first)
-        };
+        let (now, next) = now_and_next(&mut tweaks, current);
         // SAFETY: `STRIDE_BLOCKS` blocks are left at both pointers.
         unsafe {
             if left > STRIDE_BLOCKS {
@@ -517,6 +512,18 @@ unsafe fn crypt_unit<const DECRYPT: bool>(
     }
     // SAFETY: `left < STRIDE_BLOCKS` blocks remain at both pointers.
     unsafe { crypt_tail::<DECRYPT>(schedule, &tweaks[current].0, input, output, left) };
+}
+
+/// Of a unit's two stride tweak buffers, the one in use (`current`) and
+/// the one the next stride's tweaks go to.
+#[inline(always)]
+fn now_and_next<T>(buffers: &mut [T; 2], current: usize) -> (&T, &mut T) {
+    let [first, second] = buffers;
+    if current == 0 {
+        (first, second)
+    } else {
+        (second, first)
+    }
 }
 
 /// The tweaks of one stride, vector `i` for blocks `2i` and `2i + 1`.
@@ -921,7 +928,7 @@ mod tests {
         let Some(xts) = VaesXts::new(&key()) else {
             return;
         };
-        if !wide::supported() {
+        if !wide::has_avx512() {
             return;
         }
         let source: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 251) as u8).collect();

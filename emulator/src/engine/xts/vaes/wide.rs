@@ -25,7 +25,7 @@ use core::arch::x86_64::{
 };
 use std::arch::asm;
 
-use super::{BLOCK, ROUNDS, Schedule, Stream, opaque};
+use super::{BLOCK, ROUNDS, Schedule, Stream, now_and_next, opaque};
 
 /// 512-bit vectors (four blocks each) the loop keeps in flight.
 const LANES: usize = 8;
@@ -34,12 +34,11 @@ pub(super) const STRIDE_BLOCKS: usize = 4 * LANES;
 /// `vpternlogq` truth table of `a ^ b ^ c`.
 const XOR3: i32 = 0x96;
 
-/// Whether this CPU has what this loop needs on top of the 256-bit
-/// loop's features.
-pub(super) fn supported() -> bool {
-    super::supported()
-        && is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
+/// Whether this CPU has what this loop needs on top of the 256-bit loop's
+/// features (which a `VaesXts` existing shows): checked per call, so only
+/// the two cached feature tests.
+pub(super) fn has_avx512() -> bool {
+    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
 }
 
 /// One data unit of `blocks` blocks from `input` to `output` with initial
@@ -48,8 +47,8 @@ pub(super) fn supported() -> bool {
 ///
 /// # Safety
 /// `blocks * 16` bytes are readable at `input` and writable at `output`
-/// (which may be the same pointer); the CPU has the features
-/// [`supported`] checks.
+/// (which may be the same pointer); the CPU has the features the parent's
+/// `supported` and [`has_avx512`] check.
 #[target_feature(enable = "aes,avx2,vaes,vpclmulqdq,avx512f,avx512bw")]
 pub(super) unsafe fn crypt_unit<const DECRYPT: bool>(
     schedule: &Schedule,
@@ -65,12 +64,7 @@ pub(super) unsafe fn crypt_unit<const DECRYPT: bool>(
     while left >= STRIDE_BLOCKS {
         let schedule = opaque(schedule);
         stream.ahead_of(input, STRIDE_BLOCKS * BLOCK);
-        let [first, second] = &mut tweaks;
-        let (now, next) = if current == 0 {
-            (first, second)
-        } else {
-            (second, first)
-        };
+        let (now, next) = now_and_next(&mut tweaks, current);
         // SAFETY: `STRIDE_BLOCKS` blocks are left at both pointers.
         unsafe {
             if left > STRIDE_BLOCKS {
@@ -261,7 +255,7 @@ mod tests {
 
     #[test]
     fn tweak_steps_equal_repeated_alpha() {
-        if !supported() {
+        if !(super::super::supported() && has_avx512()) {
             return;
         }
         for t0 in [1u128, u128::MAX, 0x8000_0000_8000_0000_8000_0000_0000_00ff] {
