@@ -380,18 +380,19 @@ fn on_threads<W: FnMut(&mut [u8]) + Send>(
                 let (start, make) = (&start, &make);
                 scope.spawn(move || {
                     let mut work = make(index);
-                    let mut buffer = vec![index as u8; data_unit_size];
+                    let mut storage = vec![index as u8; data_unit_size + BUFFER_ALIGN];
+                    let buffer = aligned(&mut storage, data_unit_size);
                     start.wait();
                     let (wall, cpu) = (Instant::now(), thread_cpu_time());
                     let mut units = 0u64;
                     while wall.elapsed() < duration {
                         for _ in 0..64 {
-                            work(&mut buffer);
+                            work(buffer);
                         }
                         units += 64;
                     }
                     let (wall, cpu) = (wall.elapsed(), thread_cpu_time() - cpu);
-                    std::hint::black_box(&buffer);
+                    std::hint::black_box(&*buffer);
                     let bytes = units as f64 * data_unit_size as f64;
                     let time = if threads == 1 { cpu } else { wall };
                     bytes / time.as_secs_f64()
@@ -407,6 +408,20 @@ fn on_threads<W: FnMut(&mut [u8]) + Send>(
             })
             .collect()
     })
+}
+
+/// Where every side's buffer starts: on a cache line, as the device's
+/// I/O buffers (guest pages) do. Left where the allocator put it, a
+/// buffer 16 bytes past a line split the engine's vector loads and
+/// stores across lines: 6.1-6.9 GB/s at 512 bytes against 7.2 aligned
+/// (the 256-bit loop, Zen 4, a scratch loop alternating the two).
+const BUFFER_ALIGN: usize = 64;
+
+/// The `len` bytes of `storage` (at least `len + BUFFER_ALIGN` long) that
+/// start at its first [`BUFFER_ALIGN`]-aligned address.
+fn aligned(storage: &mut [u8], len: usize) -> &mut [u8] {
+    let skip = storage.as_ptr().align_offset(BUFFER_ALIGN);
+    &mut storage[skip..skip + len]
 }
 
 /// CPU time used by the calling thread.

@@ -15,7 +15,7 @@
 //! - a 256-bit VAES instruction does one round of two blocks; the main
 //!   loop keeps eight of them (16 blocks, 256 bytes) in flight, enough to
 //!   cover the round latency (4 cycles, 2 instructions per cycle on Zen 3);
-//! - where the CPU has AVX-512, units of 1 KiB and more go through the
+//! - where the CPU has AVX-512, units of 512 bytes and more go through the
 //!   512-bit loop of [`wide`] (four blocks per instruction);
 //! - the tweaks of the first 16 blocks of a unit are all computed from
 //!   `T0` at once (a shift by a per-lane count and a carry-less multiply
@@ -75,10 +75,8 @@ const LANES: usize = 8;
 /// Blocks per iteration of the main loop.
 const STRIDE_BLOCKS: usize = 2 * LANES;
 /// The smallest data unit the 512-bit loop takes (where the CPU has
-/// it): two of its strides. A 512-byte unit, one stride, was 10% slower
-/// there than in the 256-bit loop (Zen 4, `icelab bench crypto`): the
-/// unit's 32 first tweaks cost as much as its AES saves.
-const WIDE_MIN_UNIT: usize = 2 * wide::STRIDE_BLOCKS * BLOCK;
+/// it): one of its strides.
+const WIDE_MIN_UNIT: usize = wide::STRIDE_BLOCKS * BLOCK;
 /// Data units whose initial tweaks are encrypted together.
 const TWEAK_BATCH: usize = 2 * LANES;
 /// Whether this CPU has everything the backend needs.
@@ -207,10 +205,25 @@ impl VaesXts {
         } else {
             &self.encrypt
         };
+        let stride_units = WIDE && job.unit_blocks == wide::STRIDE_BLOCKS;
+        if units == 1 && stride_units {
+            // SAFETY: the job is this one 512-byte unit (caller); `WIDE`
+            // only where the CPU has AVX-512 (caller).
+            unsafe {
+                wide::crypt_stride_unit::<DECRYPT>(
+                    schedule,
+                    &self.tweak,
+                    job.first_dun,
+                    job.input,
+                    job.output,
+                )
+            };
+            return;
+        }
         if units == 1 {
             // One unit (the common small request): `T0` stays in a
             // register.
-            let tweak = self.initial_tweak(job.first_dun);
+            let tweak = initial_tweak(opaque(&self.tweak), job.first_dun);
             // SAFETY: the job is this one unit (caller).
             unsafe {
                 crypt_one_unit::<DECRYPT, WIDE>(
@@ -230,6 +243,24 @@ impl VaesXts {
         while unit < units {
             let batch = (units - unit).min(TWEAK_BATCH);
             self.initial_tweaks(dun, &mut initial[..batch]);
+            if stride_units {
+                let offset = unit * unit_bytes;
+                // SAFETY: units `unit..unit + batch` are inside the job, and
+                // the job's pointers are valid for all of it; `WIDE` only
+                // where the CPU has AVX-512 (caller).
+                unsafe {
+                    wide::crypt_stride_units::<DECRYPT>(
+                        schedule,
+                        &initial[..batch],
+                        job.input.add(offset),
+                        job.output.add(offset),
+                        job.stream,
+                    )
+                };
+                unit += batch;
+                dun = dun.wrapping_add(batch as u128);
+                continue;
+            }
             for tweak in &initial[..batch] {
                 let offset = unit * unit_bytes;
                 // SAFETY: a 16-byte load from the array.
@@ -250,14 +281,6 @@ impl VaesXts {
             }
             dun = dun.wrapping_add(batch as u128);
         }
-    }
-
-    /// `T0 = AES-ENC(K2, dun)` of one data unit.
-    #[target_feature(enable = "aes,avx2,vaes,vpclmulqdq")]
-    fn initial_tweak(&self, dun: u128) -> __m128i {
-        let schedule = opaque(&self.tweak);
-        let first = _mm_xor_si128(dun_block(dun), round_key_128(schedule, 0));
-        block_rounds::<false>(schedule, first, round_key_128(schedule, ROUNDS))
     }
 
     /// `out[i] = AES-ENC(K2, first_dun + i)` (wrapping at 2^128), two DUNs
@@ -301,6 +324,14 @@ struct Job {
     unit_blocks: usize,
     first_dun: u128,
     stream: Stream,
+}
+
+/// `T0 = AES-ENC(K2, dun)` of one data unit, `schedule` being K2's.
+#[target_feature(enable = "aes,avx2")]
+#[inline]
+fn initial_tweak(schedule: &Schedule, dun: u128) -> __m128i {
+    let first = _mm_xor_si128(dun_block(dun), round_key_128(schedule, 0));
+    block_rounds::<false>(schedule, first, round_key_128(schedule, ROUNDS))
 }
 
 /// A DUN as a little-endian 128-bit number.
@@ -932,8 +963,13 @@ mod tests {
             return;
         }
         let source: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 251) as u8).collect();
-        for dus in [16, 512, 1024, 4096, 4080, 16 * 47, 65536] {
-            let len = source.len() / dus * dus;
+        let sizes = [16, 512, 1024, 4096, 4080, 16 * 47, 65536];
+        // Every unit size as many units, and as one (a call of one
+        // 512-byte unit has a path of its own).
+        let jobs = sizes
+            .iter()
+            .flat_map(|&dus| [(dus, source.len() / dus * dus), (dus, dus)]);
+        for (dus, len) in jobs {
             let mut outputs = [vec![0u8; len], vec![0u8; len]];
             for decrypt in [false, true] {
                 for (wide, output) in [false, true].into_iter().zip(&mut outputs) {
@@ -958,7 +994,7 @@ mod tests {
                 }
                 assert!(
                     outputs[0] == outputs[1],
-                    "{dus}-byte units, decrypt {decrypt}"
+                    "{len} bytes of {dus}-byte units, decrypt {decrypt}"
                 );
                 assert!(
                     outputs[0] != source[..len],
@@ -970,7 +1006,7 @@ mod tests {
 
     /// The schedules are the only place the round keys are: after
     /// crypting (every tail length, both directions, in place and out of
-    /// place), none of the 45 round keys is on the stack.
+    /// place, one unit and many), none of the 45 round keys is on the stack.
     #[test]
     fn no_round_key_is_left_on_the_stack() {
         use crate::engine::secure::tests::left_on_stack;
@@ -986,10 +1022,12 @@ mod tests {
         let mut work = || {
             for direction in [Direction::Encrypt, Direction::Decrypt] {
                 for dus in [16, 48, 496, 512, 4096, 4080] {
-                    let len = data.len() / dus * dus;
-                    xts.crypt_pieces(direction, None, &mut data[..len], dus, 9, 4096);
-                    let (source, data) = (&source[..len], &mut data[..len]);
-                    xts.crypt_pieces(direction, Some(source), data, dus, 9, 0);
+                    // Many units, and one (its own path for 512 bytes).
+                    for len in [data.len() / dus * dus, dus] {
+                        xts.crypt_pieces(direction, None, &mut data[..len], dus, 9, 4096);
+                        let (source, data) = (&source[..len], &mut data[..len]);
+                        xts.crypt_pieces(direction, Some(source), data, dus, 9, 0);
+                    }
                 }
             }
         };
