@@ -205,21 +205,23 @@ impl VaesXts {
         } else {
             &self.encrypt
         };
-        let stride_units = WIDE && job.unit_blocks == wide::STRIDE_BLOCKS;
-        if units == 1 && stride_units {
-            // SAFETY: the job is this one 512-byte unit (caller); `WIDE`
-            // only where the CPU has AVX-512 (caller).
+        if units == 1 && WIDE {
+            // SAFETY: the job is this one unit (caller); `WIDE` only
+            // where the CPU has AVX-512 (caller).
             unsafe {
-                wide::crypt_stride_unit::<DECRYPT>(
+                wide::crypt_unit_at::<DECRYPT>(
                     schedule,
                     &self.tweak,
                     job.first_dun,
                     job.input,
                     job.output,
+                    job.unit_blocks,
+                    job.stream,
                 )
             };
             return;
         }
+        let stride_units = WIDE && job.unit_blocks == wide::STRIDE_BLOCKS;
         if units == 1 {
             // One unit (the common small request): `T0` stays in a
             // register.

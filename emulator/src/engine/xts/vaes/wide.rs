@@ -6,7 +6,7 @@
 //! XORs in one `vpternlogq`. What is left of a unit after its last whole
 //! stride (fewer than 32 blocks) goes to the 256-bit loop, from that
 //! block's tweak. A unit of exactly one stride (512 bytes) keeps its
-//! tweaks in registers ([`crypt_stride_unit`], [`crypt_stride_units`]).
+//! tweaks in registers ([`crypt_unit_at`], [`crypt_stride_units`]).
 //!
 //! Same key handling as the 256-bit loop (see the parent module): round
 //! keys are broadcast from the schedule where they are used, one round at
@@ -55,6 +55,7 @@ pub(super) fn has_avx512() -> bool {
 /// (which may be the same pointer); the CPU has the features the parent's
 /// `supported` and [`has_avx512`] check.
 #[target_feature(enable = "aes,avx2,vaes,vpclmulqdq,avx512f,avx512bw,avx512vbmi2")]
+#[inline]
 pub(super) unsafe fn crypt_unit<const DECRYPT: bool>(
     schedule: &Schedule,
     t0: __m128i,
@@ -99,27 +100,40 @@ pub(super) unsafe fn crypt_unit<const DECRYPT: bool>(
     }
 }
 
-/// One unit of exactly one stride (512 bytes) with DUN `dun`, `T0` under
-/// `tweak_schedule` (K2): `T0`, the tweaks and the cipher states stay in
-/// registers from start to end. (A 512-byte unit run as one unit of
-/// [`crypt_unit`] after `T0` was passed to it through memory was 6.9 GB/s
-/// on Zen 4, like the 256-bit loop's 7.0; this, 9.1: `icelab bench
-/// crypto` calls the engine one unit at a time, and the latency from the
-/// DUN to the first AES round is most of such a call.)
+/// A request of one data unit (`blocks` blocks) with DUN `dun`: `T0` is
+/// computed here, under `tweak_schedule` (K2), so that it reaches the
+/// unit's first tweaks in a register. A unit of exactly one stride (512
+/// bytes) keeps its 32 tweaks and eight cipher states in registers from
+/// start to end; any other is [`crypt_unit`].
+///
+/// A one-unit call is a chain from the DUN through `T0` (15 dependent
+/// rounds) and the first tweaks to the AES of the data; every trip
+/// through memory on the way adds a store-to-load latency to it. Zen 4,
+/// one unit per call, against `T0` computed by the caller and passed in
+/// memory: 512 B 6.9 -> 9.1 GB/s (it was in the 256-bit loop, 7.0), 1 KiB
+/// 9.9 -> 11.4, 4 KiB 14.1 -> 14.9 (benches/README.md).
 ///
 /// # Safety
-/// 512 bytes are readable at `input` and writable at `output` (which may
-/// be the same pointer); the CPU has the features the parent's
-/// `supported` and [`has_avx512`] check.
+/// `blocks * 16` bytes are readable at `input` and writable at `output`
+/// (which may be the same pointer); the CPU has the features the
+/// parent's `supported` and [`has_avx512`] check.
 #[target_feature(enable = "aes,avx2,vaes,vpclmulqdq,avx512f,avx512bw,avx512vbmi2")]
-pub(super) unsafe fn crypt_stride_unit<const DECRYPT: bool>(
+pub(super) unsafe fn crypt_unit_at<const DECRYPT: bool>(
     schedule: &Schedule,
     tweak_schedule: &Schedule,
     dun: u128,
     input: *const u8,
     output: *mut u8,
+    blocks: usize,
+    stream: Stream,
 ) {
-    let tweaks = first_tweaks(super::initial_tweak(tweak_schedule, dun));
+    let t0 = super::initial_tweak(tweak_schedule, dun);
+    if blocks != STRIDE_BLOCKS {
+        // SAFETY: the caller's.
+        unsafe { crypt_unit::<DECRYPT>(schedule, t0, input, output, blocks, stream) };
+        return;
+    }
+    let tweaks = first_tweaks(t0);
     // SAFETY: the caller's 512 bytes; without `NEXT` nothing is written
     // through the null pointer.
     unsafe {
@@ -155,7 +169,7 @@ pub(super) unsafe fn crypt_stride_units<const DECRYPT: bool>(
         stream.ahead_of(input, STRIDE_BLOCKS * BLOCK);
         // SAFETY: a 16-byte load from the array.
         let tweaks = first_tweaks(unsafe { _mm_loadu_si128(t0.as_ptr().cast()) });
-        // SAFETY: as in `crypt_stride_unit`.
+        // SAFETY: as in `crypt_unit_at`.
         unsafe {
             crypt_stride::<DECRYPT, false>(
                 opaque(schedule),
