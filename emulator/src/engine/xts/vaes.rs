@@ -221,14 +221,13 @@ impl VaesXts {
             };
             return;
         }
-        let stride_units = WIDE && job.unit_blocks == wide::STRIDE_BLOCKS;
         if units == 1 {
             // One unit (the common small request): `T0` stays in a
             // register.
             let tweak = initial_tweak(opaque(&self.tweak), job.first_dun);
             // SAFETY: the job is this one unit (caller).
             unsafe {
-                crypt_one_unit::<DECRYPT, WIDE>(
+                crypt_unit::<DECRYPT>(
                     schedule,
                     tweak,
                     job.input,
@@ -245,42 +244,41 @@ impl VaesXts {
         while unit < units {
             let batch = (units - unit).min(TWEAK_BATCH);
             self.initial_tweaks(dun, &mut initial[..batch]);
-            if stride_units {
-                let offset = unit * unit_bytes;
+            let offset = unit * unit_bytes;
+            if WIDE {
                 // SAFETY: units `unit..unit + batch` are inside the job, and
                 // the job's pointers are valid for all of it; `WIDE` only
                 // where the CPU has AVX-512 (caller).
                 unsafe {
-                    wide::crypt_stride_units::<DECRYPT>(
+                    wide::crypt_units::<DECRYPT>(
                         schedule,
                         &initial[..batch],
-                        job.input.add(offset),
-                        job.output.add(offset),
-                        job.stream,
-                    )
-                };
-                unit += batch;
-                dun = dun.wrapping_add(batch as u128);
-                continue;
-            }
-            for tweak in &initial[..batch] {
-                let offset = unit * unit_bytes;
-                // SAFETY: a 16-byte load from the array.
-                let tweak = unsafe { _mm_loadu_si128(tweak.as_ptr().cast()) };
-                // SAFETY: unit `unit` is inside the job (unit < units), and
-                // the job's pointers are valid for all of it (caller).
-                unsafe {
-                    crypt_one_unit::<DECRYPT, WIDE>(
-                        schedule,
-                        tweak,
                         job.input.add(offset),
                         job.output.add(offset),
                         job.unit_blocks,
                         job.stream,
                     )
                 };
-                unit += 1;
+            } else {
+                for (i, tweak) in initial[..batch].iter().enumerate() {
+                    let offset = offset + i * unit_bytes;
+                    // SAFETY: a 16-byte load from the array.
+                    let tweak = unsafe { _mm_loadu_si128(tweak.as_ptr().cast()) };
+                    // SAFETY: unit `unit + i` is inside the job, and the
+                    // job's pointers are valid for all of it (caller).
+                    unsafe {
+                        crypt_unit::<DECRYPT>(
+                            schedule,
+                            tweak,
+                            job.input.add(offset),
+                            job.output.add(offset),
+                            job.unit_blocks,
+                            job.stream,
+                        )
+                    };
+                }
             }
+            unit += batch;
             dun = dun.wrapping_add(batch as u128);
         }
     }
@@ -470,31 +468,6 @@ fn block_round_done(x: &mut __m128i) {
             options(nostack, preserves_flags)
         )
     };
-}
-
-/// One data unit by the 512-bit loop (`WIDE`, only where [`wide::has_avx512`])
-/// or the 256-bit one ([`crypt_unit`]).
-///
-/// # Safety
-/// As [`crypt_unit`], and `WIDE` only where [`wide::has_avx512`].
-#[target_feature(enable = "aes,avx2,vaes,vpclmulqdq")]
-#[inline]
-unsafe fn crypt_one_unit<const DECRYPT: bool, const WIDE: bool>(
-    schedule: &Schedule,
-    t0: __m128i,
-    input: *const u8,
-    output: *mut u8,
-    blocks: usize,
-    stream: Stream,
-) {
-    // SAFETY: the caller's.
-    unsafe {
-        if WIDE {
-            wide::crypt_unit::<DECRYPT>(schedule, t0, input, output, blocks, stream)
-        } else {
-            crypt_unit::<DECRYPT>(schedule, t0, input, output, blocks, stream)
-        }
-    }
 }
 
 /// One data unit of `blocks` blocks from `input` to `output` with initial

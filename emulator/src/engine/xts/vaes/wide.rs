@@ -6,7 +6,7 @@
 //! XORs in one `vpternlogq`. What is left of a unit after its last whole
 //! stride (fewer than 32 blocks) goes to the 256-bit loop, from that
 //! block's tweak. A unit of exactly one stride (512 bytes) keeps its
-//! tweaks in registers ([`crypt_unit_at`], [`crypt_stride_units`]).
+//! tweaks in registers ([`crypt_unit_from`]).
 //!
 //! Same key handling as the 256-bit loop (see the parent module): round
 //! keys are broadcast from the schedule where they are used, one round at
@@ -56,7 +56,7 @@ pub(super) fn has_avx512() -> bool {
 /// `supported` and [`has_avx512`] check.
 #[target_feature(enable = "aes,avx2,vaes,vpclmulqdq,avx512f,avx512bw,avx512vbmi2")]
 #[inline]
-pub(super) unsafe fn crypt_unit<const DECRYPT: bool>(
+unsafe fn crypt_unit<const DECRYPT: bool>(
     schedule: &Schedule,
     t0: __m128i,
     mut input: *const u8,
@@ -102,9 +102,7 @@ pub(super) unsafe fn crypt_unit<const DECRYPT: bool>(
 
 /// A request of one data unit (`blocks` blocks) with DUN `dun`: `T0` is
 /// computed here, under `tweak_schedule` (K2), so that it reaches the
-/// unit's first tweaks in a register. A unit of exactly one stride (512
-/// bytes) keeps its 32 tweaks and eight cipher states in registers from
-/// start to end; any other is [`crypt_unit`].
+/// unit's first tweaks in a register ([`crypt_unit_from`]).
 ///
 /// A one-unit call is a chain from the DUN through `T0` (15 dependent
 /// rounds) and the first tweaks to the AES of the data; every trip
@@ -128,11 +126,67 @@ pub(super) unsafe fn crypt_unit_at<const DECRYPT: bool>(
     stream: Stream,
 ) {
     let t0 = super::initial_tweak(tweak_schedule, dun);
+    // SAFETY: the caller's.
+    unsafe { crypt_unit_from::<DECRYPT>(schedule, t0, input, output, blocks, stream) };
+}
+
+/// Consecutive data units of `blocks` blocks each, unit `i` with initial
+/// tweak `initial[i]`, in one call (each `T0` loaded from the array
+/// straight into the unit's first tweaks).
+///
+/// # Safety
+/// `blocks * 16 * initial.len()` bytes are readable at `input` and
+/// writable at `output` (which may be the same pointer); the CPU has the
+/// features the parent's `supported` and [`has_avx512`] check.
+#[target_feature(enable = "aes,avx2,vaes,vpclmulqdq,avx512f,avx512bw,avx512vbmi2")]
+pub(super) unsafe fn crypt_units<const DECRYPT: bool>(
+    schedule: &Schedule,
+    initial: &[[u8; BLOCK]],
+    input: *const u8,
+    output: *mut u8,
+    blocks: usize,
+    stream: Stream,
+) {
+    for (unit, t0) in initial.iter().enumerate() {
+        let offset = unit * blocks * BLOCK;
+        // SAFETY: a 16-byte load from the array; unit `unit` is inside the
+        // caller's bytes.
+        unsafe {
+            let t0 = _mm_loadu_si128(t0.as_ptr().cast());
+            crypt_unit_from::<DECRYPT>(
+                schedule,
+                t0,
+                input.add(offset),
+                output.add(offset),
+                blocks,
+                stream,
+            )
+        };
+    }
+}
+
+/// One data unit with initial tweak `t0`: a unit of exactly one stride
+/// (512 bytes) keeps its 32 tweaks and eight cipher states in registers
+/// from start to end; any other is [`crypt_unit`].
+///
+/// # Safety
+/// As [`crypt_unit`].
+#[target_feature(enable = "aes,avx2,vaes,vpclmulqdq,avx512f,avx512bw,avx512vbmi2")]
+#[inline]
+unsafe fn crypt_unit_from<const DECRYPT: bool>(
+    schedule: &Schedule,
+    t0: __m128i,
+    input: *const u8,
+    output: *mut u8,
+    blocks: usize,
+    stream: Stream,
+) {
     if blocks != STRIDE_BLOCKS {
         // SAFETY: the caller's.
         unsafe { crypt_unit::<DECRYPT>(schedule, t0, input, output, blocks, stream) };
         return;
     }
+    stream.ahead_of(input, STRIDE_BLOCKS * BLOCK);
     let tweaks = first_tweaks(t0);
     // SAFETY: the caller's 512 bytes; without `NEXT` nothing is written
     // through the null pointer.
@@ -145,41 +199,6 @@ pub(super) unsafe fn crypt_unit_at<const DECRYPT: bool>(
             output,
         )
     };
-}
-
-/// Consecutive units of exactly one stride each, unit `i` with initial
-/// tweak `initial[i]`, `input` prefetched by `stream`.
-///
-/// # Safety
-/// `512 * initial.len()` bytes are readable at `input` and writable at
-/// `output` (which may be the same pointer); the CPU has the features the
-/// parent's `supported` and [`has_avx512`] check.
-#[target_feature(enable = "aes,avx2,vaes,vpclmulqdq,avx512f,avx512bw,avx512vbmi2")]
-pub(super) unsafe fn crypt_stride_units<const DECRYPT: bool>(
-    schedule: &Schedule,
-    initial: &[[u8; BLOCK]],
-    input: *const u8,
-    output: *mut u8,
-    stream: Stream,
-) {
-    for (unit, t0) in initial.iter().enumerate() {
-        let offset = unit * STRIDE_BLOCKS * BLOCK;
-        // SAFETY: unit `unit` is inside the caller's bytes.
-        let (input, output) = unsafe { (input.add(offset), output.add(offset)) };
-        stream.ahead_of(input, STRIDE_BLOCKS * BLOCK);
-        // SAFETY: a 16-byte load from the array.
-        let tweaks = first_tweaks(unsafe { _mm_loadu_si128(t0.as_ptr().cast()) });
-        // SAFETY: as in `crypt_unit_at`.
-        unsafe {
-            crypt_stride::<DECRYPT, false>(
-                opaque(schedule),
-                |i| tweaks[i],
-                core::ptr::null_mut(),
-                input,
-                output,
-            )
-        };
-    }
 }
 
 /// The tweaks of one stride, lane `j` of vector `i` for block `4i + j`.
