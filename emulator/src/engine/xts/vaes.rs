@@ -41,7 +41,9 @@
 //! it, in the decryption tail), and the schedule's address goes through
 //! [`black_box`] per data unit and per loop iteration ([`opaque`]), so
 //! that the loads are not hoisted out of the loops (they were, without
-//! it, and the keys spilled). The
+//! it, and the keys spilled). (The 512-bit code's one-unit `T0` reads
+//! K2's schedule without it: that code runs once per call, and the store
+//! and load of the address would lengthen the call's critical path.) The
 //! tests `no_round_key_is_left_on_the_stack` (all 45 round keys) and
 //! `key_paths_fit_the_scrubbed_stack_and_leave_no_key_on_it` (keyslots.rs)
 //! check it, so requests need no stack scrub; only tweaks and cipher

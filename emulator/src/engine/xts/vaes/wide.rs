@@ -6,7 +6,9 @@
 //! XORs in one `vpternlogq`. What is left of a unit after its last whole
 //! stride (fewer than 32 blocks) goes to the 256-bit loop, from that
 //! block's tweak. A unit of exactly one stride (512 bytes) keeps its
-//! tweaks in registers ([`crypt_unit_from`]).
+//! tweaks in registers ([`crypt_unit_from`]). A one-unit request's `T0`
+//! is computed here too ([`crypt_unit_at`]), so that it reaches the first
+//! tweaks in a register, not through memory.
 //!
 //! Same key handling as the 256-bit loop (see the parent module): round
 //! keys are broadcast from the schedule where they are used, one round at
