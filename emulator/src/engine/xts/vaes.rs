@@ -61,12 +61,56 @@ use core::arch::x86_64::{
     _mm256_set_epi64x, _mm256_set1_epi64x, _mm256_slli_si256, _mm256_sllv_epi64, _mm256_srli_si256,
     _mm256_srlv_epi64, _mm256_storeu_si256, _mm256_xor_si256,
 };
-use std::arch::asm;
 use std::hint::black_box;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use super::prefetch::Stream;
 use super::{BLOCK, Direction};
+
+/// Defines a round barrier for vectors of type `$vector` in registers of
+/// class `$class`: an empty `asm!` statement that takes and gives back
+/// the vector in a register. It executes nothing, but the compiler must
+/// finish the round (all vectors) before it and may not move the next
+/// round key's load above it (it may touch memory). So the rounds stay in
+/// order across the vectors, every round key is used right after its
+/// load, and the compiler never holds several of them at once, where it
+/// would run out of registers and spill keys to the stack.
+macro_rules! round_barrier {
+    ($(#[$doc:meta])* $name:ident, $vector:ty, $class:ident, $feature:literal) => {
+        $(#[$doc])*
+        #[target_feature(enable = $feature)]
+        #[inline]
+        fn $name(x: &mut $vector) {
+            // SAFETY: the template is a comment: no instruction runs, no
+            // register but the operand's is named, the stack and flags are
+            // untouched.
+            unsafe {
+                std::arch::asm!(
+                    "/* {x} */",
+                    x = inout($class) * x,
+                    options(nostack, preserves_flags)
+                )
+            };
+        }
+    };
+}
+
+round_barrier!(
+    /// Marks the end of a round for one 256-bit vector (see
+    /// `round_barrier!`).
+    round_done,
+    __m256i,
+    ymm_reg,
+    "avx2"
+);
+
+round_barrier!(
+    /// [`round_done`] for a single block in an `xmm` register.
+    block_round_done,
+    __m128i,
+    xmm_reg,
+    "avx2"
+);
 
 mod wide;
 
@@ -426,28 +470,6 @@ fn middle_rounds_and<const N: usize, const DECRYPT: bool>(
     }
 }
 
-/// Marks the end of a round for one vector: an empty `asm!` statement
-/// that takes and gives back the vector in a register. It executes
-/// nothing, but the compiler must finish the round (all vectors) before it
-/// and may not move the next round key's load above it (it may touch
-/// memory). So the rounds stay in order across the vectors, every round
-/// key is used right after its load, and the compiler never holds several
-/// of them at once, where it would run out of registers and spill keys
-/// to the stack.
-#[target_feature(enable = "avx2")]
-#[inline]
-fn round_done(x: &mut __m256i) {
-    // SAFETY: the template is a comment: no instruction runs, no register
-    // but the operand's is named, the stack and flags are untouched.
-    unsafe {
-        asm!(
-            "/* {x} */",
-            x = inout(ymm_reg) * x,
-            options(nostack, preserves_flags)
-        )
-    };
-}
-
 /// `schedule`, but the compiler cannot tell where it points: loads from it
 /// stay where they are written, instead of being hoisted out of a loop
 /// (here or in a caller the code is inlined into) and then held in
@@ -456,20 +478,6 @@ fn round_done(x: &mut __m256i) {
 #[inline(always)]
 fn opaque(schedule: &Schedule) -> &Schedule {
     black_box(schedule)
-}
-
-/// [`round_done`] for a single block in an `xmm` register.
-#[target_feature(enable = "avx2")]
-#[inline]
-fn block_round_done(x: &mut __m128i) {
-    // SAFETY: as in `round_done`.
-    unsafe {
-        asm!(
-            "/* {x} */",
-            x = inout(xmm_reg) * x,
-            options(nostack, preserves_flags)
-        )
-    };
 }
 
 /// One data unit of `blocks` blocks from `input` to `output` with initial

@@ -26,7 +26,6 @@ use core::arch::x86_64::{
     _mm512_shuffle_epi32, _mm512_slli_epi64, _mm512_storeu_si512, _mm512_ternarylogic_epi64,
     _mm512_xor_si512,
 };
-use std::arch::asm;
 
 use super::{BLOCK, ROUNDS, Schedule, Stream, now_and_next, opaque};
 
@@ -276,19 +275,13 @@ fn round_key(schedule: &Schedule, index: usize) -> __m512i {
     _mm512_broadcast_i32x4(key)
 }
 
-/// The parent's `round_done` for a 512-bit vector.
-#[target_feature(enable = "avx512f")]
-#[inline]
-fn round_done(x: &mut __m512i) {
-    // SAFETY: as in the parent's `round_done`.
-    unsafe {
-        asm!(
-            "/* {x} */",
-            x = inout(zmm_reg) * x,
-            options(nostack, preserves_flags)
-        )
-    };
-}
+round_barrier!(
+    /// The parent's `round_done` for a 512-bit vector.
+    round_done,
+    __m512i,
+    zmm_reg,
+    "avx512f"
+);
 
 /// The tweaks of the first [`STRIDE_BLOCKS`] blocks of a unit: lane `j` of
 /// vector `i` holds `T0 * alpha^k`, `k = 4i + j`, each computed from `T0`:
