@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use virtio_queue::QueueT;
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -212,12 +212,21 @@ impl BlockDevice {
         };
         let queue_size = vring.get_ref().get_queue().size();
         let mut served = false;
-        loop {
-            let chain = vring
+        let pop = || {
+            vring
                 .get_mut()
                 .get_queue_mut()
-                .pop_descriptor_chain(mem.clone());
-            let Some(chain) = chain else { break };
+                .pop_descriptor_chain(mem.clone())
+        };
+        // One request ahead: while a request is served, the start of the
+        // next one's source is on its way from memory.
+        let mut next = pop();
+        loop {
+            let Some(chain) = next.take() else { break };
+            next = pop();
+            if let Some(first) = next.as_ref().and_then(|next| next.clone().next()) {
+                request::prefetch_source(&ctx, &*mem, first);
+            }
             let head = chain.head_index();
             if head >= queue_size {
                 // No descriptor, and no used ring entry can name it: drop
@@ -233,6 +242,11 @@ impl BlockDevice {
                     queue,
                     "cannot return a request to the guest's used ring: {error}"
                 );
+                if next.is_some() {
+                    // Not served: leave it on the avail ring for after a
+                    // reset.
+                    vring.get_mut().get_queue_mut().go_to_previous_position();
+                }
                 break;
             }
             served = true;

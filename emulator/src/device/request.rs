@@ -107,6 +107,41 @@ pub fn serve<M: GuestMemory>(
     written + 1
 }
 
+/// Bytes at the start of a read's source that [`prefetch_source`] asks
+/// for. Measured at 4 KiB random reads, QD 32, medians of 5 rounds
+/// (benches/README.md): 1 KiB took ICE on's device CPU per GB from 0.486
+/// to 0.405 s and left ICE off's at 0.35; 512 B, 2 and 4 KiB gained less.
+const LOOKAHEAD_BYTES: usize = 1024;
+
+/// Called with the next request's first descriptor before the current
+/// request is served: when it holds the header of a read (IN or
+/// CRYPTO_IN) from the image mapping, asks the CPU for the first
+/// [`LOOKAHEAD_BYTES`] of its source, so that their fetch from memory
+/// overlaps the current request. A hint only: whatever the header says,
+/// nothing is read from the image and nothing faults; `serve` checks the
+/// request when its turn comes.
+pub fn prefetch_source<M: GuestMemory>(
+    ctx: &Context<'_>,
+    mem: &M,
+    first: virtio_queue::desc::split::Descriptor,
+) {
+    if first.is_write_only() || (first.len() as usize) < OutHeader::SIZE {
+        return;
+    }
+    let Ok(bytes) = mem.read_obj::<[u8; OutHeader::SIZE]>(first.addr()) else {
+        return;
+    };
+    let header = OutHeader::parse(&bytes);
+    if !matches!(header.request_type, RequestType::In | RequestType::CryptoIn) {
+        return;
+    }
+    if let (Some(mapping), Some(offset)) =
+        (ctx.image.mapping(), header.sector.checked_mul(SECTOR_SIZE))
+    {
+        mapping.prefetch(offset, LOOKAHEAD_BYTES);
+    }
+}
+
 /// Reads the outhdr, leaving `reader` at the payload.
 fn read_header<M: GuestMemory>(
     mem: &M,

@@ -44,7 +44,7 @@ use rayon::prelude::*;
 
 use super::secure::scrub_stack;
 pub use evp::openssl_version;
-pub use prefetch::PREFETCH_AHEAD;
+pub use prefetch::{PREFETCH_AHEAD, prefetch_range};
 
 /// Size of an AES block.
 const BLOCK: usize = 16;

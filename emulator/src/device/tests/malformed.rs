@@ -11,7 +11,8 @@
 //! or NONE when the chain has no device-writable byte); and the used length
 //! it must return. The harness places the chain in the descriptor table of
 //! a split virtqueue laid out by `MockSplitQueue`, makes it available, pops
-//! it as the vhost-user backend does, hands it to [`request::serve`] (what
+//! it as the vhost-user backend does, hands its first descriptor to
+//! [`request::prefetch_source`] and the chain to [`request::serve`] (what
 //! the backend calls for every chain) and returns it to the used ring. A
 //! row then checks: the status byte at the place the row names; the used
 //! length in the used ring; that every other device-writable byte still
@@ -372,7 +373,13 @@ impl<'m> Ring<'m> {
             .pop_descriptor_chain(&lab.mem)
             .ok_or("the queue offered no chain")?;
         let head = chain.head_index();
-        let used = request::serve(&lab.context(self.role), &lab.mem, chain, &mut self.scratch);
+        let context = lab.context(self.role);
+        // The serve loop first looks at each request as the next one
+        // (`prefetch_source`): every row goes through that too.
+        if let Some(first) = chain.clone().next() {
+            request::prefetch_source(&context, &lab.mem, first);
+        }
+        let used = request::serve(&context, &lab.mem, chain, &mut self.scratch);
         self.queue
             .add_used(&lab.mem, head, used)
             .map_err(|error| format!("add_used: {error}"))?;

@@ -99,7 +99,7 @@ impl Stream {
 
 /// Asks for every cache line of the `len` bytes at `start`.
 #[inline(always)]
-fn prefetch_range(start: *const u8, len: usize) {
+pub fn prefetch_range(start: *const u8, len: usize) {
     for offset in (0..len).step_by(LINE) {
         prefetch_line(start.wrapping_add(offset));
     }
