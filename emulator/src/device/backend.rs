@@ -212,17 +212,13 @@ impl BlockDevice {
         };
         let queue_size = vring.get_ref().get_queue().size();
         let mut served = false;
-        let pop = || {
-            vring
-                .get_mut()
-                .get_queue_mut()
-                .pop_descriptor_chain(mem.clone())
-        };
+        // Chains borrow the memory (not a clone of the guard: no reference
+        // count per pop, nor per look at the next chain's first descriptor).
+        let pop = || vring.get_mut().get_queue_mut().pop_descriptor_chain(&*mem);
         // One request ahead: while a request is served, the start of the
         // next one's source is on its way from memory.
         let mut next = pop();
-        loop {
-            let Some(chain) = next.take() else { break };
+        while let Some(chain) = next.take() {
             next = pop();
             if let Some(first) = next.as_ref().and_then(|next| next.clone().next()) {
                 request::prefetch_source(&ctx, &*mem, first);

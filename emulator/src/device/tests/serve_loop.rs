@@ -31,8 +31,7 @@ const DATA: u32 = 512;
 const OUTSIDE: u64 = 1 << 40;
 
 /// A device on a patterned image, its guest memory and a vring laid out by
-/// `MockSplitQueue` with `REQUESTS` reads available; `used_ring` overrides
-/// where the device writes the used ring.
+/// `MockSplitQueue` with `REQUESTS` reads available.
 struct Setup {
     _dir: tempfile::TempDir,
     image: Vec<u8>,
@@ -51,6 +50,8 @@ fn buffer(index: u16) -> u64 {
 }
 
 impl Setup {
+    /// `used_ring`, when given, is where the device is told the used ring
+    /// is, instead of where `MockSplitQueue` put it.
     fn new(used_ring: Option<u64>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("disk.img");
