@@ -248,8 +248,8 @@ impl XtsKey {
 
     /// [`XtsKey::crypt_from`] with the source prefetched `prefetch_ahead`
     /// bytes ahead instead of [`PREFETCH_AHEAD`] (0: no prefetch), for
-    /// measuring the prefetch (`icelab bench crypto --prefetch`). The `aes`
-    /// crate backend does not prefetch.
+    /// measuring the prefetch (an A/B of the distance, benches/README.md).
+    /// The `aes` crate backend does not prefetch.
     ///
     /// # Panics
     /// If `source` and `dest` differ in length.

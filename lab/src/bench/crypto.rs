@@ -24,6 +24,9 @@
 
 mod evp;
 mod speed;
+mod stream;
+
+pub use stream::StreamRow;
 
 use anyhow::{Context, bail};
 use icelab_emulator::engine::xts::{Backend, Direction, XtsKey};
@@ -139,6 +142,10 @@ pub struct CryptoDocument {
     pub unit: String,
     /// One row per data unit size and thread count.
     pub rows: Vec<EngineRow>,
+    /// The engine streaming 128 KiB requests from memory against `memcpy`
+    /// (absent from runs made before it was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamRow>,
 }
 
 /// The figures of one configuration, in GB/s.
@@ -248,7 +255,9 @@ pub fn run(args: CryptoArgs) -> anyhow::Result<()> {
             rows.push(row);
         }
     }
+    let stream = stream::measure(config.repeats, duration)?;
     print_table(&rows, &config, &cpu, &versions, backend);
+    print_stream(&stream, &config);
     if let Some(path) = &config.json {
         let document = CryptoDocument {
             cpu,
@@ -257,6 +266,7 @@ pub fn run(args: CryptoArgs) -> anyhow::Result<()> {
             repeats: config.repeats,
             unit: "GB/s (1e9 bytes), one data unit per call, best of the repeats; 1 thread: per CPU-second, several: per wall-clock second, as openssl speed counts; openssl_gb_per_s is the faster OpenSSL figure".to_owned(),
             rows: rows.iter().map(EngineRow::from).collect(),
+            stream: Some(stream),
         };
         let text = super::baseline::encode(&document).context("encoding the figures as JSON")?;
         std::fs::write(path, text).with_context(|| {
@@ -299,6 +309,23 @@ fn print_table(rows: &[Row], config: &Config, cpu: &str, versions: &str, backend
             row.engine / row.evp_per_unit
         );
     }
+}
+
+fn print_stream(row: &StreamRow, config: &Config) {
+    println!(
+        "\nStreaming from memory: {} KiB requests of {}-byte units, front to back through a shared mapping of a {} MiB file (page cache, as the device maps its image), into {} request buffers; 1 thread, GB/s per CPU-second, best of {} x {} s per side, alternating",
+        row.request_bytes >> 10,
+        row.data_unit_size,
+        row.source_bytes >> 20,
+        stream::RING_SLOTS,
+        config.repeats,
+        config.seconds
+    );
+    println!("memcpy (ICE off's pass)  engine decrypt (ICE on's)  engine/memcpy");
+    println!(
+        "{:>23.2}  {:>25.2}  {:>13.2}",
+        row.memcpy_gb_per_s, row.engine_gb_per_s, row.ratio
+    );
 }
 
 /// The engine with `backend` on `threads` threads: one data unit per
