@@ -608,8 +608,7 @@ fn engine_figures(quick: bool) -> anyhow::Result<CryptoDocument> {
     Ok(serde_json::from_slice(&text)?)
 }
 
-/// The per-round values of `f(numerator round, denominator round)` for
-/// two points measured in the same rounds.
+/// The median and spread of [`per_round_values`].
 fn per_round(
     points: &[Point],
     load: &str,
@@ -617,13 +616,32 @@ fn per_round(
     targets: (&str, &str),
     f: impl Fn(&Measurement, &Measurement) -> Option<f64>,
 ) -> Option<Spread> {
+    Spread::of(per_round_values(points, load, queues, targets, f))
+}
+
+/// The per-round values of `f(numerator round, denominator round)` for
+/// two points measured in the same rounds (empty: a point is missing).
+fn per_round_values(
+    points: &[Point],
+    load: &str,
+    queues: (u16, u16),
+    targets: (&str, &str),
+    f: impl Fn(&Measurement, &Measurement) -> Option<f64>,
+) -> Vec<f64> {
     let find = |target: &str, queues: u16| {
         points
             .iter()
             .find(|p| p.load == load && p.target == target && p.queues == queues)
     };
-    let (n, d) = (find(targets.0, queues.0)?, find(targets.1, queues.1)?);
-    Spread::of(n.rounds.iter().zip(&d.rounds).filter_map(|(n, d)| f(n, d)))
+    let (Some(n), Some(d)) = (find(targets.0, queues.0), find(targets.1, queues.1)) else {
+        return Vec::new();
+    };
+    n.rounds
+        .iter()
+        .zip(&d.rounds)
+        .filter_map(|(n, d)| f(n, d))
+        .filter(|x| x.is_finite())
+        .collect()
 }
 
 /// `a / b` when both are there and `b` is not zero.
@@ -638,14 +656,18 @@ fn ratios(points: &[Point], queues: u16) -> Vec<Ratio> {
     let mut out = Vec::new();
     for (load, _, _) in KEY_LOADS {
         for (name, num, den) in RATIOS {
-            let cpu = per_round(points, load, (queues, queues), (num, den), |n, d| {
-                quotient(d.cpu_s_per_gb(), n.cpu_s_per_gb())
-            });
+            let cpu_rounds =
+                per_round_values(points, load, (queues, queues), (num, den), |n, d| {
+                    quotient(d.cpu_s_per_gb(), n.cpu_s_per_gb())
+                });
             let mb = per_round(points, load, (queues, queues), (num, den), |n, d| {
                 quotient(Some(n.mb_per_s()), Some(d.mb_per_s()))
             });
-            let Some(cpu) = cpu else { continue };
+            let Some(cpu) = Spread::of(cpu_rounds.iter().copied()) else {
+                continue;
+            };
             let goal = goal(load, name);
+            let meeting = cpu_rounds.iter().filter(|&&x| x >= goal).count();
             out.push(Ratio {
                 name: format!("{load} {name}"),
                 load: load.to_owned(),
@@ -657,6 +679,7 @@ fn ratios(points: &[Point], queues: u16) -> Vec<Ratio> {
                 spread_pct: Some(cpu.spread_pct),
                 mb_per_s_ratio: mb.map(|s| s.median),
                 mb_per_s_spread_pct: mb.map(|s| s.spread_pct),
+                rounds_meeting_goal: Some([meeting, cpu_rounds.len()]),
             });
         }
     }
@@ -750,15 +773,15 @@ fn markdown(doc: &AllDocument) -> String {
     );
     let _ = writeln!(
         s,
-        "| ratio (same run) | per device CPU | ± % | MB/s ratio | ± % | goal (per device CPU) | met |"
+        "| ratio (same run) | per device CPU | ± % | MB/s ratio | ± % | goal (per device CPU) | met | rounds at goal |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---|---:|");
     // The guest's ratios have no goal; its own table shows them.
     for r in &doc.ratios {
         let Some(goal) = r.goal else { continue };
         let _ = writeln!(
             s,
-            "| {} | {:.2}× | {} | {} | {} | {goal:?}× | {} |",
+            "| {} | {:.2}× | {} | {} | {} | {goal:?}× | {} | {} |",
             r.name,
             r.value,
             opt(r.spread_pct, 0),
@@ -766,7 +789,9 @@ fn markdown(doc: &AllDocument) -> String {
                 .filter(|x| x.is_finite())
                 .map_or("-".to_owned(), |x| format!("{x:.2}×")),
             opt(r.mb_per_s_spread_pct, 0),
-            if r.met == Some(true) { "yes" } else { "**no**" }
+            if r.met == Some(true) { "yes" } else { "**no**" },
+            r.rounds_meeting_goal
+                .map_or("-".to_owned(), |[met, of]| format!("{met} of {of}")),
         );
     }
     if let Some(engine) = &doc.engine {
@@ -901,7 +926,7 @@ mod tests {
         for want in [
             "median of 5 rounds of 2.0 s per point after 0.5 s untimed warm-up, one run",
             "Pinning: device (icelab serve or qemu-storage-daemon, every thread) on CPU 0, load generator threads on CPU 1.",
-            "| ratio (same run) | per device CPU | ± % | MB/s ratio | ± % | goal (per device CPU) | met |",
+            "| ratio (same run) | per device CPU | ± % | MB/s ratio | ± % | goal (per device CPU) | met | rounds at goal |",
             "| seqread-128k ice-on/ice-off | ",
             "| randread-4k ice-on/qsd-luks | ",
             "| randread-4k | icelab-ice-on | 1 → 2 | ",
@@ -982,6 +1007,41 @@ mod tests {
         assert_eq!(r.mb_per_s_spread_pct, Some(0.0));
         assert_eq!((r.goal, r.met), (Some(0.75), Some(false)));
         assert!(r.metric.as_deref().unwrap().starts_with("device CPU s/GB"));
+        assert_eq!(r.rounds_meeting_goal, Some([0, 3]));
+    }
+
+    #[test]
+    fn the_rounds_that_reach_the_goal_are_counted_and_shown() {
+        // ICE on 0.4 s/GB every round; ICE off 0.2, 0.32, 0.36: per-round
+        // ratios 0.5, 0.8, 0.9 against the 0.75 goal.
+        let on = [(1_000_000_000, 400); 3];
+        let off = [
+            (1_000_000_000, 200),
+            (1_000_000_000, 320),
+            (1_000_000_000, 360),
+        ];
+        let points = [
+            point("seqread-128k", "icelab-ice-on", 1, &on),
+            point("seqread-128k", "icelab-ice-off", 1, &off),
+        ];
+        let found = ratios(&points, 1);
+        let r = &found[0];
+        assert!((r.value - 0.8).abs() < 1e-12, "{r:?}");
+        assert_eq!(r.rounds_meeting_goal, Some([2, 3]));
+        let mut doc: AllDocument = serde_json::from_str(
+            &std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/baseline.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        doc.ratios = found;
+        let md = markdown(&doc);
+        assert!(
+            md.contains("| seqread-128k ice-on/ice-off | 0.80× | 50 | ")
+                && md.contains("| 0.75× | yes | 2 of 3 |"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -36,6 +36,11 @@ pub struct Ratio {
     /// The spread of the per-round MB/s ratios, in percent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mb_per_s_spread_pct: Option<f64>,
+    /// How many rounds' own ratio reached the goal, and of how many: a
+    /// miss in every round or a median on the edge (absent: no goal, or
+    /// a run from before it was counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rounds_meeting_goal: Option<[usize; 2]>,
 }
 
 /// The part of a stored run the check reads: the ratios of a
