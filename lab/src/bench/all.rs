@@ -608,20 +608,10 @@ fn engine_figures(quick: bool) -> anyhow::Result<CryptoDocument> {
     Ok(serde_json::from_slice(&text)?)
 }
 
-/// The median and spread of [`per_round_values`].
-fn per_round(
-    points: &[Point],
-    load: &str,
-    queues: (u16, u16),
-    targets: (&str, &str),
-    f: impl Fn(&Measurement, &Measurement) -> Option<f64>,
-) -> Option<Spread> {
-    Spread::of(per_round_values(points, load, queues, targets, f))
-}
-
 /// The per-round values of `f(numerator round, denominator round)` for
-/// two points measured in the same rounds (empty: a point is missing).
-fn per_round_values(
+/// two points measured in the same rounds, the finite ones (empty: a point
+/// is missing).
+fn per_round(
     points: &[Point],
     load: &str,
     queues: (u16, u16),
@@ -656,13 +646,16 @@ fn ratios(points: &[Point], queues: u16) -> Vec<Ratio> {
     let mut out = Vec::new();
     for (load, _, _) in KEY_LOADS {
         for (name, num, den) in RATIOS {
-            let cpu_rounds =
-                per_round_values(points, load, (queues, queues), (num, den), |n, d| {
-                    quotient(d.cpu_s_per_gb(), n.cpu_s_per_gb())
-                });
-            let mb = per_round(points, load, (queues, queues), (num, den), |n, d| {
-                quotient(Some(n.mb_per_s()), Some(d.mb_per_s()))
+            let cpu_rounds = per_round(points, load, (queues, queues), (num, den), |n, d| {
+                quotient(d.cpu_s_per_gb(), n.cpu_s_per_gb())
             });
+            let mb = Spread::of(per_round(
+                points,
+                load,
+                (queues, queues),
+                (num, den),
+                |n, d| quotient(Some(n.mb_per_s()), Some(d.mb_per_s())),
+            ));
             let Some(cpu) = Spread::of(cpu_rounds.iter().copied()) else {
                 continue;
             };
@@ -700,13 +693,13 @@ fn scaling(points: &[Point], queues: u16) -> Vec<Scaling> {
         let (Some(a), Some(b)) = (find(queues), find(other)) else {
             continue;
         };
-        let Some(ratio) = per_round(
+        let Some(ratio) = Spread::of(per_round(
             points,
             SCALING_LOAD,
             (other, queues),
             (target, target),
             |n, d| quotient(Some(n.mb_per_s()), Some(d.mb_per_s())),
-        ) else {
+        )) else {
             continue;
         };
         out.push(Scaling {

@@ -7,10 +7,9 @@
 //! Both read a source that is not in the CPU's caches (page cache pages,
 //! 4 KiB each) and write a ring of request buffers. This measures the two
 //! passes alone, on one thread, in the same run: `memcpy` and the engine's
-//! decrypt, from a shared mapping
-//! of a file far larger than the last-level cache (page cache pages, as the
-//! device's image mapping), into a ring of [`RING_SLOTS`] request buffers
-//! as a queue [`RING_SLOTS`] deep fills.
+//! decrypt, from a shared mapping of a file far larger than the last-level
+//! cache into a ring of [`RING_SLOTS`] request buffers, as a queue
+//! [`RING_SLOTS`] deep fills.
 //!
 //! Their ratio is the part of the device's ICE on/ICE off ratio that the
 //! cipher sets: the device adds the same request handling to both, which
@@ -58,6 +57,8 @@ pub struct StreamRow {
 struct Pages {
     start: *mut u8,
     len: usize,
+    /// Mapped writable (the anonymous ring; the file's is read-only).
+    writable: bool,
 }
 
 impl Pages {
@@ -123,6 +124,7 @@ impl Pages {
         Ok(Self {
             start: start.cast(),
             len,
+            writable: protection & libc::PROT_WRITE != 0,
         })
     }
 
@@ -132,9 +134,12 @@ impl Pages {
         unsafe { std::slice::from_raw_parts(self.start, self.len) }
     }
 
-    /// Only for an anonymous mapping (the file's is read-only).
+    /// # Panics
+    /// On the read-only file mapping, where a store would fault.
     fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in `as_slice`, and borrowed mutably through `self`.
+        assert!(self.writable, "the streaming source is mapped read-only");
+        // SAFETY: as in `as_slice`, mapped writable (checked), and borrowed
+        // mutably through `self`.
         unsafe { std::slice::from_raw_parts_mut(self.start, self.len) }
     }
 }
@@ -228,6 +233,13 @@ mod tests {
     use super::*;
 
     #[test]
+    #[should_panic(expected = "mapped read-only")]
+    fn the_source_is_never_written() {
+        let mut source = Pages::file(REQUEST_BYTES, 0x5a).unwrap();
+        source.as_mut_slice();
+    }
+
+    #[test]
     fn every_side_moves_bytes_and_the_ratio_divides_them() {
         let row =
             measure_sized(8 * RING_SLOTS * REQUEST_BYTES, 1, Duration::from_millis(20)).unwrap();
@@ -239,8 +251,9 @@ mod tests {
 
     #[test]
     fn the_engine_side_decrypts_what_memcpy_copies() {
-        // The ring holds what each side wrote last: the engine's output
-        // must be the decryption of the source, not a copy of it.
+        // The ring holds what each side wrote last: each slot's request
+        // decrypted under its own DUNs, not a copy of the source (the
+        // source repeats one byte, so only the DUNs tell slots apart).
         let source = Pages::file(RING_SLOTS * REQUEST_BYTES, 0x5a).unwrap();
         let mut ring = Pages::anonymous(RING_SLOTS * REQUEST_BYTES, 0).unwrap();
         let xts = XtsKey::new(&KEY);
@@ -251,9 +264,18 @@ mod tests {
             ring.as_mut_slice(),
             Duration::ZERO,
         );
-        let mut expected = source.as_slice()[..REQUEST_BYTES].to_vec();
-        xts.crypt_serial(Direction::Decrypt, &mut expected, DATA_UNIT_BYTES, 0);
-        assert_eq!(&ring.as_slice()[..REQUEST_BYTES], &expected[..]);
+        let units_per_request = (REQUEST_BYTES / DATA_UNIT_BYTES) as u128;
+        let slots = source.as_slice().chunks_exact(REQUEST_BYTES);
+        let written = ring.as_slice().chunks_exact(REQUEST_BYTES);
+        for (index, (request, slot)) in slots.zip(written).enumerate() {
+            let mut expected = request.to_vec();
+            let dun = index as u128 * units_per_request;
+            xts.crypt_serial(Direction::Decrypt, &mut expected, DATA_UNIT_BYTES, dun);
+            assert!(
+                slot == &expected[..],
+                "slot {index}: not request {index} decrypted"
+            );
+        }
         rate(
             Side::Memcpy,
             &xts,
